@@ -1,0 +1,176 @@
+"""The projection activity: writes a contract's snapshot and new events to the database.
+
+Idempotent by construction, so a retried or replayed activity writes nothing twice:
+  * events are keyed ``(contract_id, seq)`` and inserted with ON CONFLICT DO NOTHING;
+  * the snapshot carries the workflow's event counter (``version``) and is applied only if
+    it is at least as new as what the row holds, so an old retry never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+from temporalio import activity
+
+from core.serde import to_jsonable
+from models import Contract, ContractEvent, Customer, Installment, Milestone, Payment
+from workflows.types import ContractState, ProjectionInput
+
+
+class ProjectionActivities:
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._sessions = session_factory
+
+    @activity.defn(name="project_contract")
+    def project_contract(self, input: ProjectionInput) -> int:
+        """Returns how many new events were written (0 on a retry that already succeeded)."""
+        state = input.state
+        cid = state.spec.contract_id
+        with self._sessions.begin() as session:
+            written = _insert_events(session, cid, input)
+            contract = session.execute(
+                select(Contract).where(Contract.id == cid).with_for_update()
+            ).scalar_one_or_none()
+            if contract is None:
+                # The API always writes the row first; a workflow without its row (say, started
+                # by an operator from the CLI) gets one here rather than staying invisible.
+                contract = _new_row(session, state, input.workflow_id)
+            if state.version >= contract.version:
+                _apply_snapshot(session, contract, state)
+        return written
+
+
+def _insert_events(session: Session, contract_id: str, input: ProjectionInput) -> int:
+    if not input.events:
+        return 0
+    rows = [
+        {
+            "contract_id": contract_id,
+            "seq": e.seq,
+            "type": e.type,
+            "at": e.at,
+            "actor": e.actor,
+            "data": to_jsonable(e.data),
+        }
+        for e in input.events
+    ]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(ContractEvent).values(rows).on_conflict_do_nothing(index_elements=["contract_id", "seq"])
+    return session.execute(stmt).rowcount or 0
+
+
+def _new_row(session: Session, state: ContractState, workflow_id: str) -> Contract:
+    spec = state.spec
+    customer = None
+    if spec.customer_external_id:
+        customer = session.execute(
+            select(Customer).where(Customer.external_id == spec.customer_external_id)
+        ).scalar_one_or_none()
+    if customer is None:
+        customer = Customer(name=spec.customer_name, external_id=spec.customer_external_id, created_at=_now())
+        session.add(customer)
+        session.flush()
+    contract = Contract(
+        id=spec.contract_id,
+        external_id=spec.external_id,
+        workflow_id=workflow_id,
+        title=spec.title,
+        customer_id=customer.id,
+        customer_name=spec.customer_name,
+        currency=spec.currency,
+        amount=Decimal(spec.amount),
+        paid_total=Decimal(0),
+        outstanding=Decimal(spec.amount),
+        credit=Decimal(0),
+        effective_at=spec.effective_at,
+        end_at=spec.end_at,
+        owner=spec.owner,
+        playbook=spec.playbook,
+        status="active",
+        version=-1,
+        spec=to_jsonable(spec),
+        created_at=_now(),
+        updated_at=_now(),
+    )
+    session.add(contract)
+    session.flush()
+    return contract
+
+
+def _apply_snapshot(session: Session, contract: Contract, state: ContractState) -> None:
+    contract.status = state.status
+    contract.paid_total = Decimal(state.paid_total)
+    contract.outstanding = Decimal(state.outstanding)
+    contract.credit = Decimal(state.credit)
+    contract.overdue_count = state.overdue_count
+    contract.next_due_at = state.next_due_at
+    contract.version = state.version
+    contract.closed_at = state.closed_at
+    contract.close_reason = state.close_reason or None
+    contract.updated_at = _now()
+
+    # Milestones and installments are few per contract: replace them wholesale, which also
+    # drops items an amendment removed.
+    cid = contract.id
+    session.execute(delete(Milestone).where(Milestone.contract_id == cid))
+    session.execute(delete(Installment).where(Installment.contract_id == cid))
+    session.add_all(
+        Milestone(
+            contract_id=cid,
+            key=m.key,
+            position=pos,
+            name=m.name,
+            kind=m.kind,
+            owner=m.owner,
+            department=m.department,
+            standard=m.standard,
+            due_rule=to_jsonable(m.due),
+            depends_on=list(m.depends_on),
+            due_at=m.due_at,
+            due_estimated=m.due_estimated,
+            status=m.status,
+            progress=m.progress,
+            completed_at=m.completed_at,
+            completed_by=m.completed_by,
+        )
+        for pos, m in enumerate(state.milestones)
+    )
+    session.add_all(
+        Installment(
+            contract_id=cid,
+            key=i.key,
+            position=pos,
+            amount=Decimal(i.amount),
+            paid=Decimal(i.paid),
+            status=i.status,
+            due_at=i.due_at,
+            due_estimated=i.due_estimated,
+            paid_at=i.paid_at,
+        )
+        for pos, i in enumerate(state.installments)
+    )
+    known = set(session.execute(select(Payment.reference).where(Payment.contract_id == cid)).scalars())
+    session.add_all(
+        Payment(
+            contract_id=cid,
+            reference=p.reference,
+            amount=Decimal(p.amount),
+            currency=p.currency,
+            received_at=p.received_at,
+            recorded_at=p.recorded_at,
+            recorded_by=p.by,
+            allocations=dict(p.allocations),
+            excess=Decimal(p.excess),
+        )
+        for p in state.payments
+        if p.reference not in known
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,64 @@
+"""The FastAPI application: the front door for backend teams.  OpenAPI at /docs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import problems
+from api.routes import contracts, meta
+from api.service import ContractService
+from core.settings import Settings, get_settings
+from core.temporal import connect
+from models.db import make_engine, make_session_factory
+
+log = logging.getLogger("api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = make_engine(settings.database_url)
+        app.state.settings = settings
+        app.state.sessions = make_session_factory(engine)
+        app.state.temporal = await connect(settings)
+        app.state.contracts = ContractService(app.state.temporal, app.state.sessions, settings)
+        reconciler = asyncio.create_task(_reconcile_forever(app.state.contracts, settings))
+        try:
+            yield
+        finally:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
+            engine.dispose()
+
+    app = FastAPI(
+        title="Contract execution tracking / 合同执行跟踪",
+        version="0.1.0",
+        description="Every signed contract a durable Temporal workflow: milestones, payments, overdue items.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(meta.router)
+    app.include_router(contracts.router)
+    return app
+
+
+async def _reconcile_forever(service: ContractService, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(max(1.0, settings.reconcile_after_seconds / 3))
+        try:
+            started = await service.reconcile_starting()
+            if started:
+                log.info("reconciler started %d stranded workflow(s)", started)
+        except Exception:  # noqa: BLE001 - keep reconciling; the next round may succeed
+            log.exception("reconciler round failed")
+
+
+app = create_app()

@@ -1,0 +1,223 @@
+"""Request and response bodies: the contract integrating systems code against.
+
+Field names and paths here are public; add optional fields, never rename one.
+Money travels as decimal strings ("1234.50"); datetimes as ISO 8601 with a zone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+MilestoneKind = Literal[
+    "order_review",
+    "production_scheduling",
+    "shipping",
+    "customer_acceptance",
+    "invoicing",
+    "payment_collection",
+    "renewal",
+    "custom",
+]
+
+Amount = str  # a decimal string; validated against the currency by the service layer
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CustomerIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    external_id: str | None = Field(default=None, max_length=100, description="The customer's id in the CRM")
+
+
+class MilestoneIn(Strict):
+    """A milestone, or an override of a playbook milestone with the same key."""
+
+    key: str = Field(min_length=1, max_length=60, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str | None = Field(default=None, max_length=200)
+    kind: MilestoneKind | None = None
+    owner: str | None = Field(default=None, max_length=100, description="Exactly one owner")
+    department: str | None = Field(default=None, max_length=60)
+    standard: str | None = Field(default=None, description="Execution standard / checklist")
+    due: AwareDatetime | None = Field(default=None, description="Absolute due date-time, with a zone")
+    due_after: str | None = Field(default=None, description="ISO 8601 duration, e.g. P5D or PT10S")
+    after: str | None = Field(default=None, description="Milestone key the offset counts from")
+    depends_on: list[str] | None = None
+
+
+class InstallmentIn(Strict):
+    key: str = Field(min_length=1, max_length=60, pattern=r"^[A-Za-z0-9_.-]+$")
+    amount: Amount
+    due: AwareDatetime | None = None
+    due_after: str | None = None
+    after: str | None = Field(default=None, description="Milestone key the offset counts from")
+
+
+class ContractCreate(Strict):
+    external_id: str | None = Field(default=None, max_length=100, description="Your id; a repeat POST returns the same contract")
+    title: str = Field(min_length=1, max_length=300)
+    customer: CustomerIn
+    currency: str = Field(description="ISO 4217, e.g. CNY")
+    amount: Amount
+    effective_date: str = Field(description="ISO date (2026-03-01) or date-time with a zone")
+    end_date: str = Field(description="ISO date (last day of the term) or date-time with a zone")
+    owner: str = Field(min_length=1, max_length=100, description="The sales owner")
+    playbook: str | None = None
+    milestones: list[MilestoneIn] | None = None
+    installments: list[InstallmentIn] | None = None
+
+
+class ContractCreated(BaseModel):
+    id: str
+    workflow_id: str
+    status: str
+    external_id: str | None = None
+
+
+class MilestoneOut(BaseModel):
+    key: str
+    name: str
+    kind: str
+    owner: str
+    department: str
+    standard: str
+    status: str
+    due_at: datetime | None
+    due_estimated: bool
+    depends_on: list[str]
+    progress: int
+    progress_message: str = ""
+    completed_at: datetime | None
+    completed_by: str | None = None
+
+
+class InstallmentOut(BaseModel):
+    key: str
+    due_at: datetime | None
+    due_estimated: bool
+    amount: str
+    paid: str
+    status: str
+    paid_at: datetime | None = None
+
+
+class PaymentOut(BaseModel):
+    reference: str
+    amount: str
+    currency: str
+    received_at: datetime
+    recorded_at: datetime
+    allocations: dict[str, str]
+    excess: str
+
+
+class ContractOut(BaseModel):
+    id: str
+    workflow_id: str
+    external_id: str | None
+    title: str
+    customer: CustomerIn
+    currency: str
+    amount: str
+    effective_at: datetime
+    end_at: datetime
+    owner: str
+    playbook: str | None
+    status: str
+    milestones: list[MilestoneOut]
+    installments: list[InstallmentOut]
+    payments: list[PaymentOut]
+    paid: str
+    outstanding: str
+    credit: str = Field(description="Received beyond the contract amount: to refund or carry over")
+    overdue_count: int
+    next_due_at: datetime | None
+    version: int
+    closed_at: datetime | None = None
+    close_reason: str | None = None
+    temporal_ui: str | None = None
+
+
+class ContractSummary(BaseModel):
+    id: str
+    workflow_id: str
+    external_id: str | None
+    title: str
+    customer: str
+    currency: str
+    amount: str
+    outstanding: str
+    owner: str
+    status: str
+    overdue_count: int
+    next_due_at: datetime | None
+    playbook: str | None
+
+
+class ContractPage(BaseModel):
+    items: list[ContractSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class PaymentIn(Strict):
+    reference: str = Field(min_length=1, max_length=120)
+    amount: Amount
+    currency: str
+    received_at: AwareDatetime
+    by: str = Field(default="finance", max_length=100)
+
+
+class PaymentApplied(BaseModel):
+    applied: bool
+    outstanding: str
+    credit: str
+    reference: str
+    allocations: dict[str, str]
+
+
+class CompleteIn(Strict):
+    by: str = Field(min_length=1, max_length=100)
+    note: str = ""
+
+
+class ProgressIn(Strict):
+    percent: int = Field(ge=0, le=100)
+    message: str = ""
+    source: str = Field(default="", max_length=100)
+
+
+class WaiveIn(Strict):
+    by: str = Field(min_length=1, max_length=100)
+    reason: str = Field(min_length=1)
+
+
+class TerminateIn(Strict):
+    reason: str = Field(min_length=1)
+    by: str = Field(default="", max_length=100)
+
+
+class OperationOut(BaseModel):
+    contract_status: str
+    item_status: str | None = None
+    version: int
+
+
+class EventOut(BaseModel):
+    seq: int
+    type: str
+    at: datetime
+    actor: str
+    data: dict
+
+
+class PlaybookOut(BaseModel):
+    name: str
+    title: str
+    milestones: list[dict]
+    installments: list[dict]

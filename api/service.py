@@ -1,0 +1,383 @@
+"""The contract service: what the routes (and the CLI) call.  Routes stay thin; rules live here.
+
+Writes go to the contract's workflow (updates, validated there before they enter history);
+reads of one contract query the workflow; lists and event logs read the database projection.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Callable
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api import schemas
+from api.builder import SpecError, build_spec
+from api.problems import Problem
+from core.serde import from_jsonable, to_jsonable
+from core.settings import Settings
+from models import Contract, ContractEvent, Customer
+from workflows import errors as wf_errors
+from workflows.contract import ContractWorkflow, ContractWorkflowInput, initial_search_attributes, workflow_id_for
+from workflows.types import (
+    CompleteMilestoneInput,
+    ContractSpec,
+    ContractState,
+    PaymentInput,
+    ProgressInput,
+    TerminateInput,
+    WaiveMilestoneInput,
+)
+
+log = logging.getLogger("api.service")
+
+STARTING = "starting"
+FINAL = ("completed", "terminated", "expired")
+_STATUS_FOR_TYPE = {wf_errors.NOT_FOUND: 404, wf_errors.CONFLICT: 409, wf_errors.INVALID: 422}
+
+
+class ContractService:
+    def __init__(self, client: Client, sessions: sessionmaker[Session], settings: Settings) -> None:
+        self.client = client
+        self.sessions = sessions
+        self.settings = settings
+
+    # ------------------------------------------------------------------ create
+    async def create(self, req: schemas.ContractCreate) -> tuple[schemas.ContractCreated, bool]:
+        """Returns the contract and whether it was created now (False: same external_id seen before)."""
+        if req.external_id:
+            existing = self._by_external_id(req.external_id)
+            if existing is not None:
+                return self._created(existing), False
+        now = datetime.now(timezone.utc)
+        contract_id = uuid.uuid4().hex[:16]
+        try:
+            spec = build_spec(req, contract_id=contract_id, now=now, business_tz=self.settings.business_timezone)
+        except SpecError as exc:
+            raise Problem(422, str(exc), slug="validation", errors=[{"field": f, "message": m} for f, m in exc.errors])
+
+        # 1. The row first, as 'starting': it holds the spec, so the workflow can always be
+        #    (re)started from it, and the unique external_id settles concurrent duplicates.
+        try:
+            with self.sessions.begin() as session:
+                session.add(self._new_row(session, spec, now))
+        except IntegrityError:
+            existing = self._by_external_id(req.external_id) if req.external_id else None
+            if existing is None:
+                raise
+            return self._created(existing), False
+
+        # 2. Then the workflow.  If Temporal is unreachable the row stays 'starting' and the
+        #    reconciler starts the workflow later: a row is never left without its workflow.
+        try:
+            await self._start_workflow(spec)
+        except RPCError as exc:
+            log.warning("contract %s recorded; workflow start failed (%s), will retry", contract_id, exc)
+            raise Problem(
+                503,
+                f"contract {contract_id} was recorded but Temporal is unreachable; its workflow will be started "
+                f"automatically. Retrying with the same external_id is safe.",
+                slug="temporal-unavailable",
+                id=contract_id,
+            )
+        self._mark_started(contract_id)
+        with self.sessions() as session:
+            return self._created(session.get(Contract, contract_id)), True
+
+    async def _start_workflow(self, spec: ContractSpec) -> None:
+        await self.client.start_workflow(
+            ContractWorkflow.run,
+            ContractWorkflowInput(spec=spec),
+            id=workflow_id_for(spec.contract_id),
+            task_queue=self.settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=initial_search_attributes(spec),
+            memo={"title": spec.title, "customer": spec.customer_name, "currency": spec.currency, "amount": spec.amount},
+            static_summary=f"{spec.title} · {spec.customer_name} · {spec.amount} {spec.currency}",
+        )
+
+    def _mark_started(self, contract_id: str) -> None:
+        with self.sessions.begin() as session:
+            row = session.get(Contract, contract_id)
+            if row is not None and row.status == STARTING:
+                row.status = "active"
+
+    async def reconcile_starting(self) -> int:
+        """Start the workflow of every row stuck in 'starting' (API crashed or Temporal was down)."""
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.settings.reconcile_after_seconds)
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Contract.id, Contract.spec).where(Contract.status == STARTING, Contract.created_at < cutoff)
+            ).all()
+        started = 0
+        for contract_id, spec_json in rows:
+            try:
+                await self._start_workflow(from_jsonable(ContractSpec, spec_json))
+            except RPCError as exc:
+                log.warning("reconcile: %s still cannot start: %s", contract_id, exc)
+                continue
+            self._mark_started(contract_id)
+            started += 1
+        return started
+
+    def _new_row(self, session: Session, spec: ContractSpec, now: datetime) -> Contract:
+        customer = None
+        if spec.customer_external_id:
+            customer = session.execute(
+                select(Customer).where(Customer.external_id == spec.customer_external_id)
+            ).scalar_one_or_none()
+        if customer is None:
+            customer = Customer(name=spec.customer_name, external_id=spec.customer_external_id, created_at=now)
+            session.add(customer)
+            session.flush()
+        amount = Decimal(spec.amount)
+        return Contract(
+            id=spec.contract_id,
+            external_id=spec.external_id,
+            workflow_id=workflow_id_for(spec.contract_id),
+            title=spec.title,
+            customer_id=customer.id,
+            customer_name=spec.customer_name,
+            currency=spec.currency,
+            amount=amount,
+            paid_total=Decimal(0),
+            outstanding=amount,
+            credit=Decimal(0),
+            effective_at=spec.effective_at,
+            end_at=spec.end_at,
+            owner=spec.owner,
+            playbook=spec.playbook,
+            status=STARTING,
+            overdue_count=0,
+            version=0,
+            spec=to_jsonable(spec),
+            created_at=now,
+            updated_at=now,
+        )
+
+    def _by_external_id(self, external_id: str) -> Contract | None:
+        with self.sessions() as session:
+            return session.execute(select(Contract).where(Contract.external_id == external_id)).scalar_one_or_none()
+
+    @staticmethod
+    def _created(row: Contract) -> schemas.ContractCreated:
+        status = "active" if row.status == STARTING else row.status
+        return schemas.ContractCreated(id=row.id, workflow_id=row.workflow_id, status=status, external_id=row.external_id)
+
+    # ------------------------------------------------------------------ read
+    def _row(self, contract_id: str) -> Contract:
+        with self.sessions() as session:
+            row = session.get(Contract, contract_id)
+        if row is None:
+            raise Problem(404, f"no contract with id {contract_id!r}", slug="contract-not-found")
+        return row
+
+    async def get(self, contract_id: str) -> schemas.ContractOut:
+        row = self._row(contract_id)
+        handle = self.client.get_workflow_handle(row.workflow_id)
+        try:
+            state: ContractState = await handle.query(ContractWorkflow.state_query)
+        except RPCError as exc:
+            raise Problem(503, f"the contract's live state cannot be read right now: {exc.message}", slug="temporal-unavailable")
+        return self._to_out(row, state)
+
+    def _to_out(self, row: Contract, state: ContractState) -> schemas.ContractOut:
+        spec = state.spec
+        return schemas.ContractOut(
+            id=row.id,
+            workflow_id=row.workflow_id,
+            external_id=spec.external_id,
+            title=spec.title,
+            customer=schemas.CustomerIn(name=spec.customer_name, external_id=spec.customer_external_id),
+            currency=spec.currency,
+            amount=str(Decimal(spec.amount).quantize(Decimal(1).scaleb(-spec.minor_units))),
+            effective_at=spec.effective_at,
+            end_at=spec.end_at,
+            owner=spec.owner,
+            playbook=spec.playbook,
+            status=state.status,
+            milestones=[
+                schemas.MilestoneOut(
+                    key=m.key,
+                    name=m.name,
+                    kind=m.kind,
+                    owner=m.owner,
+                    department=m.department,
+                    standard=m.standard,
+                    status=m.status,
+                    due_at=m.due_at,
+                    due_estimated=m.due_estimated,
+                    depends_on=m.depends_on,
+                    progress=m.progress,
+                    progress_message=m.progress_message,
+                    completed_at=m.completed_at,
+                    completed_by=m.completed_by,
+                )
+                for m in state.milestones
+            ],
+            installments=[
+                schemas.InstallmentOut(
+                    key=i.key,
+                    due_at=i.due_at,
+                    due_estimated=i.due_estimated,
+                    amount=i.amount,
+                    paid=i.paid,
+                    status=i.status,
+                    paid_at=i.paid_at,
+                )
+                for i in state.installments
+            ],
+            payments=[
+                schemas.PaymentOut(
+                    reference=p.reference,
+                    amount=p.amount,
+                    currency=p.currency,
+                    received_at=p.received_at,
+                    recorded_at=p.recorded_at,
+                    allocations=p.allocations,
+                    excess=p.excess,
+                )
+                for p in state.payments
+            ],
+            paid=state.paid_total,
+            outstanding=state.outstanding,
+            credit=state.credit,
+            overdue_count=state.overdue_count,
+            next_due_at=state.next_due_at,
+            version=state.version,
+            closed_at=state.closed_at,
+            close_reason=state.close_reason or None,
+            temporal_ui=(
+                f"{self.settings.temporal_ui_url}/namespaces/{self.settings.temporal_namespace}"
+                f"/workflows/{row.workflow_id}"
+            ),
+        )
+
+    def list(
+        self,
+        *,
+        status: str | None,
+        owner: str | None,
+        customer: str | None,
+        overdue: bool | None,
+        limit: int,
+        offset: int,
+    ) -> schemas.ContractPage:
+        query = select(Contract)
+        if status:
+            query = query.where(Contract.status == status)
+        if owner:
+            query = query.where(Contract.owner == owner)
+        if customer:
+            query = query.join(Customer).where(
+                or_(Contract.customer_name.ilike(f"%{customer}%"), Customer.external_id == customer)
+            )
+        if overdue is True:
+            query = query.where(Contract.overdue_count > 0)
+        elif overdue is False:
+            query = query.where(Contract.overdue_count == 0)
+        with self.sessions() as session:
+            total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+            rows = session.execute(
+                query.order_by(Contract.created_at.desc(), Contract.id).limit(limit).offset(offset)
+            ).scalars().all()
+        return schemas.ContractPage(
+            items=[
+                schemas.ContractSummary(
+                    id=r.id,
+                    workflow_id=r.workflow_id,
+                    external_id=r.external_id,
+                    title=r.title,
+                    customer=r.customer_name,
+                    currency=r.currency,
+                    amount=_money(r.amount, r),
+                    outstanding=_money(r.outstanding, r),
+                    owner=r.owner,
+                    status="active" if r.status == STARTING else r.status,
+                    overdue_count=r.overdue_count,
+                    next_due_at=r.next_due_at,
+                    playbook=r.playbook,
+                )
+                for r in rows
+            ],
+            total=total,
+            limit=limit,
+            offset=offset,
+        )
+
+    def events(self, contract_id: str, *, after_seq: int, limit: int) -> list[schemas.EventOut]:
+        self._row(contract_id)
+        with self.sessions() as session:
+            rows = session.execute(
+                select(ContractEvent)
+                .where(ContractEvent.contract_id == contract_id, ContractEvent.seq > after_seq)
+                .order_by(ContractEvent.seq)
+                .limit(limit)
+            ).scalars().all()
+        return [schemas.EventOut(seq=e.seq, type=e.type, at=e.at, actor=e.actor, data=e.data) for e in rows]
+
+    # ------------------------------------------------------------------ write (workflow updates)
+    async def record_payment(self, contract_id: str, body: schemas.PaymentIn) -> schemas.PaymentApplied:
+        result = await self._update(
+            contract_id,
+            ContractWorkflow.record_payment,
+            PaymentInput(body.reference, body.amount, body.currency, body.received_at, body.by),
+        )
+        return schemas.PaymentApplied(
+            applied=result.applied,
+            outstanding=result.outstanding,
+            credit=result.credit,
+            reference=result.reference,
+            allocations=result.allocations,
+        )
+
+    async def complete_milestone(self, contract_id: str, key: str, body: schemas.CompleteIn) -> schemas.OperationOut:
+        r = await self._update(contract_id, ContractWorkflow.complete_milestone, CompleteMilestoneInput(key, body.by, body.note))
+        return schemas.OperationOut(contract_status=r.contract_status, item_status=r.item_status, version=r.version)
+
+    async def report_progress(self, contract_id: str, key: str, body: schemas.ProgressIn) -> schemas.OperationOut:
+        r = await self._update(
+            contract_id, ContractWorkflow.report_progress, ProgressInput(key, body.percent, body.message, body.source)
+        )
+        return schemas.OperationOut(contract_status=r.contract_status, item_status=r.item_status, version=r.version)
+
+    async def waive_milestone(self, contract_id: str, key: str, body: schemas.WaiveIn) -> schemas.OperationOut:
+        r = await self._update(contract_id, ContractWorkflow.waive_milestone, WaiveMilestoneInput(key, body.by, body.reason))
+        return schemas.OperationOut(contract_status=r.contract_status, item_status=r.item_status, version=r.version)
+
+    async def terminate(self, contract_id: str, body: schemas.TerminateIn) -> schemas.OperationOut:
+        r = await self._update(contract_id, ContractWorkflow.terminate, TerminateInput(body.reason, body.by))
+        return schemas.OperationOut(contract_status=r.contract_status, item_status=r.item_status, version=r.version)
+
+    async def _update(self, contract_id: str, update: Callable, arg: Any):
+        row = self._row(contract_id)
+        if row.status in FINAL:
+            raise Problem(409, f"contract is {row.status}; it can no longer change", slug="contract-closed")
+        handle = self.client.get_workflow_handle(row.workflow_id)
+        try:
+            return await handle.execute_update(update, arg)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.type in _STATUS_FOR_TYPE:
+                raise Problem(_STATUS_FOR_TYPE[cause.type], cause.message, slug=cause.type.lower())
+            raise
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                # The workflow closed between our read of the row and the update.
+                raise Problem(409, "contract is closed; it can no longer change", slug="contract-closed")
+            raise Problem(503, f"Temporal is unreachable: {exc.message}", slug="temporal-unavailable")
+
+
+def _money(value: Decimal, row: Contract) -> str:
+    places = int(row.spec.get("minor_units", 2)) if isinstance(row.spec, dict) else 2
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-places)))

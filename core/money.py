@@ -1,0 +1,45 @@
+"""Money: ``Decimal`` amounts in an ISO 4217 currency, rounded to that currency's minor unit."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+from babel.numbers import get_currency_precision, list_currencies
+
+_CURRENCIES = frozenset(list_currencies())
+
+
+class MoneyError(ValueError):
+    pass
+
+
+def check_currency(code: str) -> str:
+    if not isinstance(code, str) or code.upper() != code or code not in _CURRENCIES or len(code) != 3:
+        raise MoneyError(f"{code!r} is not an ISO 4217 currency code such as 'CNY' or 'USD'")
+    return code
+
+
+def minor_units(currency: str) -> int:
+    return int(get_currency_precision(check_currency(currency)))
+
+
+def parse_amount(value: str | int | Decimal, currency: str, *, allow_zero: bool = False) -> Decimal:
+    """A positive amount with no more decimals than the currency has (CNY 0.01, JPY 1)."""
+    if isinstance(value, float):
+        raise MoneyError("amounts are decimal strings such as '1234.50', never floats")
+    try:
+        amount = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError) as exc:
+        raise MoneyError(f"{value!r} is not a decimal amount such as '1234.50'") from exc
+    if not amount.is_finite():
+        raise MoneyError(f"{value!r} is not a finite amount")
+    if amount < 0 or (amount == 0 and not allow_zero):
+        raise MoneyError(f"amount must be greater than zero, got {value}")
+    places = minor_units(currency)
+    if amount != amount.quantize(Decimal(1).scaleb(-places)):
+        raise MoneyError(f"{value} has more decimals than {currency} allows ({places})")
+    return quantize(amount, places)
+
+
+def quantize(amount: Decimal, places: int) -> Decimal:
+    return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)

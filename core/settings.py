@@ -1,0 +1,33 @@
+"""All configuration, from the environment (or a .env file).  One class, read once at start-up."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # SQLite file by default; production sets e.g. postgresql+psycopg2://user:pw@db/contracts
+    database_url: str = "sqlite:///./data/contracts.db"
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "contracts"
+    # Where the Temporal Web UI is, for links shown to people.
+    temporal_ui_url: str = "http://localhost:8233"
+    # Calendar dates (effective_date: 2026-03-01) are read in this zone.
+    business_timezone: str = "Asia/Shanghai"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # A contract row older than this still in 'starting' has its workflow (re)started.
+    reconcile_after_seconds: float = 30.0
+    # Worker tuning: cached workflows bound worker memory; pollers scale with load.
+    max_cached_workflows: int = 2000
+    max_concurrent_activities: int = 50
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

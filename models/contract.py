@@ -1,0 +1,143 @@
+"""The contract repository and read model.
+
+The workflow is the source of truth for a live contract; these tables are its projection
+(written by the ``project_contract`` activity) plus what the API writes at creation.  Lists,
+filters and reports read here so they never query every workflow.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base
+from models.types import Money, UTCDateTime
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    external_id: Mapped[str | None] = mapped_column(String(100), unique=True)  # the CRM's id
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Contract(Base):
+    __tablename__ = "contracts"
+    __table_args__ = (
+        Index("ix_contracts_status_owner", "status", "owner"),
+        Index("ix_contracts_overdue", "overdue_count"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    external_id: Mapped[str | None] = mapped_column(String(100), unique=True)  # the caller's idempotency key
+    workflow_id: Mapped[str] = mapped_column(String(100), unique=True)
+    title: Mapped[str] = mapped_column(String(300))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    customer_name: Mapped[str] = mapped_column(String(200), index=True)  # denormalised for lists
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[Decimal] = mapped_column(Money())
+    paid_total: Mapped[Decimal] = mapped_column(Money())
+    outstanding: Mapped[Decimal] = mapped_column(Money())
+    credit: Mapped[Decimal] = mapped_column(Money())
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    end_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    playbook: Mapped[str | None] = mapped_column(String(50))
+    # starting (row written, workflow not yet confirmed), active, completed, terminated, expired
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    overdue_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    version: Mapped[int] = mapped_column(Integer, default=0)  # last event seq projected
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the expanded ContractSpec, to (re)start the workflow
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    close_reason: Mapped[str | None] = mapped_column(Text)
+
+    customer: Mapped[Customer] = relationship()
+    milestones: Mapped[list[Milestone]] = relationship(
+        back_populates="contract", order_by="Milestone.position", cascade="all, delete-orphan"
+    )
+    installments: Mapped[list[Installment]] = relationship(
+        back_populates="contract", order_by="Installment.position", cascade="all, delete-orphan"
+    )
+    payments: Mapped[list[Payment]] = relationship(
+        back_populates="contract", order_by="Payment.recorded_at", cascade="all, delete-orphan"
+    )
+
+
+class Milestone(Base):
+    __tablename__ = "milestones"
+    __table_args__ = (Index("ix_milestones_status_due", "status", "due_at"),)
+
+    contract_id: Mapped[str] = mapped_column(ForeignKey("contracts.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(60), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(30))
+    owner: Mapped[str] = mapped_column(String(100), index=True)  # exactly one owner
+    department: Mapped[str] = mapped_column(String(60))
+    standard: Mapped[str] = mapped_column(Text, default="")  # execution standard / checklist
+    due_rule: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"at"} or {"offset", "after"}
+    depends_on: Mapped[list[str]] = mapped_column(JSON)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    due_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(20))
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_by: Mapped[str | None] = mapped_column(String(100))
+
+    contract: Mapped[Contract] = relationship(back_populates="milestones")
+
+
+class Installment(Base):
+    __tablename__ = "installments"
+
+    contract_id: Mapped[str] = mapped_column(ForeignKey("contracts.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(60), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[Decimal] = mapped_column(Money())
+    paid: Mapped[Decimal] = mapped_column(Money())
+    status: Mapped[str] = mapped_column(String(20))
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    due_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    contract: Mapped[Contract] = relationship(back_populates="installments")
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+
+    contract_id: Mapped[str] = mapped_column(ForeignKey("contracts.id", ondelete="CASCADE"), primary_key=True)
+    reference: Mapped[str] = mapped_column(String(120), primary_key=True)  # unique per contract: no double count
+    amount: Mapped[Decimal] = mapped_column(Money())
+    currency: Mapped[str] = mapped_column(String(3))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    recorded_by: Mapped[str] = mapped_column(String(100))
+    allocations: Mapped[dict[str, str]] = mapped_column(JSON)
+    excess: Mapped[Decimal] = mapped_column(Money())
+
+    contract: Mapped[Contract] = relationship(back_populates="payments")
+
+
+class ContractEvent(Base):
+    """Append-only event log.  ``(contract_id, seq)`` is unique, which makes projection idempotent."""
+
+    __tablename__ = "contract_events"
+    __table_args__ = (UniqueConstraint("contract_id", "seq", name="uq_contract_events_contract_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    contract_id: Mapped[str] = mapped_column(String(40), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(60), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(100))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -1,0 +1,66 @@
+"""The worker: runs contract workflows and their activities on the task queue.
+
+    python worker.py          # reads DATABASE_URL, TEMPORAL_ADDRESS, ... from the environment
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy.orm import Session, sessionmaker
+from temporalio.client import Client
+from temporalio.worker import PollerBehaviorAutoscaling, Worker
+
+from activities.projection import ProjectionActivities
+from core.settings import Settings, get_settings
+from core.temporal import connect, hard_exit
+from models.db import make_engine, make_session_factory
+from workflows.contract import ContractWorkflow
+
+WORKFLOWS = [ContractWorkflow]
+
+
+def build_worker(
+    client: Client, settings: Settings, session_factory: sessionmaker[Session], *, task_queue: str | None = None
+) -> Worker:
+    projection = ProjectionActivities(session_factory)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=[projection.project_contract],
+        activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
+        max_concurrent_activities=settings.max_concurrent_activities,
+        # Bounded sticky cache: worker memory stays flat however many contracts are open.
+        max_cached_workflows=settings.max_cached_workflows,
+        # Pollers follow the load, so a burst of new contracts does not queue behind 5 pollers.
+        workflow_task_poller_behavior=PollerBehaviorAutoscaling(),
+        activity_task_poller_behavior=PollerBehaviorAutoscaling(),
+    )
+
+
+async def run(settings: Settings) -> None:
+    client = await connect(settings)
+    engine = make_engine(settings.database_url)
+    worker = build_worker(client, settings, make_session_factory(engine))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    logging.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
+    async with worker:
+        await stop.wait()
+    engine.dispose()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    asyncio.run(run(get_settings()))
+    hard_exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,621 @@
+"""ContractWorkflow: one signed contract, alive from signature until completed, terminated or expired.
+
+It holds the contract's live state (milestones, installments, payments), guards every due
+date with a durable timer, takes the outside world in through updates (validated before
+they enter history) and signals (for fire-and-forget senders), and hands every change to
+the projection activity so lists and reports read the database, not every workflow.
+
+Two loops run side by side:
+  * the *timer loop* sleeps until the next due date (or until something changes), marks what
+    fell due as overdue and closes the contract when nothing is left;
+  * the *projector* writes the snapshot and new events to the database.  It is separate so a
+    database outage delays the read model, never the timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+
+with workflow.unsafe.imports_passed_through():
+    from core.durations import add_duration
+    from workflows import search_attributes as sa
+    from workflows.errors import conflict, invalid, not_found
+    from workflows.types import (
+        ACTIVE,
+        COMPLETED,
+        DONE,
+        EXPIRED,
+        IN_PROGRESS,
+        OVERDUE,
+        PAID,
+        PARTIALLY_PAID,
+        PENDING,
+        TERMINATED,
+        WAIVED,
+        CompleteMilestoneInput,
+        ContractEvent,
+        ContractSpec,
+        ContractState,
+        DueRule,
+        InstallmentState,
+        MilestoneState,
+        OperationResult,
+        PaymentInput,
+        PaymentRecord,
+        PaymentResult,
+        ProgressInput,
+        ProjectionInput,
+        TerminateInput,
+        WaiveMilestoneInput,
+    )
+
+FINAL_STATUSES = (COMPLETED, TERMINATED, EXPIRED)
+RESOLVED = (DONE, WAIVED)
+
+
+@dataclass
+class ContractWorkflowInput:
+    spec: ContractSpec
+    # Set when this run continues an earlier one: the whole state, and the events the
+    # earlier run had not yet written to the database.
+    carried: ContractState | None = None
+    pending_events: list[ContractEvent] = field(default_factory=list)
+    # Tests set this to force continue-as-new early; 0 means "when Temporal suggests it".
+    continue_as_new_after_events: int = 0
+
+
+def workflow_id_for(contract_id: str) -> str:
+    return f"contract-{contract_id}"
+
+
+@workflow.defn
+class ContractWorkflow:
+    @workflow.init
+    def __init__(self, input: ContractWorkflowInput) -> None:
+        self._input = input
+        if input.carried is not None:
+            self.state = input.carried
+            self.state.run += 1
+            self._pending: list[ContractEvent] = list(input.pending_events)
+        else:
+            self.state = _initial_state(input.spec)
+            self._pending = []
+        self._wake = False
+        self._projecting = False
+        self._dirty = True  # the snapshot differs from what the database holds
+
+    # ------------------------------------------------------------------ main
+    @workflow.run
+    async def run(self, input: ContractWorkflowInput) -> ContractState:
+        if input.carried is None:
+            s = input.spec
+            self._emit(
+                "contract.created",
+                {
+                    "title": s.title,
+                    "customer": s.customer_name,
+                    "customer_external_id": s.customer_external_id,
+                    "external_id": s.external_id,
+                    "amount": s.amount,
+                    "currency": s.currency,
+                    "playbook": s.playbook,
+                },
+                actor=s.owner,
+            )
+        self._refresh()
+        projector = asyncio.create_task(self._projector())
+
+        while self.state.status == ACTIVE:
+            if self._should_continue_as_new():
+                await self._continue_as_new(projector)
+            self._wake = False
+            delay = self._time_to_next_due()
+            try:
+                await workflow.wait_condition(lambda: self._wake, timeout=delay)
+            except asyncio.TimeoutError:
+                pass  # a due date (or the end date) has come: _refresh marks what fell due
+            self._refresh()
+
+        # Final: let in-flight updates reply, then write the last snapshot before closing.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._refresh()
+        await workflow.wait_condition(lambda: not self._pending and not self._dirty and not self._projecting)
+        projector.cancel()
+        return self.state
+
+    # ------------------------------------------------------------------ query
+    @workflow.query
+    def state_query(self) -> ContractState:
+        return self.state
+
+    # ------------------------------------------------------------------ updates
+    @workflow.update
+    def record_payment(self, p: PaymentInput) -> PaymentResult:
+        self._check_payment(p)
+        return self._apply_payment(p)
+
+    @record_payment.validator
+    def _validate_payment(self, p: PaymentInput) -> None:
+        self._check_payment(p)
+
+    @workflow.update
+    def complete_milestone(self, c: CompleteMilestoneInput) -> OperationResult:
+        self._check_complete(c)
+        return self._apply_complete(c)
+
+    @complete_milestone.validator
+    def _validate_complete(self, c: CompleteMilestoneInput) -> None:
+        self._check_complete(c)
+
+    @workflow.update
+    def report_progress(self, p: ProgressInput) -> OperationResult:
+        self._check_progress(p)
+        return self._apply_progress(p)
+
+    @report_progress.validator
+    def _validate_progress(self, p: ProgressInput) -> None:
+        self._check_progress(p)
+
+    @workflow.update
+    def waive_milestone(self, w: WaiveMilestoneInput) -> OperationResult:
+        self._check_waive(w)
+        return self._apply_waive(w)
+
+    @waive_milestone.validator
+    def _validate_waive(self, w: WaiveMilestoneInput) -> None:
+        self._check_waive(w)
+
+    @workflow.update
+    def terminate(self, t: TerminateInput) -> OperationResult:
+        self._check_terminate(t)
+        return self._apply_terminate(t)
+
+    @terminate.validator
+    def _validate_terminate(self, t: TerminateInput) -> None:
+        self._check_terminate(t)
+
+    # ------------------------------------------------------------------ signals
+    # The same operations for senders that cannot wait for an answer.  A signal cannot be
+    # refused, so an invalid one is recorded as ``signal.rejected`` and changes nothing.
+    @workflow.signal
+    def record_payment_signal(self, p: PaymentInput) -> None:
+        self._signal("record_payment", p, self._check_payment, self._apply_payment)
+
+    @workflow.signal
+    def complete_milestone_signal(self, c: CompleteMilestoneInput) -> None:
+        self._signal("complete_milestone", c, self._check_complete, self._apply_complete)
+
+    @workflow.signal
+    def report_progress_signal(self, p: ProgressInput) -> None:
+        self._signal("report_progress", p, self._check_progress, self._apply_progress)
+
+    @workflow.signal
+    def waive_milestone_signal(self, w: WaiveMilestoneInput) -> None:
+        self._signal("waive_milestone", w, self._check_waive, self._apply_waive)
+
+    @workflow.signal
+    def terminate_signal(self, t: TerminateInput) -> None:
+        self._signal("terminate", t, self._check_terminate, self._apply_terminate)
+
+    def _signal(self, name, arg, check, apply) -> None:
+        try:
+            check(arg)
+        except Exception as exc:  # noqa: BLE001 - every refusal is recorded, none crashes the run
+            self._emit("signal.rejected", {"signal": name, "reason": str(exc)})
+            self._changed()
+            return
+        apply(arg)
+
+    # ------------------------------------------------------------------ payments
+    def _check_payment(self, p: PaymentInput) -> None:
+        s = self.state
+        if s.status != ACTIVE:
+            raise conflict(f"contract is {s.status}; payments can no longer be recorded")
+        if not p.reference or not p.reference.strip():
+            raise invalid("a payment needs a reference (bank transaction or receipt number)")
+        if p.currency != s.spec.currency:
+            raise invalid(f"payment is in {p.currency} but the contract is in {s.spec.currency}")
+        amount = self._money(p.amount)
+        if amount <= 0:
+            raise invalid(f"payment amount must be greater than zero, got {p.amount}")
+        if amount != amount.quantize(Decimal(1).scaleb(-s.spec.minor_units)):
+            raise invalid(f"{p.amount} has more decimals than {s.spec.currency} allows")
+        if p.received_at.tzinfo is None:
+            raise invalid("received_at must carry a timezone")
+        previous = self._payment(p.reference)
+        if previous is not None and Decimal(previous.amount) != amount:
+            raise conflict(
+                f"reference {p.reference!r} was already recorded for {previous.amount} {previous.currency}; "
+                f"a different amount under the same reference is refused"
+            )
+
+    def _apply_payment(self, p: PaymentInput) -> PaymentResult:
+        s = self.state
+        if self._payment(p.reference) is not None:
+            # Idempotent on the reference: the second delivery changes nothing.
+            return PaymentResult(False, s.outstanding, s.credit, p.reference)
+        amount = self._money(p.amount)
+        remaining = amount
+        allocations: dict[str, str] = {}
+        for inst in sorted(self._open_installments(), key=self._installment_order):
+            if remaining <= 0:
+                break
+            owed = Decimal(inst.amount) - Decimal(inst.paid)
+            take = min(owed, remaining)
+            inst.paid = str(Decimal(inst.paid) + take)
+            remaining -= take
+            allocations[inst.key] = str(take)
+            if Decimal(inst.paid) >= Decimal(inst.amount):
+                inst.status = PAID
+                inst.paid_at = p.received_at
+                self._emit("installment.paid", {"key": inst.key, "amount": inst.amount})
+            elif inst.status != OVERDUE:
+                inst.status = PARTIALLY_PAID
+        now = workflow.now()
+        s.payments.append(
+            PaymentRecord(p.reference, str(amount), p.currency, p.received_at, now, p.by, allocations, str(remaining))
+        )
+        self._recompute_money()
+        self._emit(
+            "payment.received",
+            {
+                "reference": p.reference,
+                "amount": str(amount),
+                "currency": p.currency,
+                "received_at": p.received_at.isoformat(),
+                "allocations": allocations,
+                "outstanding": s.outstanding,
+            },
+            actor=p.by,
+        )
+        if remaining > 0:
+            self._emit("payment.overpaid", {"reference": p.reference, "excess": str(remaining), "credit": s.credit})
+        if Decimal(s.outstanding) == 0:
+            for m in s.milestones:
+                if m.kind == "payment_collection" and m.status not in RESOLVED:
+                    self._resolve_milestone(m, DONE, "system", "all installments paid")
+        self._changed()
+        return PaymentResult(True, s.outstanding, s.credit, p.reference, allocations)
+
+    def _payment(self, reference: str) -> PaymentRecord | None:
+        for rec in self.state.payments:
+            if rec.reference == reference:
+                return rec
+        return None
+
+    def _open_installments(self) -> list[InstallmentState]:
+        return [i for i in self.state.installments if i.status != PAID]
+
+    def _installment_order(self, inst: InstallmentState):
+        # Oldest first: by due date, then by the order the contract lists them.
+        index = self.state.installments.index(inst)
+        return (inst.due_at or self.state.spec.end_at, index)
+
+    def _recompute_money(self) -> None:
+        s = self.state
+        places = s.spec.minor_units
+        total = Decimal(s.spec.amount)
+        paid = sum((Decimal(p.amount) for p in s.payments), Decimal(0))
+        s.paid_total = _fmt(paid, places)
+        s.outstanding = _fmt(max(total - paid, Decimal(0)), places)
+        s.credit = _fmt(max(paid - total, Decimal(0)), places)
+        for inst in s.installments:
+            inst.paid = _fmt(Decimal(inst.paid), places)
+
+    def _money(self, value: str) -> Decimal:
+        try:
+            amount = Decimal(str(value))
+        except Exception:  # noqa: BLE001
+            raise invalid(f"{value!r} is not a decimal amount such as '1234.50'")
+        if not amount.is_finite():
+            raise invalid(f"{value!r} is not a finite amount")
+        return amount
+
+    # ------------------------------------------------------------------ milestones
+    def _milestone(self, key: str) -> MilestoneState:
+        for m in self.state.milestones:
+            if m.key == key:
+                return m
+        raise not_found(f"contract has no milestone {key!r}")
+
+    def _check_open_milestone(self, key: str) -> MilestoneState:
+        if self.state.status != ACTIVE:
+            raise conflict(f"contract is {self.state.status}; its milestones can no longer change")
+        m = self._milestone(key)
+        if m.status in RESOLVED:
+            raise conflict(f"milestone {key!r} is already {m.status}")
+        return m
+
+    def _check_complete(self, c: CompleteMilestoneInput) -> None:
+        m = self._check_open_milestone(c.key)
+        if not c.by or not c.by.strip():
+            raise invalid("say who completes the milestone ('by')")
+        open_deps = [d for d in m.depends_on if self._milestone(d).status not in RESOLVED]
+        if open_deps:
+            raise invalid(
+                f"milestone {c.key!r} depends on {', '.join(repr(d) for d in open_deps)}, still open; "
+                f"complete or waive it first"
+            )
+
+    def _apply_complete(self, c: CompleteMilestoneInput) -> OperationResult:
+        m = self._milestone(c.key)
+        self._resolve_milestone(m, DONE, c.by, c.note)
+        self._changed()
+        return OperationResult(self.state.status, m.status, self.state.version)
+
+    def _check_progress(self, p: ProgressInput) -> None:
+        self._check_open_milestone(p.key)
+        if not isinstance(p.percent, int) or not 0 <= p.percent <= 100:
+            raise invalid(f"percent must be a whole number from 0 to 100, got {p.percent}")
+
+    def _apply_progress(self, p: ProgressInput) -> OperationResult:
+        m = self._milestone(p.key)
+        m.progress = p.percent
+        m.progress_message = p.message
+        if m.status == PENDING and p.percent > 0:
+            m.status = IN_PROGRESS
+        self._emit(
+            "milestone.progress",
+            {"key": m.key, "percent": p.percent, "message": p.message, "source": p.source},
+            actor=p.source or "system",
+        )
+        self._changed()
+        return OperationResult(self.state.status, m.status, self.state.version)
+
+    def _check_waive(self, w: WaiveMilestoneInput) -> None:
+        self._check_open_milestone(w.key)
+        if not w.reason or not w.reason.strip():
+            raise invalid("waiving a milestone needs a written reason")
+        if not w.by or not w.by.strip():
+            raise invalid("say who waives the milestone ('by')")
+
+    def _apply_waive(self, w: WaiveMilestoneInput) -> OperationResult:
+        m = self._milestone(w.key)
+        self._resolve_milestone(m, WAIVED, w.by, w.reason)
+        self._changed()
+        return OperationResult(self.state.status, m.status, self.state.version)
+
+    def _resolve_milestone(self, m: MilestoneState, status: str, by: str, note: str) -> None:
+        was_overdue = m.status == OVERDUE
+        m.status = status
+        m.completed_at = workflow.now()
+        m.completed_by = by
+        m.note = note
+        if status == DONE:
+            m.progress = 100
+        self._emit(
+            "milestone.completed" if status == DONE else "milestone.waived",
+            {"key": m.key, "note": note, "late": was_overdue, "due_at": _iso(m.due_at)},
+            actor=by,
+        )
+        self._on_resolved("milestone", m.key)
+
+    # ------------------------------------------------------------------ termination
+    def _check_terminate(self, t: TerminateInput) -> None:
+        if self.state.status != ACTIVE:
+            raise conflict(f"contract is already {self.state.status}")
+        if not t.reason or not t.reason.strip():
+            raise invalid("terminating a contract needs a written reason")
+
+    def _apply_terminate(self, t: TerminateInput) -> OperationResult:
+        self._close(TERMINATED, t.reason, actor=t.by or "system")
+        self._changed()
+        return OperationResult(self.state.status, None, self.state.version)
+
+    # ------------------------------------------------------------------ time and status
+    def _refresh(self) -> None:
+        """Recompute due dates and statuses at workflow time; close the contract when done."""
+        s = self.state
+        if s.status != ACTIVE:
+            self._sync_search_attributes()
+            return
+        now = workflow.now()
+        for m in s.milestones:
+            if m.status in RESOLVED:
+                continue
+            m.due_at, m.due_estimated = self._due(m.due)
+            if m.status != OVERDUE and not m.due_estimated and m.due_at is not None and m.due_at <= now:
+                m.status = OVERDUE
+                m.overdue_since = m.due_at
+                self._emit("milestone.overdue", {"key": m.key, "owner": m.owner, "due_at": _iso(m.due_at)})
+                self._on_overdue("milestone", m.key)
+        for i in s.installments:
+            if i.status == PAID:
+                continue
+            i.due_at, i.due_estimated = self._due(i.due)
+            if i.status != OVERDUE and not i.due_estimated and i.due_at is not None and i.due_at <= now:
+                i.status = OVERDUE
+                i.overdue_since = i.due_at
+                owed = _fmt(Decimal(i.amount) - Decimal(i.paid), s.spec.minor_units)
+                self._emit("installment.overdue", {"key": i.key, "owed": owed, "due_at": _iso(i.due_at)})
+                self._on_overdue("installment", i.key)
+        if not s.past_end and now >= s.spec.end_at:
+            s.past_end = True
+            self._emit("contract.term_ended", {"end_at": _iso(s.spec.end_at), "outstanding": s.outstanding})
+
+        all_done = all(m.status in RESOLVED for m in s.milestones)
+        settled = Decimal(s.outstanding) == 0
+        if all_done and settled:
+            self._close(COMPLETED, "all milestones resolved and all installments paid")
+        elif s.past_end and settled:
+            # The term is over and no money is owed: open milestones can no longer happen.
+            self._close(EXPIRED, "end date passed; open milestones: " + ", ".join(
+                m.key for m in s.milestones if m.status not in RESOLVED))
+        # Money still owed after the end date keeps the contract active: receivables do not expire.
+
+        open_dues = [x.due_at for x in [*s.milestones, *s.installments]
+                     if x.status not in (DONE, WAIVED, PAID) and x.due_at is not None]
+        upcoming = [d for d in open_dues if d > now]
+        s.next_due_at = min(upcoming) if upcoming else None
+        s.overdue_count = sum(1 for x in [*s.milestones, *s.installments] if x.status == OVERDUE)
+        self._sync_search_attributes()
+
+    def _due(self, rule: DueRule, depth: int = 0) -> tuple[datetime | None, bool]:
+        """A due date, and whether it is only an estimate (it waits on an open predecessor)."""
+        if rule.at is not None:
+            return rule.at, False
+        if rule.after is None:
+            spec = self.state.spec
+            return add_duration(spec.clock_start or spec.effective_at, rule.offset or "PT0S"), False
+        pred = self._milestone(rule.after)
+        if pred.status in RESOLVED and pred.completed_at is not None:
+            return add_duration(pred.completed_at, rule.offset or "PT0S"), False
+        if depth > len(self.state.milestones):
+            return None, True
+        base, _ = self._due(pred.due, depth + 1)
+        if base is None:
+            return None, True
+        return add_duration(base, rule.offset or "PT0S"), True
+
+    def _time_to_next_due(self) -> timedelta | None:
+        now = workflow.now()
+        candidates = [
+            x.due_at
+            for x in [*self.state.milestones, *self.state.installments]
+            if x.status in (PENDING, IN_PROGRESS, PARTIALLY_PAID) and not x.due_estimated and x.due_at is not None
+        ]
+        if not self.state.past_end:
+            candidates.append(self.state.spec.end_at)
+        if not candidates:
+            return None  # nothing timed left: wait for the outside world
+        return max(min(candidates) - now, timedelta(milliseconds=1))
+
+    def _close(self, status: str, reason: str, actor: str = "system") -> None:
+        s = self.state
+        s.status = status
+        s.closed_at = workflow.now()
+        s.close_reason = reason
+        self._emit(f"contract.{status}", {"reason": reason, "outstanding": s.outstanding}, actor=actor)
+        self._sync_search_attributes()
+
+    # ------------------------------------------------------------------ escalation seam
+    def _on_overdue(self, item_type: str, key: str) -> None:
+        """An item fell due unresolved.  The escalation issue starts an EscalationWorkflow child here."""
+
+    def _on_resolved(self, item_type: str, key: str) -> None:
+        """An item was resolved.  The escalation issue stops that item's child here."""
+
+    # ------------------------------------------------------------------ events and projection
+    def _emit(self, type_: str, data: dict, actor: str = "system") -> None:
+        self.state.version += 1
+        self._pending.append(ContractEvent(self.state.version, type_, workflow.now(), data, actor))
+        self._dirty = True
+
+    def _changed(self) -> None:
+        """Called by every handler after it changed state: recompute now and wake the timer loop."""
+        self._refresh()
+        self._dirty = True
+        self._wake = True
+
+    async def _projector(self) -> None:
+        while True:
+            await workflow.wait_condition(lambda: self._dirty or bool(self._pending))
+            batch = list(self._pending)
+            self._dirty = False
+            self._projecting = True
+            try:
+                await workflow.execute_activity(
+                    "project_contract",
+                    ProjectionInput(self.state, batch, workflow.info().workflow_id),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    # Keep retrying while the database is away; the next snapshot supersedes.
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+                )
+            finally:
+                self._projecting = False
+            del self._pending[: len(batch)]
+
+    def _sync_search_attributes(self) -> None:
+        s = self.state
+        wanted = [
+            sa.CONTRACT_STATUS.value_set(s.status),
+            sa.OVERDUE_COUNT.value_set(s.overdue_count),
+            sa.OUTSTANDING_AMOUNT.value_set(float(Decimal(s.outstanding))),
+            sa.NEXT_DUE_AT.value_set(s.next_due_at) if s.next_due_at else sa.NEXT_DUE_AT.value_unset(),
+        ]
+        current = workflow.info().typed_search_attributes
+        changes = []
+        for update in wanted:
+            have = current.get(update.key)
+            want = getattr(update, "value", None)
+            if have != want:
+                changes.append(update)
+        if changes:
+            workflow.upsert_search_attributes(changes)
+
+    # ------------------------------------------------------------------ continue-as-new
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        limit = self._input.continue_as_new_after_events
+        if limit and info.get_current_history_length() >= limit:
+            return True
+        return info.is_continue_as_new_suggested()
+
+    async def _continue_as_new(self, projector: asyncio.Task) -> None:
+        # Let running handlers finish so no update or signal is lost, and let the projector
+        # finish the batch it is writing; what is still unwritten travels with the state.
+        await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._projecting)
+        projector.cancel()
+        self._emit("contract.continued", {"run": self.state.run + 1, "history_length": workflow.info().get_current_history_length()})
+        workflow.continue_as_new(
+            ContractWorkflowInput(
+                spec=self.state.spec,
+                carried=self.state,
+                pending_events=list(self._pending),
+                continue_as_new_after_events=self._input.continue_as_new_after_events,
+            )
+        )
+
+
+def _initial_state(spec: ContractSpec) -> ContractState:
+    state = ContractState(spec=spec)
+    state.milestones = [
+        MilestoneState(
+            key=m.key,
+            name=m.name,
+            kind=m.kind,
+            owner=m.owner,
+            department=m.department,
+            standard=m.standard,
+            due=m.due,
+            depends_on=list(m.depends_on),
+        )
+        for m in spec.milestones
+    ]
+    state.installments = [InstallmentState(key=i.key, amount=i.amount, due=i.due) for i in spec.installments]
+    places = spec.minor_units
+    state.outstanding = _fmt(Decimal(spec.amount), places)
+    state.paid_total = _fmt(Decimal(0), places)
+    state.credit = _fmt(Decimal(0), places)
+    for i in state.installments:
+        i.amount = _fmt(Decimal(i.amount), places)
+        i.paid = _fmt(Decimal(0), places)
+    return state
+
+
+def initial_search_attributes(spec: ContractSpec) -> TypedSearchAttributes:
+    """What the starter sets when it starts the workflow, so a new contract is findable at once."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(sa.CONTRACT_ID, spec.contract_id),
+            SearchAttributePair(sa.CUSTOMER_NAME, spec.customer_name),
+            SearchAttributePair(sa.CONTRACT_STATUS, ACTIVE),
+            SearchAttributePair(sa.OWNER, spec.owner),
+            SearchAttributePair(sa.OVERDUE_COUNT, 0),
+            SearchAttributePair(sa.OUTSTANDING_AMOUNT, float(Decimal(spec.amount))),
+        ]
+    )
+
+
+def _fmt(amount: Decimal, places: int) -> str:
+    return str(amount.quantize(Decimal(1).scaleb(-places)))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
