@@ -1,0 +1,88 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+
+from api.builder import build_spec
+from api.schemas import ContractCreate
+from workflows.contract import ContractWorkflow, ContractWorkflowInput, initial_search_attributes, workflow_id_for
+from workflows.types import (
+    CompleteMilestoneInput,
+    ContractSpec,
+    ContractState,
+    PaymentInput,
+)
+
+
+def contract_request(now: datetime, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "title": "Supply of 40 CNC spindles",
+        "customer": {"name": "Ningbo Precision Machinery", "external_id": f"CRM-{uuid.uuid4().hex[:8]}"},
+        "currency": "CNY",
+        "amount": "120000.00",
+        "effective_date": now.isoformat(),
+        "end_date": (now + timedelta(days=365)).isoformat(),
+        "owner": "li.wei",
+        "playbook": "goods_sale",
+    }
+    body.update(overrides)
+    return body
+
+
+def monthly_installments(total: str, months: int = 12) -> list[dict[str, str]]:
+    each = (Decimal(total) / months).quantize(Decimal("0.01"))
+    items = [{"key": f"m{k}", "due_after": f"P{k}M", "amount": str(each)} for k in range(1, months + 1)]
+    items[-1]["amount"] = str(Decimal(total) - each * (months - 1))
+    return items
+
+
+def make_spec(now: datetime, **overrides: Any) -> ContractSpec:
+    req = ContractCreate.model_validate(contract_request(now, **overrides))
+    return build_spec(req, contract_id=uuid.uuid4().hex[:16], now=now)
+
+
+# Every workflow a test starts, so the test can end them: on the time-skipping server an
+# orphaned workflow whose timer fires with no worker polling blocks time skipping for all.
+STARTED: list[WorkflowHandle] = []
+
+
+async def end_started_workflows() -> None:
+    while STARTED:
+        handle = STARTED.pop()
+        try:
+            await handle.terminate("test finished")
+        except Exception as exc:  # noqa: BLE001 - already closed is fine
+            print("terminate:", exc)
+
+
+async def start_contract(
+    client: Client, spec: ContractSpec, task_queue: str, *, continue_as_new_after_events: int = 0
+) -> WorkflowHandle:
+    handle = await client.start_workflow(
+        ContractWorkflow.run,
+        ContractWorkflowInput(spec=spec, continue_as_new_after_events=continue_as_new_after_events),
+        id=workflow_id_for(spec.contract_id),
+        task_queue=task_queue,
+        search_attributes=initial_search_attributes(spec),
+        memo={"title": spec.title, "customer": spec.customer_name},
+    )
+    STARTED.append(handle)
+    return handle
+
+
+async def state_of(handle: WorkflowHandle) -> ContractState:
+    return await handle.query(ContractWorkflow.state_query)
+
+
+async def pay(handle: WorkflowHandle, reference: str, amount: str, at: datetime, currency: str = "CNY"):
+    return await handle.execute_update(ContractWorkflow.record_payment, PaymentInput(reference, amount, currency, at))
+
+
+async def complete(handle: WorkflowHandle, key: str, by: str = "owner"):
+    return await handle.execute_update(ContractWorkflow.complete_milestone, CompleteMilestoneInput(key, by))
