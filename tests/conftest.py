@@ -205,3 +205,45 @@ async def running_api(settings: Settings):
 def executor():
     with ThreadPoolExecutor(4) as pool:
         yield pool
+
+
+class Service:
+    """A running service for API tests: real dev server, real worker, real uvicorn, a real database."""
+
+    def __init__(self, base_url: str, client, settings: Settings):
+        self.base_url = base_url
+        self.client = client
+        self.settings = settings
+
+
+@asynccontextmanager
+async def running_service(dev_env, database_url: str):
+    task_queue = f"api-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        database_url=database_url,
+        temporal_address=dev_env.client.service_client.config.target_host,
+        task_queue=task_queue,
+        reconcile_after_seconds=2,
+    )
+    async with running_worker(dev_env.client, settings, task_queue):
+        async with running_api(settings) as base_url:
+            yield Service(base_url, dev_env.client, settings)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def api_service(dev_env, sqlite_session_url):
+    """One service on SQLite shared by the API tests (each test makes its own contracts)."""
+    async with running_service(dev_env, sqlite_session_url) as service:
+        yield service
+
+
+@pytest_asyncio.fixture(scope="session")
+async def api_service_pg(dev_env, pg_server):
+    """The same service on a fresh PostgreSQL database."""
+    name, url = new_pg_database(pg_server)
+    upgrade(url)
+    try:
+        async with running_service(dev_env, url) as service:
+            yield service
+    finally:
+        drop_pg_database(pg_server, name)

@@ -1,0 +1,239 @@
+"""The API end to end: real uvicorn, real Temporal dev server and worker, real databases."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from core.temporal import find_binary
+from tests.helpers import contract_request
+from workflows import search_attributes as sa
+
+
+def six_installments(total: str = "1200000.00") -> list[dict]:
+    each = Decimal(total) / 6
+    return [
+        {"key": f"i{k}", "due_after": f"P{k}M", "amount": str(each.quantize(Decimal('0.01')))} for k in range(1, 7)
+    ]
+
+
+async def create(client: httpx.AsyncClient, **overrides) -> dict:
+    body = contract_request(datetime.now(timezone.utc), **overrides)
+    r = await client.post("/contracts", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+def temporal_list(service, query: str) -> list[dict]:
+    out = subprocess.run(
+        [find_binary("temporal"), "workflow", "list", "--address", service.settings.temporal_address,
+         "--query", query, "--output", "json"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout
+    out = out.strip()
+    if not out:
+        return []
+    if out.startswith("["):
+        return json.loads(out)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+async def test_goods_sale_contract_with_six_installments(api_service):
+    async with httpx.AsyncClient(base_url=api_service.base_url) as c:
+        created = await create(c, amount="1200000.00", installments=six_installments())
+        assert created["status"] == "active"
+        assert created["workflow_id"] == f"contract-{created['id']}"
+        r = await c.get(f"/contracts/{created['id']}")
+        assert r.status_code == 200
+        live = r.json()
+        assert len(live["milestones"]) == 6
+        assert all(m["due_at"] for m in live["milestones"])
+        assert all(m["owner"] == "li.wei" and m["status"] == "pending" for m in live["milestones"])
+        assert len(live["installments"]) == 6
+        assert live["outstanding"] == "1200000.00"
+
+        # Findable by operators: the CLI query the README shows.
+        listed = await asyncio.to_thread(
+            temporal_list, api_service, f"ContractStatus='active' AND ContractId='{created['id']}'"
+        )
+        assert [w["execution"]["workflowId"] for w in listed] == [created["workflow_id"]]
+
+        # And in the database read model.
+        page = (await c.get("/contracts", params={"owner": "li.wei", "status": "active", "limit": 500})).json()
+        assert created["id"] in [item["id"] for item in page["items"]]
+
+
+async def test_external_id_makes_creation_idempotent(api_service):
+    async with httpx.AsyncClient(base_url=api_service.base_url) as c:
+        ext = f"CRM-{uuid.uuid4().hex[:8]}"
+        body = contract_request(datetime.now(timezone.utc), external_id=ext)
+        first = await c.post("/contracts", json=body)
+        second = await c.post("/contracts", json=body)
+        assert first.status_code == 201 and second.status_code == 200
+        assert first.json()["id"] == second.json()["id"]
+        # Concurrent duplicates settle on one contract too.
+        ext2 = f"CRM-{uuid.uuid4().hex[:8]}"
+        body2 = contract_request(datetime.now(timezone.utc), external_id=ext2)
+        results = await asyncio.gather(*(c.post("/contracts", json=body2) for _ in range(5)))
+        assert sorted(r.status_code for r in results).count(201) == 1
+        assert len({r.json()["id"] for r in results}) == 1
+
+
+async def test_payment_twice_applies_once_and_overpayment_becomes_credit(api_service):
+    async with httpx.AsyncClient(base_url=api_service.base_url) as c:
+        created = await create(c, amount="1000.00", installments=[
+            {"key": "a", "due_after": "P10D", "amount": "333.33"},
+            {"key": "b", "due_after": "P20D", "amount": "333.33"},
+            {"key": "c", "due_after": "P30D", "amount": "333.34"},
+        ])
+        cid = created["id"]
+        pay = {"reference": "BANK-20261127-001", "amount": "400.10", "currency": "CNY",
+               "received_at": "2026-11-27T10:00:00+08:00"}
+        r1 = await c.post(f"/contracts/{cid}/payments", json=pay)
+        r2 = await c.post(f"/contracts/{cid}/payments", json=pay)
+        assert r1.status_code == r2.status_code == 200
+        assert r1.json()["applied"] is True and r2.json()["applied"] is False
+        assert r1.json()["outstanding"] == r2.json()["outstanding"] == "599.90"
+        assert r1.json()["allocations"] == {"a": "333.33", "b": "66.77"}
+
+        # Over-payment: balance to zero, the excess is kept as the customer's credit.
+        r3 = await c.post(f"/contracts/{cid}/payments", json={**pay, "reference": "BANK-2", "amount": "700.00"})
+        assert r3.json() == {**r3.json(), "applied": True, "outstanding": "0.00", "credit": "100.10"}
+        live = (await c.get(f"/contracts/{cid}")).json()
+        assert [i["status"] for i in live["installments"]] == ["paid", "paid", "paid"]
+        assert live["paid"] == "1100.10" and live["credit"] == "100.10"
+        assert [p["reference"] for p in live["payments"]] == ["BANK-20261127-001", "BANK-2"]
+
+        async def events():
+            evs = (await c.get(f"/contracts/{cid}/events")).json()
+            return evs if any(e["type"] == "payment.overpaid" for e in evs) else None
+
+        evs = await wait_for(events)
+        assert [e["type"] for e in evs].count("payment.received") == 2
+        assert [e["seq"] for e in evs] == sorted({e["seq"] for e in evs})  # no duplicates, in order
+
+
+async def test_milestone_overdue_visible_everywhere_within_2_seconds(api_service):
+    async with httpx.AsyncClient(base_url=api_service.base_url) as c:
+        created = await create(c, playbook=None, milestones=[
+            {"key": "kickoff", "name": "Kick-off", "kind": "custom", "owner": "wang.fang", "department": "delivery",
+             "due_after": "PT5S"},
+        ])
+        cid = created["id"]
+        live = (await c.get(f"/contracts/{cid}")).json()
+        due_at = datetime.fromisoformat(live["milestones"][0]["due_at"])
+        assert live["milestones"][0]["status"] == "pending"
+
+        async def overdue_in_get():
+            m = (await c.get(f"/contracts/{cid}")).json()["milestones"][0]
+            return m["status"] == "overdue"
+
+        async def overdue_in_list():
+            page = (await c.get("/contracts", params={"overdue": "true", "limit": 500})).json()
+            return cid in [i["id"] for i in page["items"]]
+
+        async def overdue_in_temporal():
+            desc = await api_service.client.get_workflow_handle(created["workflow_id"]).describe()
+            return (desc.typed_search_attributes.get(sa.OVERDUE_COUNT) or 0) > 0
+
+        lateness = {}
+        for name, check in [("get", overdue_in_get), ("list", overdue_in_list), ("search attribute", overdue_in_temporal)]:
+            await wait_for(check, timeout=15, interval=0.05)
+            lateness[name] = (datetime.now(timezone.utc) - due_at).total_seconds()
+        print("overdue visible after due time:", {k: f"{v:.2f}s" for k, v in lateness.items()})
+        assert all(v <= 2.0 for v in lateness.values()), lateness
+        listed = await asyncio.to_thread(temporal_list, api_service, f"OverdueCount > 0 AND ContractId='{cid}'")
+        assert len(listed) == 1
+
+
+async def test_milestone_flow_and_termination(api_service):
+    async with httpx.AsyncClient(base_url=api_service.base_url) as c:
+        cid = (await create(c))["id"]
+        r = await c.post(f"/contracts/{cid}/milestones/order_review/progress",
+                         json={"percent": 50, "message": "credit check", "source": "erp"})
+        assert r.status_code == 200 and r.json()["item_status"] == "in_progress"
+        r = await c.post(f"/contracts/{cid}/milestones/order_review/complete", json={"by": "li.wei", "note": "ok"})
+        assert r.json()["item_status"] == "done"
+        r = await c.post(f"/contracts/{cid}/milestones/production_scheduling/waive",
+                         json={"by": "zhang.min", "reason": "stock item"})
+        assert r.json()["item_status"] == "waived"
+        r = await c.post(f"/contracts/{cid}/terminate", json={"reason": "customer cancelled", "by": "legal"})
+        assert r.status_code == 200 and r.json()["contract_status"] == "terminated"
+
+        async def terminated_in_db():
+            page = (await c.get("/contracts", params={"status": "terminated", "limit": 500})).json()
+            return cid in [i["id"] for i in page["items"]]
+
+        await wait_for(terminated_in_db)
+        r = await c.post(f"/contracts/{cid}/payments", json={
+            "reference": "late", "amount": "1.00", "currency": "CNY", "received_at": "2026-11-27T10:00:00+08:00"})
+        assert r.status_code == 409
+        assert r.headers["content-type"] == "application/problem+json"
+        types = [e["type"] for e in (await c.get(f"/contracts/{cid}/events")).json()]
+        assert types == ["contract.created", "milestone.progress", "milestone.completed", "milestone.waived",
+                         "contract.terminated"]
+
+
+async def test_playbooks_health_and_docs(api_service):
+    async with httpx.AsyncClient(base_url=api_service.base_url) as c:
+        books = {b["name"]: b for b in (await c.get("/playbooks")).json()}
+        assert {"goods_sale", "service"} <= set(books)
+        assert [m["key"] for m in books["goods_sale"]["milestones"]][0] == "order_review"
+        assert (await c.get("/healthz")).json() == {"status": "ok"}
+        ready = (await c.get("/readyz")).json()
+        assert ready["checks"] == {"database": "ok", "temporal": "ok"}
+        assert (await c.get("/docs")).status_code == 200
+        spec = (await c.get("/openapi.json")).json()
+        assert "/contracts/{contract_id}/payments" in spec["paths"]
+
+
+async def test_service_playbook_generates_monthly_and_quarterly_items(api_service):
+    async with httpx.AsyncClient(base_url=api_service.base_url) as c:
+        now = datetime.now(timezone.utc)
+        cid = (await create(c, playbook="service", amount="240000.00",
+                            end_date=(now + timedelta(days=364)).isoformat()))["id"]
+        live = (await c.get(f"/contracts/{cid}")).json()
+        keys = [m["key"] for m in live["milestones"]]
+        assert keys.count("kickoff") == 1 and "acceptance" in keys
+        assert len([k for k in keys if k.startswith("report_")]) == 11
+        assert len([k for k in keys if k.startswith("invoice_")]) == 4
+        assert [i["amount"] for i in live["installments"]] == ["60000.00"] * 4
+
+
+@pytest.mark.postgres
+async def test_contract_life_on_postgres(api_service_pg):
+    async with httpx.AsyncClient(base_url=api_service_pg.base_url) as c:
+        created = await create(c, amount="1200000.00", installments=six_installments())
+        cid = created["id"]
+        pay = {"reference": "PG-1", "amount": "200000.00", "currency": "CNY", "received_at": "2026-11-27T10:00:00+08:00"}
+        assert (await c.post(f"/contracts/{cid}/payments", json=pay)).json()["applied"] is True
+        assert (await c.post(f"/contracts/{cid}/payments", json=pay)).json()["applied"] is False
+
+        async def projected():
+            page = (await c.get("/contracts", params={"customer": "Ningbo", "limit": 500})).json()
+            item = next((i for i in page["items"] if i["id"] == cid), None)
+            return item if item and item["outstanding"] == "1000000.00" else None
+
+        item = await wait_for(projected)
+        assert item["amount"] == "1200000.00"
+        evs = (await c.get(f"/contracts/{cid}/events")).json()
+        assert [e["type"] for e in evs] == ["contract.created", "installment.paid", "payment.received"]
