@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -59,6 +61,18 @@ async def end_started_workflows() -> None:
             await handle.terminate("test finished")
         except Exception as exc:  # noqa: BLE001 - already closed is fine
             print("terminate:", exc)
+
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+async def save_history(handle: WorkflowHandle, name: str) -> None:
+    """With RECORD_HISTORIES=1, keep this run's history for the replay tests (tests/histories)."""
+    if os.environ.get("RECORD_HISTORIES") != "1":
+        return
+    history = await handle.fetch_history()
+    HISTORIES.mkdir(exist_ok=True)
+    (HISTORIES / f"{name}.json").write_text(history.to_json())
 
 
 async def start_contract(

@@ -15,7 +15,7 @@ from temporalio.service import RPCError
 
 from core.settings import Settings
 from tests.conftest import running_worker
-from tests.helpers import end_started_workflows, complete, contract_request, make_spec, monthly_installments, pay, start_contract, state_of
+from tests.helpers import end_started_workflows, save_history, complete, contract_request, make_spec, monthly_installments, pay, start_contract, state_of
 from workflows import search_attributes as sa
 from workflows.contract import ContractWorkflow
 from workflows.types import (
@@ -92,6 +92,7 @@ async def test_one_year_goods_sale_with_12_installments_completes_in_seconds(ts_
                 result = await pay(handle, f"BANK-{paid_refs}", owed, await ts_env.get_current_time())
                 assert result.applied
         final = await handle.result()
+        await save_history(handle, "goods_sale_one_year_completed")
     assert final.status == COMPLETED
     assert final.outstanding == "0.00" and final.paid_total == "120000.00"
     assert all(m.status == DONE for m in final.milestones)
@@ -130,6 +131,7 @@ async def test_milestone_turns_overdue_at_its_due_time(ts_env, settings, task_qu
         await complete(handle, "review")
         desc = await handle.describe()
         assert desc.typed_search_attributes.get(sa.OVERDUE_COUNT) == 0
+        await save_history(handle, "milestone_overdue_then_completed")
 
 
 async def test_late_shipping_moves_acceptance(ts_env, settings, task_queue):
@@ -245,6 +247,7 @@ async def test_signals_apply_and_invalid_signals_are_recorded_not_applied(ts_env
         assert st.milestones[2].status == "pending"
         await handle.signal(ContractWorkflow.terminate_signal, TerminateInput("customer went bankrupt", "legal"))
         final = await handle.result()
+        await save_history(handle, "signals_then_terminated")
     assert final.status == TERMINATED and final.close_reason == "customer went bankrupt"
 
 
@@ -281,6 +284,7 @@ async def test_term_end_with_nothing_owed_expires_but_money_owed_keeps_it_open(t
         assert st.installments[0].status == OVERDUE
         await pay(handle, "LATE-PAY", "500.00", await ts_env.get_current_time())
         final = await handle.result()
+        await save_history(handle, "term_ended_paid_late_expired")
     assert final.status == EXPIRED
     assert "order_review" in final.close_reason
 
@@ -301,6 +305,7 @@ async def test_continue_as_new_keeps_everything(ts_env, settings, task_queue):
         assert st.run > 1, "expected at least one continue-as-new"
         assert (await handle.describe()).run_id != first_run
         assert st.outstanding == "40.00"
+        await save_history(handle, "continued_as_new_run")
         assert len(st.payments) == 60 and len({p.reference for p in st.payments}) == 60
         await handle.execute_update(ContractWorkflow.terminate, TerminateInput("test over"))
 
