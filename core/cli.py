@@ -1,0 +1,562 @@
+"""``contracts``: the operator CLI.
+
+Talks to the running service over HTTP (``--api`` / ``CONTRACTS_API``), and for ``doctor`` also
+to Temporal and the database directly, to say what is wrong when the service is not healthy.
+
+Money stays a decimal string end to end: files are read so that ``1200000.00`` is never a float,
+and amounts are printed exactly as the API returns them.  API errors are RFC 9457 problem
+details: their ``detail`` is printed in red and the command exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import httpx
+import typer
+import yaml
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+DEFAULT_API = "http://127.0.0.1:8000"
+TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+DOCTOR_TIMEOUT = 5.0
+
+app = typer.Typer(
+    name="contracts",
+    help="Operate the contract execution tracking service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+# ------------------------------------------------------------------ state and output
+@dataclass
+class State:
+    api: str
+    out: Console
+    err: Console
+
+
+def _state(ctx: typer.Context) -> State:
+    return ctx.find_root().obj
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    api: str = typer.Option(DEFAULT_API, "--api", envvar="CONTRACTS_API", help="Base URL of the contracts API."),
+) -> None:
+    # Consoles are made per invocation: they read the terminal width (COLUMNS) when created.
+    ctx.obj = State(api=api.rstrip("/"), out=Console(highlight=False), err=Console(stderr=True, highlight=False))
+
+
+def _fail(st: State, message: str) -> NoReturn:
+    st.err.print(Text(message, style="bold red"), soft_wrap=True)
+    raise typer.Exit(1)
+
+
+STATUS_STYLES = {
+    "overdue": "bold red",
+    "done": "green",
+    "paid": "green",
+    "completed": "green",
+    "waived": "dim",
+    "expired": "dim",
+    "terminated": "red",
+    "partial": "yellow",
+    "in_progress": "yellow",
+    "active": "cyan",
+    "starting": "yellow",
+}
+
+
+def _status(value: str | None) -> Text:
+    value = value or ""
+    return Text(value, style=STATUS_STYLES.get(value, ""))
+
+
+def _when(value: str | None, estimated: bool = False) -> str:
+    """An API date-time, shortened for a table (UTC kept explicit); '~' marks an estimate."""
+    if not value:
+        return "-"
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if dt.tzinfo is not None and dt.utcoffset() == timezone.utc.utcoffset(None):
+        text = dt.strftime("%Y-%m-%d %H:%M:%S") + "Z"
+    else:
+        text = dt.isoformat(timespec="seconds")
+    return ("~" + text) if estimated else text
+
+
+def _money(amount: str | None, currency: str | None = None) -> str:
+    if amount is None:
+        return "-"
+    return f"{amount} {currency}" if currency else str(amount)
+
+
+# ------------------------------------------------------------------ HTTP
+def _problem_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        detail = body.get("detail")
+        if isinstance(detail, str) and detail:
+            return detail
+        if detail is not None:
+            return json.dumps(detail, ensure_ascii=False)
+        if body.get("title"):
+            return str(body["title"])
+    text = response.text.strip()
+    return text or f"HTTP {response.status_code} {response.reason_phrase}"
+
+
+def _request(st: State, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    try:
+        with httpx.Client(base_url=st.api, timeout=TIMEOUT) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        _fail(st, f"cannot reach the API at {st.api}: {exc.__class__.__name__}: {exc}")
+    if response.status_code >= 400:
+        _fail(st, _problem_detail(response))
+    return response
+
+
+def _json(response: httpx.Response) -> Any:
+    # parse_float=str: amounts never pass through a float, even if a server sent a number.
+    return json.loads(response.text, parse_float=str)
+
+
+# ------------------------------------------------------------------ reading request files
+class _MoneySafeLoader(yaml.SafeLoader):
+    """YAML without implicit floats, ints or timestamps: ``1200000.00`` and ``2026-03-01`` stay strings."""
+
+
+_MoneySafeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int", "tag:yaml.org,2002:timestamp")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _load_request(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return json.loads(text, parse_float=str, parse_int=str)
+    if suffix in (".yaml", ".yml"):
+        return yaml.load(text, Loader=_MoneySafeLoader)  # noqa: S506 - a SafeLoader subclass
+    try:
+        return json.loads(text, parse_float=str, parse_int=str)
+    except ValueError:
+        return yaml.load(text, Loader=_MoneySafeLoader)  # noqa: S506
+
+
+# ------------------------------------------------------------------ commands
+@app.command()
+def create(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="Contract request, JSON or YAML (see examples/goods_sale.json)."),
+) -> None:
+    """Register a signed contract and start its workflow."""
+    st = _state(ctx)
+    try:
+        body = _load_request(file)
+    except OSError as exc:
+        _fail(st, f"cannot read {file}: {exc.strerror or exc}")
+    except (ValueError, yaml.YAMLError) as exc:
+        _fail(st, f"{file} is not valid JSON or YAML: {exc}")
+    if not isinstance(body, dict):
+        _fail(st, f"{file} must hold one contract object")
+    response = _request(st, "POST", "/contracts", json=body)
+    created = _json(response)
+    if response.status_code == 200:
+        st.out.print(Text("Already registered (same external_id): nothing new was created.", style="yellow"))
+    else:
+        st.out.print(Text("Contract created.", style="green"))
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(no_wrap=True)
+    table.add_row("id", created.get("id", ""))
+    table.add_row("workflow id", created.get("workflow_id", ""))
+    table.add_row("status", _status(created.get("status")))
+    if created.get("external_id"):
+        table.add_row("external id", created["external_id"])
+    st.out.print(table)
+
+
+@app.command("list")
+def list_contracts(
+    ctx: typer.Context,
+    status: Optional[str] = typer.Option(None, "--status", help="active, completed, terminated or expired."),
+    owner: Optional[str] = typer.Option(None, "--owner"),
+    customer: Optional[str] = typer.Option(None, "--customer", help="Customer name (substring) or CRM id."),
+    overdue: Optional[bool] = typer.Option(None, "--overdue/--not-overdue", help="Only contracts with (or without) overdue items."),
+    limit: int = typer.Option(50, "--limit", min=1, max=500),
+) -> None:
+    """List contracts, newest first."""
+    st = _state(ctx)
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    if owner:
+        params["owner"] = owner
+    if customer:
+        params["customer"] = customer
+    if overdue is not None:
+        params["overdue"] = "true" if overdue else "false"
+    page = _json(_request(st, "GET", "/contracts", params=params))
+    items = page.get("items", [])
+    table = Table(title=f"Contracts ({len(items)} of {page.get('total', len(items))})", title_justify="left")
+    table.add_column("id", no_wrap=True)
+    table.add_column("title")
+    table.add_column("customer")
+    table.add_column("owner", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("amount", justify="right", no_wrap=True)
+    table.add_column("outstanding", justify="right", no_wrap=True)
+    table.add_column("overdue", justify="right")
+    table.add_column("next due", no_wrap=True)
+    for c in items:
+        overdue_count = int(c.get("overdue_count") or 0)
+        table.add_row(
+            c["id"],
+            c.get("title", ""),
+            c.get("customer", ""),
+            c.get("owner", ""),
+            _status(c.get("status")),
+            _money(c.get("amount"), c.get("currency")),
+            _money(c.get("outstanding")),
+            Text(str(overdue_count), style="bold red" if overdue_count else ""),
+            _when(c.get("next_due_at")),
+        )
+    st.out.print(table)
+
+
+@app.command()
+def show(ctx: typer.Context, contract_id: str = typer.Argument(..., metavar="ID")) -> None:
+    """One contract's live state: milestones, installments, money and the Temporal UI link."""
+    st = _state(ctx)
+    c = _json(_request(st, "GET", f"/contracts/{contract_id}"))
+    currency = c.get("currency", "")
+
+    header = Table.grid(padding=(0, 2))
+    header.add_column(style="bold")
+    header.add_column()
+    customer = c.get("customer") or {}
+    header.add_row("id", c.get("id", ""))
+    header.add_row("workflow id", c.get("workflow_id", ""))
+    if c.get("external_id"):
+        header.add_row("external id", c["external_id"])
+    header.add_row("customer", customer.get("name", "") + (f" ({customer['external_id']})" if customer.get("external_id") else ""))
+    header.add_row("owner", c.get("owner", ""))
+    header.add_row("status", _status(c.get("status")))
+    if c.get("close_reason"):
+        header.add_row("closed", f"{_when(c.get('closed_at'))}: {c['close_reason']}")
+    header.add_row("amount", _money(c.get("amount"), currency))
+    header.add_row("term", f"{_when(c.get('effective_at'))} → {_when(c.get('end_at'))}")
+    if c.get("playbook"):
+        header.add_row("playbook", c["playbook"])
+    overdue_count = int(c.get("overdue_count") or 0)
+    header.add_row("overdue items", Text(str(overdue_count), style="bold red" if overdue_count else "green"))
+    header.add_row("next due", _when(c.get("next_due_at")))
+    header.add_row("version", str(c.get("version", "")))
+    st.out.print(Panel(header, title=Text(c.get("title", ""), style="bold"), title_align="left", expand=False))
+
+    milestones = Table(title="Milestones", title_justify="left")
+    milestones.add_column("key", no_wrap=True)
+    milestones.add_column("name")
+    milestones.add_column("owner", no_wrap=True)
+    milestones.add_column("department", no_wrap=True)
+    milestones.add_column("status", no_wrap=True)
+    milestones.add_column("due at", no_wrap=True)
+    milestones.add_column("progress", justify="right", no_wrap=True)
+    for m in c.get("milestones", []):
+        milestones.add_row(
+            m["key"],
+            m.get("name", ""),
+            m.get("owner", ""),
+            m.get("department", ""),
+            _status(m.get("status")),
+            _when(m.get("due_at"), bool(m.get("due_estimated"))),
+            f"{m.get('progress', 0)}%",
+        )
+    st.out.print(milestones)
+
+    installments = Table(title="Installments", title_justify="left")
+    installments.add_column("key", no_wrap=True)
+    installments.add_column("due at", no_wrap=True)
+    installments.add_column("amount", justify="right", no_wrap=True)
+    installments.add_column("paid", justify="right", no_wrap=True)
+    installments.add_column("status", no_wrap=True)
+    for i in c.get("installments", []):
+        installments.add_row(
+            i["key"],
+            _when(i.get("due_at"), bool(i.get("due_estimated"))),
+            _money(i.get("amount"), currency),
+            _money(i.get("paid"), currency),
+            _status(i.get("status")),
+        )
+    st.out.print(installments)
+    if any(x.get("due_estimated") for x in [*c.get("milestones", []), *c.get("installments", [])]):
+        st.out.print(Text("~ estimated: waits on an open predecessor", style="dim"))
+
+    money = Text()
+    money.append("paid ", style="bold").append(_money(c.get("paid"), currency))
+    money.append("   outstanding ", style="bold").append(
+        _money(c.get("outstanding"), currency), style="bold" if c.get("outstanding") not in (None, "0", "0.00") else "green"
+    )
+    money.append("   credit ", style="bold").append(_money(c.get("credit"), currency))
+    st.out.print(money, soft_wrap=True)
+    if c.get("temporal_ui"):
+        url = c["temporal_ui"]
+        st.out.print(Text("Temporal UI: ", style="bold") + Text(url, style=f"link {url}"), soft_wrap=True)
+
+
+@app.command()
+def pay(
+    ctx: typer.Context,
+    contract_id: str = typer.Argument(..., metavar="ID"),
+    reference: str = typer.Option(..., "--reference", help="Bank reference; a repeat is recognised and not applied twice."),
+    amount: str = typer.Option(..., "--amount", help="Decimal string, e.g. 360000.00."),
+    currency: Optional[str] = typer.Option(None, "--currency", help="Defaults to the contract's currency."),
+    received_at: Optional[str] = typer.Option(None, "--received-at", help="ISO 8601 with a zone; defaults to now (UTC)."),
+    by: str = typer.Option("finance", "--by", help="Who records the payment."),
+) -> None:
+    """Record money received against a contract."""
+    st = _state(ctx)
+    if currency is None:
+        currency = _json(_request(st, "GET", f"/contracts/{contract_id}"))["currency"]
+    if received_at is None:
+        received_at = datetime.now(timezone.utc).isoformat()
+    body = {"reference": reference, "amount": amount, "currency": currency, "received_at": received_at, "by": by}
+    result = _json(_request(st, "POST", f"/contracts/{contract_id}/payments", json=body))
+    if result.get("applied"):
+        st.out.print(Text(f"Payment {reference}: applied", style="green"), soft_wrap=True)
+    else:
+        st.out.print(
+            Text(f"Payment {reference}: not applied (duplicate reference, already recorded)", style="yellow"),
+            soft_wrap=True,
+        )
+    allocations = result.get("allocations") or {}
+    if allocations:
+        st.out.print("allocated: " + ", ".join(f"{k} {v}" for k, v in allocations.items()), soft_wrap=True)
+    st.out.print(f"outstanding: {_money(result.get('outstanding'), currency)}", soft_wrap=True)
+    st.out.print(f"credit: {_money(result.get('credit'), currency)}", soft_wrap=True)
+
+
+@app.command()
+def complete(
+    ctx: typer.Context,
+    contract_id: str = typer.Argument(..., metavar="ID"),
+    key: str = typer.Argument(..., metavar="KEY", help="Milestone key, e.g. order_review."),
+    by: str = typer.Option(..., "--by", help="Who completed it."),
+    note: str = typer.Option("", "--note"),
+) -> None:
+    """Mark a milestone done."""
+    st = _state(ctx)
+    r = _json(_request(st, "POST", f"/contracts/{contract_id}/milestones/{key}/complete", json={"by": by, "note": note}))
+    line = Text(f"milestone {key}: ")
+    line.append_text(_status(r.get("item_status")))
+    line.append("   contract: ").append_text(_status(r.get("contract_status")))
+    line.append(f"   version {r.get('version')}")
+    st.out.print(line, soft_wrap=True)
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    contract_id: str = typer.Argument(..., metavar="ID"),
+    after_seq: int = typer.Option(0, "--after-seq", min=0),
+    limit: int = typer.Option(500, "--limit", min=1, max=1000),
+) -> None:
+    """The contract's event log, oldest first."""
+    st = _state(ctx)
+    rows = _json(_request(st, "GET", f"/contracts/{contract_id}/events", params={"after_seq": after_seq, "limit": limit}))
+    table = Table(title=f"Events of {contract_id}", title_justify="left")
+    table.add_column("seq", justify="right", no_wrap=True)
+    table.add_column("at", no_wrap=True)
+    table.add_column("type", no_wrap=True)
+    table.add_column("actor")
+    for e in rows:
+        kind = e.get("type", "")
+        style = "red" if kind.endswith("overdue") else ("green" if kind.endswith(("completed", "paid")) else "")
+        table.add_row(str(e.get("seq", "")), _when(e.get("at")), Text(kind, style=style), e.get("actor", ""))
+    st.out.print(table)
+
+
+# ------------------------------------------------------------------ doctor
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _check_http(api: str, path: str) -> Check:
+    name = f"API {path}"
+    try:
+        r = httpx.get(f"{api}{path}", timeout=DOCTOR_TIMEOUT)
+    except httpx.HTTPError as exc:
+        return Check(name, False, f"{api}: {exc.__class__.__name__}: {exc}")
+    if r.status_code == 200:
+        return Check(name, True, f"{api}{path}: {r.status_code}")
+    return Check(name, False, f"{r.status_code}: {_problem_detail(r)}")
+
+
+async def _temporal_checks(settings: Any) -> list[Check]:
+    from temporalio.api.enums.v1 import IndexedValueType, TaskQueueKind, TaskQueueType
+    from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+    from temporalio.client import Client
+
+    from workflows import search_attributes as sa
+
+    target = f"{settings.temporal_address} (namespace {settings.temporal_namespace})"
+    try:
+        client = await asyncio.wait_for(
+            Client.connect(settings.temporal_address, namespace=settings.temporal_namespace), timeout=DOCTOR_TIMEOUT
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure is the finding
+        detail = f"{target}: {exc.__class__.__name__}: {exc}" if str(exc) else f"{target}: {exc.__class__.__name__}"
+        return [
+            Check("Temporal reachable", False, detail),
+            Check("Search attributes", False, "skipped: Temporal not reachable"),
+            Check("Worker polling", False, "skipped: Temporal not reachable"),
+        ]
+    checks = [Check("Temporal reachable", True, target)]
+
+    try:
+        resp = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=settings.temporal_namespace), timeout=_td(DOCTOR_TIMEOUT)
+        )
+        registered = dict(resp.custom_attributes)
+        problems = []
+        for key in sa.ALL:
+            want = "INDEXED_VALUE_TYPE_" + key.indexed_value_type.name
+            have = registered.get(key.name)
+            if have is None:
+                problems.append(f"{key.name} missing")
+            elif IndexedValueType.Name(have) != want:
+                problems.append(f"{key.name} is {IndexedValueType.Name(have).removeprefix('INDEXED_VALUE_TYPE_')}, "
+                                f"want {key.indexed_value_type.name}")
+        if problems:
+            checks.append(Check("Search attributes", False, "; ".join(problems)))
+        else:
+            checks.append(Check("Search attributes", True, f"{len(sa.ALL)} registered: " + ", ".join(k.name for k in sa.ALL)))
+    except Exception as exc:  # noqa: BLE001
+        checks.append(Check("Search attributes", False, f"{exc.__class__.__name__}: {exc}"))
+
+    try:
+        resp = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=settings.temporal_namespace,
+                task_queue=TaskQueue(name=settings.task_queue, kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            ),
+            timeout=_td(DOCTOR_TIMEOUT),
+        )
+        pollers = list(resp.pollers)
+        if pollers:
+            who = ", ".join(sorted({p.identity for p in pollers if p.identity}))
+            checks.append(Check("Worker polling", True, f"task queue {settings.task_queue!r}: {len(pollers)} poller(s) {who}".rstrip()))
+        else:
+            checks.append(Check("Worker polling", False, f"no worker is polling task queue {settings.task_queue!r}"))
+    except Exception as exc:  # noqa: BLE001
+        checks.append(Check("Worker polling", False, f"{exc.__class__.__name__}: {exc}"))
+    return checks
+
+
+def _td(seconds: float):
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)
+
+
+def _check_database(url: str) -> Check:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from models.db import make_engine
+
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001
+        return Check("Database", False, f"bad DATABASE_URL: {exc}")
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        # Connecting would silently create an empty file: a missing file is the finding.
+        if not Path(parsed.database).exists():
+            return Check("Database", False, f"{shown}: no such SQLite file")
+    engine = None
+    try:
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return Check("Database", True, shown)
+    except Exception as exc:  # noqa: BLE001
+        return Check("Database", False, f"{shown}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+@app.command()
+def doctor(ctx: typer.Context) -> None:
+    """Check the API, Temporal (search attributes, a polling worker) and the database."""
+    from core.settings import Settings
+
+    st = _state(ctx)
+    settings = Settings()
+    checks = [_check_http(st.api, "/healthz"), _check_http(st.api, "/readyz")]
+    checks += asyncio.run(_temporal_checks(settings))
+    checks.append(_check_database(settings.database_url))
+
+    table = Table(title="contracts doctor", title_justify="left")
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("detail")
+    for c in checks:
+        table.add_row(c.name, Text("ok", style="bold green") if c.ok else Text("fail", style="bold red"), c.detail)
+    st.out.print(table)
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        _fail(st, f"{len(failed)} check(s) failed: {', '.join(failed)}")
+    st.out.print(Text("All checks passed.", style="green"))
+
+
+# ------------------------------------------------------------------ entry point
+def main() -> None:
+    """Console-script entry: run the app, then leave through hard_exit (see core.temporal)."""
+    from core.temporal import hard_exit
+
+    code = 0
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code is None:
+            code = 0
+        elif isinstance(exc.code, int):
+            code = exc.code
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    hard_exit(code)
+
+
+if __name__ == "__main__":
+    main()
