@@ -9,6 +9,10 @@ from babel.numbers import get_currency_precision, list_currencies
 _CURRENCIES = frozenset(list_currencies())
 
 
+# NUMERIC(20, 4) holds 16 integer digits.
+MAX_AMOUNT = Decimal(10) ** 16
+
+
 class MoneyError(ValueError):
     pass
 
@@ -27,12 +31,17 @@ def parse_amount(value: str | int | Decimal, currency: str, *, allow_zero: bool 
     """A positive amount with no more decimals than the currency has (CNY 0.01, JPY 1)."""
     if isinstance(value, float):
         raise MoneyError("amounts are decimal strings such as '1234.50', never floats")
+    text = str(value).strip()
     try:
-        amount = Decimal(str(value).strip())
+        if "_" in text:
+            raise ValueError("underscores")
+        amount = Decimal(text)
     except (InvalidOperation, ValueError) as exc:
         raise MoneyError(f"{value!r} is not a decimal amount such as '1234.50'") from exc
     if not amount.is_finite():
         raise MoneyError(f"{value!r} is not a finite amount")
+    if abs(amount) >= MAX_AMOUNT:
+        raise MoneyError(f"{value} is beyond the largest amount this service records ({MAX_AMOUNT:,})")
     if amount < 0 or (amount == 0 and not allow_zero):
         raise MoneyError(f"amount must be greater than zero, got {value}")
     places = minor_units(currency)

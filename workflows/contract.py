@@ -24,6 +24,7 @@ from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttri
 
 with workflow.unsafe.imports_passed_through():
     from core.durations import add_duration
+    from core.money import MoneyError, parse_amount
     from workflows import search_attributes as sa
     from workflows.errors import conflict, invalid, not_found
     from workflows.types import (
@@ -222,10 +223,6 @@ class ContractWorkflow:
         if p.currency != s.spec.currency:
             raise invalid(f"payment is in {p.currency} but the contract is in {s.spec.currency}")
         amount = self._money(p.amount)
-        if amount <= 0:
-            raise invalid(f"payment amount must be greater than zero, got {p.amount}")
-        if amount != amount.quantize(Decimal(1).scaleb(-s.spec.minor_units)):
-            raise invalid(f"{p.amount} has more decimals than {s.spec.currency} allows")
         if p.received_at.tzinfo is None:
             raise invalid("received_at must carry a timezone")
         previous = self._payment(p.reference)
@@ -310,12 +307,9 @@ class ContractWorkflow:
 
     def _money(self, value: str) -> Decimal:
         try:
-            amount = Decimal(str(value))
-        except Exception:  # noqa: BLE001
-            raise invalid(f"{value!r} is not a decimal amount such as '1234.50'")
-        if not amount.is_finite():
-            raise invalid(f"{value!r} is not a finite amount")
-        return amount
+            return parse_amount(value, self.state.spec.currency)
+        except MoneyError as exc:
+            raise invalid(str(exc))
 
     # ------------------------------------------------------------------ milestones
     def _milestone(self, key: str) -> MilestoneState:
