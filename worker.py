@@ -14,24 +14,27 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
+from activities.notify import NotifyActivities
 from activities.projection import ProjectionActivities
 from core.settings import Settings, get_settings
 from core.temporal import connect, hard_exit
 from models.db import make_engine, make_session_factory
 from workflows.contract import ContractWorkflow
+from workflows.escalation import EscalationWorkflow
 
-WORKFLOWS = [ContractWorkflow]
+WORKFLOWS = [ContractWorkflow, EscalationWorkflow]
 
 
 def build_worker(
     client: Client, settings: Settings, session_factory: sessionmaker[Session], *, task_queue: str | None = None
 ) -> Worker:
     projection = ProjectionActivities(session_factory)
+    notify = NotifyActivities(session_factory, settings)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[projection.project_contract],
+        activities=[projection.project_contract, notify.notify],
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
         # Bounded sticky cache: worker memory stays flat however many contracts are open.

@@ -10,14 +10,22 @@ import math
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from api.schemas import ContractCreate, InstallmentIn, MilestoneIn
-from core.durations import DurationError, add_duration, parse_duration
+from core.durations import DurationError, add_duration, parse_duration, to_timedelta
 from core.money import MoneyError, check_currency, minor_units, parse_amount, quantize
 from core.playbooks import get_playbook, load_playbooks
-from workflows.types import MILESTONE_KINDS, ContractSpec, DueRule, InstallmentSpec, MilestoneSpec
+from workflows.types import (
+    MILESTONE_KINDS,
+    ContractSpec,
+    DueRule,
+    EscalationLevel,
+    InstallmentSpec,
+    MilestoneSpec,
+    NotificationPolicy,
+)
 
 
 class SpecError(ValueError):
@@ -54,8 +62,15 @@ def parse_contract_date(value: str, tz: ZoneInfo, *, end: bool, field: str) -> d
 
 
 def build_spec(
-    req: ContractCreate, *, contract_id: str, now: datetime, business_tz: str = "Asia/Shanghai"
+    req: ContractCreate,
+    *,
+    contract_id: str,
+    now: datetime,
+    business_tz: str = "Asia/Shanghai",
+    department_assignee: Callable[[str], str | None] | None = None,
 ) -> ContractSpec:
+    """``department_assignee(dept)`` fills playbook steps owned by ``$department`` with that
+    department's default assignee (finance's invoicing owner...); the sales owner otherwise."""
     errors: list[tuple[str, str]] = []
     tz = ZoneInfo(business_tz)
 
@@ -89,6 +104,8 @@ def build_spec(
     drafts: dict[str, _Draft] = {}
     if playbook is not None:
         for d in _playbook_milestones(playbook, req.owner, effective_at, end_at):
+            if d.owner == "$department":
+                d.owner = (department_assignee(d.department) if department_assignee else None) or req.owner
             drafts[d.key] = d
     for i, m in enumerate(req.milestones or []):
         _merge(drafts, m, f"milestones[{i}]", errors)
@@ -156,6 +173,8 @@ def build_spec(
     elif amount > 0:
         installments = _playbook_installments(playbook, amount, places, keys, effective_at, end_at)
 
+    policy = _policy(playbook, req, errors)
+
     if errors:
         raise SpecError(errors)
     return ContractSpec(
@@ -174,10 +193,45 @@ def build_spec(
         external_id=req.external_id,
         minor_units=places,
         clock_start=clock_start,
+        policy=policy,
     )
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _policy(playbook: dict[str, Any] | None, req: ContractCreate, errors: list) -> NotificationPolicy:
+    """Defaults, then the playbook's ``notifications``, then the contract's own overrides."""
+    policy = NotificationPolicy()
+    layers = [((playbook or {}).get("notifications") or {}, "playbook")]
+    if req.notifications is not None:
+        layers.append((req.notifications.model_dump(exclude_none=True), "notifications"))
+    for layer, where in layers:
+        if "reminders" in layer:
+            policy.reminders = list(layer["reminders"])
+        if "escalation" in layer:
+            policy.escalation = [
+                EscalationLevel(after=lv["after"], to=list(lv["to"]), cc=list(lv.get("cc", [])),
+                                channels=list(lv["channels"]))
+                for lv in layer["escalation"]
+            ]
+    for n, text in enumerate(policy.reminders):
+        try:
+            to_timedelta(text)
+        except DurationError as exc:
+            errors.append((f"notifications.reminders[{n}]", str(exc)))
+    previous = None
+    for n, level in enumerate(policy.escalation):
+        try:
+            delay = to_timedelta(level.after)
+        except DurationError as exc:
+            errors.append((f"notifications.escalation[{n}].after", str(exc)))
+            continue
+        if previous is not None and delay < previous:
+            errors.append((f"notifications.escalation[{n}].after", "levels must come in order of their delay"))
+        previous = delay
+    return policy
+
 
 
 def _merge(drafts: dict[str, _Draft], m: MilestoneIn, where: str, errors: list) -> None:

@@ -10,8 +10,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
-from api.routes import contracts, meta
+from api.routes import contracts, meta, org, tasks
 from api.service import ContractService
+from core.seed import seed_demo_org_once
 from core.settings import Settings, get_settings
 from core.temporal import connect
 from models.db import make_engine, make_session_factory
@@ -27,6 +28,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.database_url)
         app.state.settings = settings
         app.state.sessions = make_session_factory(engine)
+        if settings.seed_demo_org:
+            added = await asyncio.to_thread(seed_demo_org_once, app.state.sessions)
+            if added:
+                log.info("seeded the demo organisation (%d rows)", added)
         app.state.temporal = await connect(settings)
         app.state.contracts = ContractService(app.state.temporal, app.state.sessions, settings)
         reconciler = asyncio.create_task(_reconcile_forever(app.state.contracts, settings))
@@ -47,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(meta.router)
     app.include_router(contracts.router)
+    app.include_router(org.router)
+    app.include_router(tasks.router)
     return app
 
 

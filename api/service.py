@@ -23,6 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api import schemas
 from api.builder import SpecError, build_spec
 from api.problems import Problem
+from core.org import default_assignee
 from core.serde import from_jsonable, to_jsonable
 from core.settings import Settings
 from models import Contract, ContractEvent, Customer
@@ -61,7 +62,19 @@ class ContractService:
         now = datetime.now(timezone.utc)
         contract_id = uuid.uuid4().hex[:16]
         try:
-            spec = build_spec(req, contract_id=contract_id, now=now, business_tz=self.settings.business_timezone)
+            with self.sessions() as session:
+
+                def department_assignee(department: str) -> str | None:
+                    user = default_assignee(session, department)
+                    return user.id if user is not None else None
+
+                spec = build_spec(
+                    req,
+                    contract_id=contract_id,
+                    now=now,
+                    business_tz=self.settings.business_timezone,
+                    department_assignee=department_assignee,
+                )
         except SpecError as exc:
             raise Problem(422, str(exc), slug="validation", errors=[{"field": f, "message": m} for f, m in exc.errors])
 

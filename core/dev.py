@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--temporal-port", type=int, default=7233)
     parser.add_argument("--ui-port", type=int, default=8233)
     parser.add_argument("--api-port", type=int, default=8000)
+    parser.add_argument("--smtp-port", type=int, default=1025)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
 
@@ -103,6 +104,15 @@ def main() -> None:
     print(f"· database schema at {env['DATABASE_URL']} ...", flush=True)
     upgrade(env["DATABASE_URL"])
 
+    # A local mail catcher so reminders and escalations have somewhere to go in dev mode.
+    print(f"· mail catcher on 127.0.0.1:{args.smtp_port} (messages in {data / 'mail.log'}) ...", flush=True)
+    mail_log = open(data / "mail.log", "a", encoding="utf-8")
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Debugging", "-l", f"127.0.0.1:{args.smtp_port}"],
+        stdout=mail_log, stderr=subprocess.STDOUT, cwd=ROOT,
+    ))
+    env["SMTP_HOST"], env["SMTP_PORT"] = "127.0.0.1", str(args.smtp_port)
+
     print("· worker ...", flush=True)
     procs.append(subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=env, cwd=ROOT))
     print("· API ...", flush=True)
@@ -110,7 +120,7 @@ def main() -> None:
         subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", args.host, "--port", str(args.api_port),
              "--log-level", "warning"],
-            env=env,
+            env={**env, "SEED_DEMO_ORG": os.environ.get("SEED_DEMO_ORG", "1")},  # the demo org
             cwd=ROOT,
         )
     )

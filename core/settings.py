@@ -23,6 +23,19 @@ class Settings(BaseSettings):
     api_port: int = 8000
     # A contract row older than this still in 'starting' has its workflow (re)started.
     reconcile_after_seconds: float = 30.0
+    # Where people reach the API/pages; used for links in notifications.
+    public_url: str = "http://127.0.0.1:8000"
+    # Notifications.  Email goes over SMTP; in dev a local catcher can listen on 1025.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_from: str = "Contract Tracking <contracts@localhost>"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_timeout_seconds: float = 10.0
+    webhook_timeout_seconds: float = 10.0
+    # Seed the demo organisation (users, departments) at start-up in dev mode.
+    seed_demo_org: bool = False
     # Worker tuning: cached workflows bound worker memory; pollers scale with load.
     max_cached_workflows: int = 2000
     max_concurrent_activities: int = 50

@@ -1,4 +1,18 @@
 from models.base import Base
 from models.contract import Contract, ContractEvent, Customer, Installment, Milestone, Payment
+from models.notification import Notification, Task
+from models.org import Department, User
 
-__all__ = ["Base", "Contract", "ContractEvent", "Customer", "Installment", "Milestone", "Payment"]
+__all__ = [
+    "Base",
+    "Contract",
+    "ContractEvent",
+    "Customer",
+    "Department",
+    "Installment",
+    "Milestone",
+    "Notification",
+    "Payment",
+    "Task",
+    "User",
+]

@@ -207,6 +207,36 @@ def executor():
         yield pool
 
 
+class Mailbox:
+    """A real SMTP server (aiosmtpd) on a free port that keeps every message it accepts."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list = []
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler hook
+        import email
+        from email import policy
+
+        msg = email.message_from_bytes(envelope.content, policy=policy.default)
+        self.messages.append((list(envelope.rcpt_tos), msg))
+        return "250 OK"
+
+    def to(self, address: str) -> list:
+        return [m for rcpts, m in self.messages if address in rcpts]
+
+
+@pytest.fixture(scope="session")
+def mailbox():
+    box = Mailbox()
+    box.controller.start()
+    yield box
+    box.controller.stop()
+
+
 class Service:
     """A running service for API tests: real dev server, real worker, real uvicorn, a real database."""
 
@@ -217,13 +247,15 @@ class Service:
 
 
 @asynccontextmanager
-async def running_service(dev_env, database_url: str):
+async def running_service(dev_env, database_url: str, smtp_port: int = 1025):
     task_queue = f"api-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         database_url=database_url,
         temporal_address=dev_env.client.service_client.config.target_host,
         task_queue=task_queue,
         reconcile_after_seconds=2,
+        seed_demo_org=True,
+        smtp_port=smtp_port,
     )
     async with running_worker(dev_env.client, settings, task_queue):
         async with running_api(settings) as base_url:
@@ -231,19 +263,19 @@ async def running_service(dev_env, database_url: str):
 
 
 @pytest_asyncio.fixture(scope="session")
-async def api_service(dev_env, sqlite_session_url):
+async def api_service(dev_env, sqlite_session_url, mailbox):
     """One service on SQLite shared by the API tests (each test makes its own contracts)."""
-    async with running_service(dev_env, sqlite_session_url) as service:
+    async with running_service(dev_env, sqlite_session_url, mailbox.port) as service:
         yield service
 
 
 @pytest_asyncio.fixture(scope="session")
-async def api_service_pg(dev_env, pg_server):
+async def api_service_pg(dev_env, pg_server, mailbox):
     """The same service on a fresh PostgreSQL database."""
     name, url = new_pg_database(pg_server)
     upgrade(url)
     try:
-        async with running_service(dev_env, url) as service:
+        async with running_service(dev_env, url, mailbox.port) as service:
             yield service
     finally:
         drop_pg_database(pg_server, name)

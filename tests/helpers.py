@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 
 from api.builder import build_spec
 from api.schemas import ContractCreate
@@ -91,7 +92,14 @@ async def start_contract(
 
 
 async def state_of(handle: WorkflowHandle) -> ContractState:
-    return await handle.query(ContractWorkflow.state_query)
+    # Right after a continue-as-new the new run may not have had its first task yet: a query
+    # then waits for it and can time out on a loaded machine; ask again.
+    for attempt in range(3):
+        try:
+            return await handle.query(ContractWorkflow.state_query)
+        except RPCError as exc:
+            if attempt == 2 or not any(w in str(exc).lower() for w in ("deadline", "timeout")):
+                raise
 
 
 async def pay(handle: WorkflowHandle, reference: str, amount: str, at: datetime, currency: str = "CNY"):

@@ -67,7 +67,10 @@ async def test_goods_sale_contract_with_six_installments(api_service):
         live = r.json()
         assert len(live["milestones"]) == 6
         assert all(m["due_at"] for m in live["milestones"])
-        assert all(m["owner"] == "li.wei" and m["status"] == "pending" for m in live["milestones"])
+        assert all(m["status"] == "pending" for m in live["milestones"])
+        owners = {m["key"]: m["owner"] for m in live["milestones"]}
+        assert owners["order_review"] == "li.wei"  # the sales owner
+        assert owners["invoicing"] == "sun.li"  # finance's default assignee in the demo organisation
         assert len(live["installments"]) == 6
         assert live["outstanding"] == "1200000.00"
 
@@ -188,7 +191,8 @@ async def test_milestone_flow_and_termination(api_service):
             "reference": "late", "amount": "1.00", "currency": "CNY", "received_at": "2026-11-27T10:00:00+08:00"})
         assert r.status_code == 409
         assert r.headers["content-type"] == "application/problem+json"
-        types = [e["type"] for e in (await c.get(f"/contracts/{cid}/events")).json()]
+        types = [e["type"] for e in (await c.get(f"/contracts/{cid}/events")).json()
+                 if not e["type"].startswith(("notification.", "escalation."))]
         assert types == ["contract.created", "milestone.progress", "milestone.completed", "milestone.waived",
                          "contract.terminated"]
 
@@ -236,4 +240,5 @@ async def test_contract_life_on_postgres(api_service_pg):
         item = await wait_for(projected)
         assert item["amount"] == "1200000.00"
         evs = (await c.get(f"/contracts/{cid}/events")).json()
-        assert [e["type"] for e in evs] == ["contract.created", "installment.paid", "payment.received"]
+        business = [e["type"] for e in evs if not e["type"].startswith("notification.")]
+        assert business == ["contract.created", "installment.paid", "payment.received"]

@@ -23,9 +23,10 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
 
 with workflow.unsafe.imports_passed_through():
-    from core.durations import add_duration
+    from core.durations import add_duration, to_timedelta
     from core.money import MoneyError, parse_amount
     from workflows import search_attributes as sa
+    from workflows.escalation import EscalationWorkflow, escalation_workflow_id
     from workflows.errors import conflict, invalid, not_found
     from workflows.types import (
         ACTIVE,
@@ -44,7 +45,9 @@ with workflow.unsafe.imports_passed_through():
         ContractSpec,
         ContractState,
         DueRule,
+        EscalationInput,
         InstallmentState,
+        NotifyRequest,
         MilestoneState,
         OperationResult,
         PaymentInput,
@@ -67,6 +70,7 @@ class ContractWorkflowInput:
     # earlier run had not yet written to the database.
     carried: ContractState | None = None
     pending_events: list[ContractEvent] = field(default_factory=list)
+    pending_notifications: list[NotifyRequest] = field(default_factory=list)
     # Tests set this to force continue-as-new early; 0 means "when Temporal suggests it".
     continue_as_new_after_events: int = 0
 
@@ -90,6 +94,12 @@ class ContractWorkflow:
         self._wake = False
         self._projecting = False
         self._dirty = True  # the snapshot differs from what the database holds
+        # Reminders, escalation children and hand-offs.  Contracts started before they existed
+        # replay without them (no marker in their history) and have no policy.
+        self._notify = workflow.patched("notifications-v1") and input.spec.policy is not None
+        self._outbox: list[NotifyRequest] = list(input.pending_notifications)
+        self._notifying = False
+        self._escalations: dict[str, asyncio.Task] = {}
 
     # ------------------------------------------------------------------ main
     @workflow.run
@@ -111,10 +121,16 @@ class ContractWorkflow:
             )
         self._refresh()
         projector = asyncio.create_task(self._projector())
+        notifier = asyncio.create_task(self._notifier()) if self._notify else None
+        if input.carried is not None:
+            # Escalation children do not survive continue-as-new: restart them.  Levels already
+            # sent are not sent again (the notify activity is exactly-once per level).
+            for item_type, item in self._overdue_items():
+                self._on_overdue(item_type, item.key)
 
         while self.state.status == ACTIVE:
             if self._should_continue_as_new():
-                await self._continue_as_new(projector)
+                await self._continue_as_new(projector, notifier)
             self._wake = False
             delay = self._time_to_next_due()
             try:
@@ -126,8 +142,12 @@ class ContractWorkflow:
         # Final: let in-flight updates reply, then write the last snapshot before closing.
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._refresh()
+        await workflow.wait_condition(lambda: not self._outbox and not self._notifying)
+        await workflow.wait_condition(lambda: all(t.done() for t in self._escalations.values()))
         await workflow.wait_condition(lambda: not self._pending and not self._dirty and not self._projecting)
         projector.cancel()
+        if notifier is not None:
+            notifier.cancel()
         return self.state
 
     # ------------------------------------------------------------------ query
@@ -252,6 +272,7 @@ class ContractWorkflow:
                 inst.status = PAID
                 inst.paid_at = p.received_at
                 self._emit("installment.paid", {"key": inst.key, "amount": inst.amount})
+                self._on_resolved("installment", inst.key)
             elif inst.status != OVERDUE:
                 inst.status = PARTIALLY_PAID
         now = workflow.now()
@@ -389,6 +410,8 @@ class ContractWorkflow:
             actor=by,
         )
         self._on_resolved("milestone", m.key)
+        if status == DONE:
+            self._hand_off(m)
 
     # ------------------------------------------------------------------ termination
     def _check_terminate(self, t: TerminateInput) -> None:
@@ -443,6 +466,10 @@ class ContractWorkflow:
                 m.key for m in s.milestones if m.status not in RESOLVED))
         # Money still owed after the end date keeps the contract active: receivables do not expire.
 
+        if s.status == ACTIVE:
+            self._send_due_reminders(now)
+        self._track_escalation(now)
+
         open_dues = [x.due_at for x in [*s.milestones, *s.installments]
                      if x.status not in (DONE, WAIVED, PAID) and x.due_at is not None]
         upcoming = [d for d in open_dues if d > now]
@@ -476,6 +503,10 @@ class ContractWorkflow:
         ]
         if not self.state.past_end:
             candidates.append(self.state.spec.end_at)
+        if self._notify:
+            candidates += [t for t in self._reminder_times() if t > now]
+            if self.state.next_escalation_at is not None:
+                candidates.append(self.state.next_escalation_at)
         if not candidates:
             return None  # nothing timed left: wait for the outside world
         return max(min(candidates) - now, timedelta(milliseconds=1))
@@ -486,14 +517,184 @@ class ContractWorkflow:
         s.closed_at = workflow.now()
         s.close_reason = reason
         self._emit(f"contract.{status}", {"reason": reason, "outstanding": s.outstanding}, actor=actor)
+        for task in self._escalations.values():
+            task.cancel()  # a closed contract chases nobody
+        self._track_escalation(s.closed_at)
         self._sync_search_attributes()
 
-    # ------------------------------------------------------------------ escalation seam
+    # ------------------------------------------------------------------ reminders, escalation, hand-off
+    def _policy(self):
+        return self.state.spec.policy
+
+    def _open_timed_items(self):
+        s = self.state
+        for m in s.milestones:
+            if m.status in (PENDING, IN_PROGRESS) and not m.due_estimated and m.due_at is not None:
+                yield "milestone", m
+        for i in s.installments:
+            if i.status in (PENDING, PARTIALLY_PAID) and not i.due_estimated and i.due_at is not None:
+                yield "installment", i
+
+    def _overdue_items(self):
+        for m in self.state.milestones:
+            if m.status == OVERDUE:
+                yield "milestone", m
+        for i in self.state.installments:
+            if i.status == OVERDUE:
+                yield "installment", i
+
+    def _reminder_times(self) -> list[datetime]:
+        if not self._notify:
+            return []
+        return [
+            item.due_at - _as_delta(offset)
+            for _, item in self._open_timed_items()
+            for offset in self._policy().reminders
+        ]
+
+    def _send_due_reminders(self, now: datetime) -> None:
+        """Before-due reminders to the item's owner.  If several offsets have passed (a contract
+        registered close to a date), only the nearest one is sent: one reminder, not a burst."""
+        if not self._notify:
+            return
+        for item_type, item in self._open_timed_items():
+            if item.due_at <= now:
+                continue
+            passed = [o for o in self._policy().reminders if item.due_at - _as_delta(o) <= now]
+            keys = [f"{item_type}:{item.key}:{item.due_at.isoformat()}:{o}" for o in passed]
+            if not passed or all(k in self.state.reminders_sent for k in keys):
+                continue
+            self.state.reminders_sent.extend(k for k in keys if k not in self.state.reminders_sent)
+            days_left = max(1, -(-int((item.due_at - now).total_seconds()) // 86400))
+            self._notify_about("reminder", item_type, item, level=0, to=["owner"], cc=[],
+                               channels=self._policy().reminder_channels, days=days_left)
+
+    def _notify_about(self, kind, item_type, item, *, level, to, cc, channels, days=0) -> None:
+        s = self.state
+        is_milestone = item_type == "milestone"
+        self._outbox.append(
+            NotifyRequest(
+                contract_id=s.spec.contract_id,
+                kind=kind,
+                item_type=item_type,
+                item_key=item.key,
+                item_name=item.name if is_milestone else f"Installment {item.key}",
+                owner=item.owner if is_milestone else s.spec.owner,
+                department=item.department if is_milestone else "sales",
+                due_at=item.due_at,
+                level=level,
+                to=list(to),
+                cc=list(cc),
+                channels=list(channels),
+                days=days,
+                contract_title=s.spec.title,
+                customer=s.spec.customer_name,
+                amount=None if is_milestone else _fmt(Decimal(item.amount) - Decimal(item.paid), s.spec.minor_units),
+                currency=None if is_milestone else s.spec.currency,
+            )
+        )
+        self._emit(f"notification.{kind}", {"item_type": item_type, "key": item.key, "level": level, "to": to, "cc": cc})
+
+    def _hand_off(self, done: MilestoneState) -> None:
+        """The next milestone's owner gets a task and a notification the moment its turn comes."""
+        if not self._notify:
+            return
+        for nxt in self.state.milestones:
+            if nxt.status in RESOLVED or done.key not in nxt.depends_on:
+                continue
+            if any(self._milestone(d).status not in RESOLVED for d in nxt.depends_on):
+                continue  # still waiting on another predecessor
+            nxt.due_at, nxt.due_estimated = self._due(nxt.due)
+            self._notify_about("handoff", "milestone", nxt, level=0, to=["owner"], cc=[],
+                               channels=self._policy().handoff_channels)
+
+    def _track_escalation(self, now: datetime) -> None:
+        """Highest level reached by an open overdue item, and when the next level falls due."""
+        s = self.state
+        if not self._notify:
+            return
+        levels = self._policy().escalation
+        reached, upcoming = 0, []
+        if s.status == ACTIVE:
+            for _, item in self._overdue_items():
+                times = [item.due_at + _as_delta(level.after) for level in levels]
+                reached = max(reached, sum(1 for t in times if t <= now))
+                upcoming += [t for t in times if t > now]
+        s.escalation_level = reached
+        s.next_escalation_at = min(upcoming) if upcoming else None
+
     def _on_overdue(self, item_type: str, key: str) -> None:
-        """An item fell due unresolved.  The escalation issue starts an EscalationWorkflow child here."""
+        """An item fell due unresolved: start its EscalationWorkflow child."""
+        if not self._notify or not self._policy().escalation:
+            return
+        item = self._milestone(key) if item_type == "milestone" else self._installment(key)
+        ident = f"{item_type}:{key}"
+        if ident in self._escalations and not self._escalations[ident].done():
+            return
+        self._escalations[ident] = asyncio.create_task(self._escalate(item_type, item))
 
     def _on_resolved(self, item_type: str, key: str) -> None:
-        """An item was resolved.  The escalation issue stops that item's child here."""
+        """An item was resolved: its escalation stops at once and notifies nobody after this."""
+        task = self._escalations.get(f"{item_type}:{key}")
+        if task is not None and not task.done():
+            task.cancel()
+            self._emit("escalation.stopped", {"item_type": item_type, "key": key})
+
+    async def _escalate(self, item_type: str, item) -> None:
+        s = self.state
+        is_milestone = item_type == "milestone"
+        due_at = item.due_at
+        try:
+            await workflow.execute_child_workflow(
+                EscalationWorkflow.run,
+                EscalationInput(
+                    contract_id=s.spec.contract_id,
+                    parent_workflow_id=workflow.info().workflow_id,
+                    item_type=item_type,
+                    item_key=item.key,
+                    item_name=item.name if is_milestone else f"Installment {item.key}",
+                    owner=item.owner if is_milestone else s.spec.owner,
+                    department=item.department if is_milestone else "sales",
+                    due_at=due_at,
+                    levels=list(self._policy().escalation),
+                    contract_title=s.spec.title,
+                    customer=s.spec.customer_name,
+                    amount=None if is_milestone else _fmt(Decimal(item.amount) - Decimal(item.paid), s.spec.minor_units),
+                    currency=None if is_milestone else s.spec.currency,
+                ),
+                id=escalation_workflow_id(
+                    workflow.info().workflow_id, item_type, item.key, int(due_at.timestamp())
+                ) + f"/r{s.run}",
+                static_summary=f"Escalation: {item_type} {item.key} of {s.spec.title}",
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken chain is recorded, the contract lives on
+            self._emit("escalation.failed", {"item_type": item_type, "key": item.key, "error": str(exc)})
+
+    def _installment(self, key: str) -> InstallmentState:
+        for i in self.state.installments:
+            if i.key == key:
+                return i
+        raise not_found(f"contract has no installment {key!r}")
+
+    async def _notifier(self) -> None:
+        while True:
+            await workflow.wait_condition(lambda: bool(self._outbox))
+            request = self._outbox[0]
+            self._notifying = True
+            try:
+                await workflow.execute_activity(
+                    "notify",
+                    request,
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5), maximum_attempts=20),
+                )
+            except Exception as exc:  # noqa: BLE001 - recorded; one failed notice must not stall the rest
+                self._emit("notification.failed", {"kind": request.kind, "key": request.item_key, "error": str(exc)})
+            finally:
+                self._notifying = False
+            self._outbox.pop(0)
 
     # ------------------------------------------------------------------ events and projection
     def _emit(self, type_: str, data: dict, actor: str = "system") -> None:
@@ -533,6 +734,8 @@ class ContractWorkflow:
             sa.OUTSTANDING_AMOUNT.value_set(float(Decimal(s.outstanding))),
             sa.NEXT_DUE_AT.value_set(s.next_due_at) if s.next_due_at else sa.NEXT_DUE_AT.value_unset(),
         ]
+        if self._notify:
+            wanted.append(sa.ESCALATION_LEVEL.value_set(s.escalation_level))
         current = workflow.info().typed_search_attributes
         changes = []
         for update in wanted:
@@ -551,17 +754,22 @@ class ContractWorkflow:
             return True
         return info.is_continue_as_new_suggested()
 
-    async def _continue_as_new(self, projector: asyncio.Task) -> None:
+    async def _continue_as_new(self, projector: asyncio.Task, notifier: asyncio.Task | None) -> None:
         # Let running handlers finish so no update or signal is lost, and let the projector
         # finish the batch it is writing; what is still unwritten travels with the state.
-        await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._projecting)
+        await workflow.wait_condition(
+            lambda: workflow.all_handlers_finished() and not self._projecting and not self._notifying
+        )
         projector.cancel()
+        if notifier is not None:
+            notifier.cancel()
         self._emit("contract.continued", {"run": self.state.run + 1, "history_length": workflow.info().get_current_history_length()})
         workflow.continue_as_new(
             ContractWorkflowInput(
                 spec=self.state.spec,
                 carried=self.state,
                 pending_events=list(self._pending),
+                pending_notifications=list(self._outbox),
                 continue_as_new_after_events=self._input.continue_as_new_after_events,
             )
         )
@@ -605,6 +813,10 @@ def initial_search_attributes(spec: ContractSpec) -> TypedSearchAttributes:
             SearchAttributePair(sa.OUTSTANDING_AMOUNT, float(Decimal(spec.amount))),
         ]
     )
+
+
+def _as_delta(text: str) -> timedelta:
+    return to_timedelta(text)
 
 
 def _fmt(amount: Decimal, places: int) -> str:

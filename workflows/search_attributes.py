@@ -16,7 +16,19 @@ OVERDUE_COUNT = SearchAttributeKey.for_int("OverdueCount")
 # balance is in the workflow state and the database.
 OUTSTANDING_AMOUNT = SearchAttributeKey.for_float("OutstandingAmount")
 
-ALL = [CONTRACT_ID, CUSTOMER_NAME, CONTRACT_STATUS, OWNER, NEXT_DUE_AT, OVERDUE_COUNT, OUTSTANDING_AMOUNT]
+# Highest escalation level reached by any open item: "EscalationLevel >= 2" finds the hot ones.
+ESCALATION_LEVEL = SearchAttributeKey.for_int("EscalationLevel")
+
+ALL = [
+    CONTRACT_ID,
+    CUSTOMER_NAME,
+    CONTRACT_STATUS,
+    OWNER,
+    NEXT_DUE_AT,
+    OVERDUE_COUNT,
+    OUTSTANDING_AMOUNT,
+    ESCALATION_LEVEL,
+]
 
 # How `temporal server start-dev --search-attribute NAME=TYPE` spells each type.
 CLI_TYPES = {

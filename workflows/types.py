@@ -46,6 +46,38 @@ class DueRule:
 
 
 @dataclass
+class EscalationLevel:
+    """One step of an escalation chain: ``after`` the due time, notify ``to`` (copying ``cc``).
+
+    Roles: ``owner`` (the item's single owner), ``manager`` (the owner's manager),
+    ``manager_of_manager``, ``department_head`` (of the item's department).
+    """
+
+    after: str  # ISO 8601 duration after the due time, e.g. "P3D"
+    to: list[str] = field(default_factory=lambda: ["owner"])
+    cc: list[str] = field(default_factory=list)
+    channels: list[str] = field(default_factory=lambda: ["email", "inbox"])
+
+
+def default_escalation() -> list[EscalationLevel]:
+    return [
+        EscalationLevel("PT0S", ["owner"], [], ["email", "inbox", "webhook"]),
+        EscalationLevel("P3D", ["owner"], ["manager"], ["email", "webhook"]),
+        EscalationLevel("P7D", ["manager_of_manager"], ["department_head"], ["email", "webhook"]),
+    ]
+
+
+@dataclass
+class NotificationPolicy:
+    """Reminders before due and the escalation chain after it; from the playbook or the contract."""
+
+    reminders: list[str] = field(default_factory=lambda: ["P7D", "P1D"])  # before the due time
+    reminder_channels: list[str] = field(default_factory=lambda: ["email", "inbox"])
+    escalation: list[EscalationLevel] = field(default_factory=default_escalation)
+    handoff_channels: list[str] = field(default_factory=lambda: ["email", "inbox"])
+
+
+@dataclass
 class MilestoneSpec:
     key: str
     name: str
@@ -85,6 +117,8 @@ class ContractSpec:
     # Offsets without ``after`` count from here: the later of the effective date and the
     # moment the contract was registered (a contract registered late is not born overdue).
     clock_start: datetime | None = None
+    # None in contracts started before notifications existed (their histories replay as before).
+    policy: NotificationPolicy | None = None
 
 
 # ---- operations (update and signal inputs) -------------------------------------------------
@@ -226,6 +260,51 @@ class ContractState:
     next_due_at: datetime | None = None
     overdue_count: int = 0
     run: int = 1  # which continue-as-new run this is, for operators
+    # Reminders already sent: "item_type:key:due_at:offset", so a moved due date reminds anew.
+    reminders_sent: list[str] = field(default_factory=list)
+    escalation_level: int = 0  # highest escalation level reached by any open item
+    next_escalation_at: datetime | None = None
+
+
+@dataclass
+class NotifyRequest:
+    """One notification decision, sent by the ``notify`` activity exactly once per
+    (item, due date, kind+level, recipient, channel)."""
+
+    contract_id: str
+    kind: str  # reminder, escalation, handoff
+    item_type: str  # milestone, installment
+    item_key: str
+    item_name: str
+    owner: str
+    department: str
+    due_at: datetime | None
+    level: int
+    to: list[str]  # roles (owner, manager, ...) or "user:<id>"
+    cc: list[str]
+    channels: list[str]
+    days: int = 0
+    contract_title: str = ""
+    customer: str = ""
+    amount: str | None = None
+    currency: str | None = None
+
+
+@dataclass
+class EscalationInput:
+    contract_id: str
+    parent_workflow_id: str
+    item_type: str
+    item_key: str
+    item_name: str
+    owner: str
+    department: str
+    due_at: datetime
+    levels: list[EscalationLevel]
+    contract_title: str = ""
+    customer: str = ""
+    amount: str | None = None
+    currency: str | None = None
 
 
 @dataclass

@@ -1,0 +1,204 @@
+"""Send one notification email over SMTP (stdlib ``smtplib``), classifying every failure.
+
+``send_email`` is synchronous and self-contained: one connection per message, STARTTLS and
+login when configured, the timeout from settings.  The ``Message-ID`` is derived from the
+caller's ``message_id`` (``<{message_id}@contracts>``), so a retried activity produces the same
+message and receivers (and their mail clients) can drop the duplicate.
+
+Failures raise :class:`~core.channels.PermanentDeliveryError` (5xx replies, every recipient
+refused with 5xx, an invalid address or header) or :class:`~core.channels.TransientDeliveryError`
+(4xx replies, timeouts, refused or dropped connections).
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import ssl
+from datetime import datetime, timezone
+from email.headerregistry import Address
+from email import policy as email_policy
+from email.message import EmailMessage
+from email.utils import format_datetime, getaddresses
+
+from core.channels import PermanentDeliveryError, TransientDeliveryError
+from core.settings import Settings
+
+MESSAGE_ID_DOMAIN = "contracts"
+# RFC 5322 dot-atom text: what may appear left of the "@" in a Message-ID without quoting.
+# 7-bit transfer encodings only (base64 / quoted-printable bodies, RFC 2047 headers): we never
+# depend on the server's 8BITMIME or SMTPUTF8.
+_POLICY = email_policy.SMTP.clone(cte_type="7bit")
+_ATEXT = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]")
+
+
+def format_message_id(message_id: str) -> str:
+    """``abc-1`` -> ``<abc-1@contracts>``; characters a Message-ID cannot hold become ``=XX``."""
+    if not message_id:
+        raise PermanentDeliveryError("message_id is required (it is how receivers drop duplicates)")
+    local = _ATEXT.sub(lambda m: "".join(f"={b:02X}" for b in m.group().encode()), message_id)
+    local = re.sub(r"\.{2,}", lambda m: "=2E" * len(m.group()), local).strip(".") or "=2E"
+    return f"<{local}@{MESSAGE_ID_DOMAIN}>"
+
+
+def _address(value: str) -> Address:
+    """One ``user@example.com`` or ``Name <user@example.com>``; PermanentDeliveryError if invalid."""
+    if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+        raise PermanentDeliveryError(f"invalid email address {value!r}")
+    pairs = getaddresses([value])
+    if len(pairs) != 1:
+        raise PermanentDeliveryError(f"invalid email address {value!r}")
+    name, spec = pairs[0]
+    local, at, domain = spec.rpartition("@")
+    if not at or not local or not domain or any(c.isspace() for c in spec):
+        raise PermanentDeliveryError(f"invalid email address {value!r}")
+    try:
+        return Address(display_name=name, addr_spec=spec)
+    except (ValueError, IndexError) as exc:
+        raise PermanentDeliveryError(f"invalid email address {value!r}: {exc}") from exc
+
+
+def _unique(addresses: list[Address], seen: set[str]) -> list[Address]:
+    out = []
+    for a in addresses:
+        key = a.addr_spec.lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(a)
+    return out
+
+
+def build_message(
+    settings: Settings,
+    *,
+    to: list[str],
+    cc: list[str],
+    subject: str,
+    text: str,
+    html: str,
+    message_id: str,
+    headers: dict | None = None,
+) -> tuple[EmailMessage, str, list[str]]:
+    """The message, the envelope sender and the envelope recipients (To then Cc, deduplicated)."""
+    if isinstance(to, str) or isinstance(cc, str):
+        raise TypeError("to and cc are lists of addresses, not strings")
+    seen: set[str] = set()
+    to_addrs = _unique([_address(a) for a in to or []], seen)
+    cc_addrs = _unique([_address(a) for a in cc or []], seen)
+    if not to_addrs:
+        raise PermanentDeliveryError("an email needs at least one To recipient")
+    sender = _address(settings.smtp_from)
+
+    msg = EmailMessage(policy=_POLICY)
+    try:
+        msg["From"] = sender
+        msg["To"] = to_addrs
+        if cc_addrs:
+            msg["Cc"] = cc_addrs
+        msg["Subject"] = " ".join(subject.split())
+        msg["Date"] = format_datetime(datetime.now(timezone.utc))
+        msg["Message-ID"] = format_message_id(message_id)
+        # RFC 3834: automated mail; keeps vacation responders from answering it.
+        msg["Auto-Submitted"] = "auto-generated"
+        for name, value in (headers or {}).items():
+            del msg[name]
+            msg[name] = str(value)
+        msg.set_content(text, subtype="plain", charset="utf-8")
+        msg.add_alternative(html, subtype="html", charset="utf-8")
+    except (ValueError, TypeError) as exc:  # e.g. a header value with a line break
+        raise PermanentDeliveryError(f"cannot build the message: {exc}") from exc
+    recipients = [a.addr_spec for a in to_addrs + cc_addrs]
+    return msg, sender.addr_spec, recipients
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+def _transmit(settings: Settings, msg: EmailMessage, envelope_from: str, recipients: list[str]) -> dict:
+    """One connection, one message; returns the recipients refused while others were accepted."""
+    smtp = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout_seconds)
+    try:
+        smtp.ehlo()
+        if settings.smtp_starttls:
+            smtp.starttls(context=ssl.create_default_context())
+            smtp.ehlo()
+        if settings.smtp_username:
+            smtp.login(settings.smtp_username, settings.smtp_password or "")
+        refused = smtp.send_message(msg, from_addr=envelope_from, to_addrs=recipients)
+    except BaseException:
+        smtp.close()
+        raise
+    # The message is accepted: a failing QUIT must not turn this into a retry (a duplicate).
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        smtp.close()
+    return refused
+
+
+def _classify_reply(what: str, code: int, reply: bytes | str) -> Exception:
+    message = f"SMTP server refused {what}: {code} {_text(reply)}".strip()
+    if 500 <= code <= 599:
+        return PermanentDeliveryError(message, code=code)
+    return TransientDeliveryError(message, code=code)
+
+
+def send_email(
+    settings: Settings,
+    *,
+    to: list[str],
+    cc: list[str],
+    subject: str,
+    text: str,
+    html: str,
+    message_id: str,
+    headers: dict | None = None,
+) -> None:
+    """Send a multipart/alternative (text + HTML, UTF-8) message; raise a classified error."""
+    msg, envelope_from, recipients = build_message(
+        settings, to=to, cc=cc, subject=subject, text=text, html=html, message_id=message_id, headers=headers
+    )
+    where = f"{settings.smtp_host}:{settings.smtp_port}"
+    try:
+        refused = _transmit(settings, msg, envelope_from, recipients)
+    except smtplib.SMTPRecipientsRefused as exc:
+        codes = [code for code, _reply in exc.recipients.values()]
+        detail = "; ".join(f"{a}: {c} {_text(r)}" for a, (c, r) in exc.recipients.items())
+        if codes and all(500 <= c <= 599 for c in codes):
+            raise PermanentDeliveryError(
+                f"every recipient was refused: {detail}",
+                code=max(codes),
+                refused={a: (c, _text(r)) for a, (c, r) in exc.recipients.items()},
+            ) from exc
+        raise TransientDeliveryError(f"recipients refused for now: {detail}", code=min(codes, default=None)) from exc
+    except smtplib.SMTPSenderRefused as exc:
+        raise _classify_reply(f"the sender {exc.sender}", exc.smtp_code, exc.smtp_error) from exc
+    except smtplib.SMTPNotSupportedError as exc:  # STARTTLS configured but not offered, SMTPUTF8 needed
+        raise PermanentDeliveryError(f"SMTP server {where} does not support what we need: {exc}") from exc
+    except smtplib.SMTPResponseException as exc:  # DATA, HELO, AUTH, connect replies (421 ...)
+        raise _classify_reply("the message", exc.smtp_code, exc.smtp_error) from exc
+    except smtplib.SMTPServerDisconnected as exc:
+        raise TransientDeliveryError(f"SMTP server {where} closed the connection: {exc}") from exc
+    except smtplib.SMTPException as exc:
+        raise TransientDeliveryError(f"SMTP error talking to {where}: {exc}") from exc
+    except ssl.SSLCertVerificationError as exc:
+        raise PermanentDeliveryError(f"SMTP server {where} certificate not trusted: {exc}") from exc
+    except OSError as exc:  # timeouts, refused/reset connections, DNS, other TLS errors
+        raise TransientDeliveryError(f"cannot reach SMTP server {where}: {exc!r}") from exc
+
+    if refused:
+        # Accepted for some recipients, refused for others.  Retrying would resend to those who
+        # have it (Message-ID lets them drop it), so only temporary refusals are worth a retry.
+        detail = "; ".join(f"{a}: {c} {_text(r)}" for a, (c, r) in refused.items())
+        if all(500 <= c <= 599 for c, _ in refused.values()):
+            raise PermanentDeliveryError(
+                f"delivered to some recipients, refused for others: {detail}",
+                code=max(c for c, _ in refused.values()),
+                delivered=[r for r in recipients if r not in refused],
+                refused={a: (c, _text(r)) for a, (c, r) in refused.items()},
+            )
+        raise TransientDeliveryError(f"some recipients were refused for now: {detail}")
+
+
+__all__ = ["send_email", "build_message", "format_message_id"]
