@@ -84,7 +84,7 @@ class NotifyActivities:
     # ---------------------------------------------------------------- one delivery
     def _deliver(self, r: NotifyRequest, channel: str, recipient: str, role: str, cc: list[User], target, counts) -> None:
         due = int(r.due_at.timestamp()) if r.due_at else 0
-        key = f"{r.contract_id}:{r.item_type}:{r.item_key}:{due}:{r.kind}{r.level}:{recipient}:{channel}"
+        key = f"{r.contract_id}:{r.item_type}:{r.item_key}:{due}:{r.kind}{r.level}{r.tag}:{recipient}:{channel}"
         locale = getattr(target, "locale", None) or "zh"
         message = self._render(r, locale, cc, getattr(target, "name", recipient))
         with self._sessions.begin() as session:

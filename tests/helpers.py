@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -45,9 +46,9 @@ def monthly_installments(total: str, months: int = 12) -> list[dict[str, str]]:
     return items
 
 
-def make_spec(now: datetime, **overrides: Any) -> ContractSpec:
+def make_spec(now: datetime, department_assignee=None, **overrides: Any) -> ContractSpec:
     req = ContractCreate.model_validate(contract_request(now, **overrides))
-    return build_spec(req, contract_id=uuid.uuid4().hex[:16], now=now)
+    return build_spec(req, contract_id=uuid.uuid4().hex[:16], now=now, department_assignee=department_assignee)
 
 
 # Every workflow a test starts, so the test can end them: on the time-skipping server an
@@ -73,7 +74,9 @@ async def save_history(handle: WorkflowHandle, name: str) -> None:
         return
     history = await handle.fetch_history()
     HISTORIES.mkdir(exist_ok=True)
-    (HISTORIES / f"{name}.json").write_text(history.to_json())
+    # The workflow id travels with the history: child workflow ids are derived from it.
+    wrapped = {"workflow_id": history.workflow_id, "history": json.loads(history.to_json())}
+    (HISTORIES / f"{name}.json").write_text(json.dumps(wrapped))
 
 
 async def start_contract(

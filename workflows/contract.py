@@ -567,9 +567,10 @@ class ContractWorkflow:
             self.state.reminders_sent.extend(k for k in keys if k not in self.state.reminders_sent)
             days_left = max(1, -(-int((item.due_at - now).total_seconds()) // 86400))
             self._notify_about("reminder", item_type, item, level=0, to=["owner"], cc=[],
-                               channels=self._policy().reminder_channels, days=days_left)
+                               channels=self._policy().reminder_channels, days=days_left,
+                               tag=f"-{min(passed, key=_as_delta)}")
 
-    def _notify_about(self, kind, item_type, item, *, level, to, cc, channels, days=0) -> None:
+    def _notify_about(self, kind, item_type, item, *, level, to, cc, channels, days=0, tag="") -> None:
         s = self.state
         is_milestone = item_type == "milestone"
         self._outbox.append(
@@ -591,6 +592,7 @@ class ContractWorkflow:
                 customer=s.spec.customer_name,
                 amount=None if is_milestone else _fmt(Decimal(item.amount) - Decimal(item.paid), s.spec.minor_units),
                 currency=None if is_milestone else s.spec.currency,
+                tag=tag,
             )
         )
         self._emit(f"notification.{kind}", {"item_type": item_type, "key": item.key, "level": level, "to": to, "cc": cc})
@@ -607,6 +609,14 @@ class ContractWorkflow:
             nxt.due_at, nxt.due_estimated = self._due(nxt.due)
             self._notify_about("handoff", "milestone", nxt, level=0, to=["owner"], cc=[],
                                channels=self._policy().handoff_channels)
+            # The hand-off already tells the new owner the date: reminders whose time has
+            # passed by now are not sent on top of it.
+            now = workflow.now()
+            for offset in self._policy().reminders:
+                if nxt.due_at is not None and nxt.due_at - _as_delta(offset) <= now:
+                    mark = f"milestone:{nxt.key}:{nxt.due_at.isoformat()}:{offset}"
+                    if mark not in self.state.reminders_sent:
+                        self.state.reminders_sent.append(mark)
 
     def _track_escalation(self, now: datetime) -> None:
         """Highest level reached by an open overdue item, and when the next level falls due."""

@@ -288,6 +288,7 @@ class NotifyRequest:
     customer: str = ""
     amount: str | None = None
     currency: str | None = None
+    tag: str = ""  # tells apart notices of the same kind and level (e.g. the reminder offset)
 
 
 @dataclass

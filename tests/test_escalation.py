@@ -1,0 +1,206 @@
+"""Reminders, escalation chains and hand-offs on the time-skipping server, delivered for real:
+email to an aiosmtpd server, signed webhooks to a real HTTP receiver, tasks in the inbox."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from sqlalchemy import select
+
+from core import org
+from core.channels.webhook import verify
+from core.seed import seed_demo_org
+from core.settings import Settings
+from models import ContractEvent, Department
+from models.db import make_engine, make_session_factory
+from models.notification import Notification, Task
+from tests.conftest import free_port, running_worker
+from tests.helpers import complete, end_started_workflows, make_spec, pay, save_history, start_contract, state_of
+from workflows import search_attributes as sa
+
+SECRET = "s3cret-webhook-key"
+
+
+class Receiver:
+    """A real HTTP endpoint that keeps every webhook and checks its signature."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.calls.append({
+                    "body": json.loads(body),
+                    "verified": verify(SECRET, self.headers["X-Contracts-Timestamp"], body,
+                                       self.headers["X-Contracts-Signature"]),
+                    "event_id": self.headers["X-Contracts-Event-Id"],
+                })
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def for_contract(self, contract_id: str) -> list[dict]:
+        return [c for c in self.calls if c["body"]["contract_id"] == contract_id]
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture
+def org_db(sqlite_session_url, receiver):
+    """The demo organisation, with the sales department's webhook pointing at the receiver."""
+    engine = make_engine(sqlite_session_url)
+    sessions = make_session_factory(engine)
+    with sessions.begin() as s:
+        seed_demo_org(s)
+        sales = s.get(Department, "sales")
+        sales.webhook_url = f"http://127.0.0.1:{receiver.port}/hooks/contracts"
+        sales.webhook_secret = SECRET
+    yield sessions
+    engine.dispose()
+
+
+@pytest.fixture
+async def env_settings(ts_env, sqlite_session_url, mailbox, org_db):
+    settings = Settings(database_url=sqlite_session_url, smtp_port=mailbox.port)
+    yield settings
+    await end_started_workflows()
+
+
+def _mails(mailbox, contract_id: str) -> list:
+    return [(rcpts, m) for rcpts, m in mailbox.messages if contract_id in m["X-Contracts-Notification"]]
+
+
+async def _advance_to(env, when) -> None:
+    now = await env.get_current_time()
+    if when > now:
+        await env.sleep(when - now)
+
+
+async def test_unpaid_installment_escalates_to_the_manager_and_stops_when_paid(
+    ts_env, env_settings, mailbox, receiver, org_db
+):
+    """The seed's example: due day 30, still unpaid day 33 -> reminder again with the manager in
+    copy (email and signed webhook); paid day 34 -> nothing more on days 37 or 40."""
+    tq = f"esc-{uuid.uuid4().hex[:6]}"
+    start = await ts_env.get_current_time()
+    spec = make_spec(
+        start, playbook=None, amount="50000.00",
+        milestones=[{"key": "delivery", "name": "Delivery", "kind": "shipping", "owner": "li.wei",
+                     "department": "sales", "due_after": "P90D"}],
+        installments=[{"key": "first", "due_after": "P30D", "amount": "50000.00"}],
+    )
+    cid = spec.contract_id
+    day = lambda n: start + timedelta(days=n)  # noqa: E731
+    async with running_worker(ts_env.client, env_settings, tq):
+        handle = await start_contract(ts_env.client, spec, tq)
+
+        await _advance_to(ts_env, day(29) + timedelta(hours=2))
+        kinds = [m["X-Contracts-Notification"].split(":")[4] for _, m in _mails(mailbox, cid)]
+        assert kinds == ["reminder0-P7D", "reminder0-P1D"]
+        with org_db() as s:
+            sent_at = s.execute(
+                select(ContractEvent.at).where(ContractEvent.contract_id == cid,
+                                               ContractEvent.type == "notification.reminder").order_by(ContractEvent.seq)
+            ).scalars().all()
+        # P7D and P1D before the day-30 due date, to within a second
+        assert [abs((a - b).total_seconds()) < 1 for a, b in zip(sent_at, [day(23), day(29)])] == [True, True]
+
+        await _advance_to(ts_env, day(30) + timedelta(hours=2))
+        level1 = [m for _, m in _mails(mailbox, cid) if ":escalation1:" in m["X-Contracts-Notification"]]
+        assert len(level1) == 1 and level1[0]["To"].addresses[0].addr_spec == "li.wei@example.com"
+        assert not level1[0]["Cc"]
+        desc = await handle.describe()
+        assert desc.typed_search_attributes.get(sa.ESCALATION_LEVEL) == 1
+
+        await _advance_to(ts_env, day(33) + timedelta(hours=2))
+        level2 = [(r, m) for r, m in _mails(mailbox, cid) if ":escalation2:" in m["X-Contracts-Notification"]]
+        assert len(level2) == 1
+        rcpts, msg = level2[0]
+        assert msg["To"].addresses[0].addr_spec == "li.wei@example.com"
+        assert [a.addr_spec for a in msg["Cc"].addresses] == ["zhang.min@example.com"]
+        assert sorted(rcpts) == ["li.wei@example.com", "zhang.min@example.com"]
+        assert "3" in msg["Subject"]  # overdue by 3 days
+        hooks = receiver.for_contract(cid)
+        assert [h["body"]["level"] for h in hooks] == [1, 2]
+        assert all(h["verified"] for h in hooks)
+        assert len({h["event_id"] for h in hooks}) == 2
+        st = await state_of(handle)
+        assert st.escalation_level == 2 and st.installments[0].status == "overdue"
+        assert (await handle.describe()).typed_search_attributes.get(sa.ESCALATION_LEVEL) == 2
+
+        await _advance_to(ts_env, day(34))
+        result = await pay(handle, "BANK-DAY34", "50000.00", await ts_env.get_current_time())
+        assert result.outstanding == "0.00"
+        before_mail, before_hooks = len(_mails(mailbox, cid)), len(receiver.for_contract(cid))
+
+        await _advance_to(ts_env, day(37) + timedelta(hours=1))
+        await _advance_to(ts_env, day(40) + timedelta(hours=1))
+        assert len(_mails(mailbox, cid)) == before_mail, "the chain must stop once paid"
+        assert len(receiver.for_contract(cid)) == before_hooks
+        st = await state_of(handle)
+        assert st.escalation_level == 0
+        assert (await handle.describe()).typed_search_attributes.get(sa.ESCALATION_LEVEL) == 0
+        await save_history(handle, "installment_escalated_then_paid")
+
+    with org_db() as s:
+        rows = s.execute(select(Notification).where(Notification.contract_id == cid)).scalars().all()
+    keys = [r.key for r in rows]
+    assert len(keys) == len(set(keys))
+    assert all(r.status == "sent" for r in rows if r.channel in ("email", "webhook"))
+    print(f"seed example: {len(_mails(mailbox, cid))} emails, {len(receiver.for_contract(cid))} webhooks, "
+          f"0 after payment")
+
+
+async def test_handoff_goes_to_the_next_owner_and_finance(ts_env, env_settings, mailbox, org_db):
+    tq = f"hand-{uuid.uuid4().hex[:6]}"
+    start = await ts_env.get_current_time()
+    with org_db() as s:
+        def assignee(dept):
+            user = org.default_assignee(s, dept)
+            return user.id if user else None
+
+        spec = make_spec(start, department_assignee=assignee)
+    owners = {m.key: m.owner for m in spec.milestones}
+    assert owners["customer_acceptance"] == "wang.fang" and owners["invoicing"] == "sun.li"
+    cid = spec.contract_id
+    async with running_worker(ts_env.client, env_settings, tq):
+        handle = await start_contract(ts_env.client, spec, tq)
+        for key in ("order_review", "production_scheduling", "shipping"):
+            await complete(handle, key)
+        await ts_env.sleep(timedelta(minutes=1))  # let the notifier run
+
+        def tasks_for(user):
+            with org_db() as s:
+                return s.execute(select(Task).where(Task.contract_id == cid, Task.assignee == user)).scalars().all()
+
+        acceptance_tasks = [t for t in tasks_for("wang.fang") if t.milestone_key == "customer_acceptance"]
+        assert len(acceptance_tasks) == 1 and acceptance_tasks[0].status == "open"
+        assert [m for _, m in _mails(mailbox, cid) if "wang.fang" in m["X-Contracts-Notification"]
+                and ":handoff0:" in m["X-Contracts-Notification"]]
+        assert not [t for t in tasks_for("sun.li") if t.milestone_key == "invoicing"]
+
+        await complete(handle, "customer_acceptance")
+        await ts_env.sleep(timedelta(minutes=1))
+        invoicing = [t for t in tasks_for("sun.li") if t.milestone_key == "invoicing"]
+        assert len(invoicing) == 1
+        mails = [m for _, m in _mails(mailbox, cid) if "sun.li" in m["X-Contracts-Notification"]
+                 and ":handoff0:" in m["X-Contracts-Notification"]]
+        assert len(mails) == 1 and mails[0]["To"].addresses[0].addr_spec == "sun.li@example.com"
