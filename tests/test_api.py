@@ -242,3 +242,54 @@ async def test_contract_life_on_postgres(api_service_pg):
         evs = (await c.get(f"/contracts/{cid}/events")).json()
         business = [e["type"] for e in evs if not e["type"].startswith("notification.")]
         assert business == ["contract.created", "installment.paid", "payment.received"]
+
+
+async def test_escalation_levels_arrive_in_order_through_the_running_service(api_service, mailbox):
+    """A policy in seconds: levels at due+PT0S, +PT3S (manager in copy), +PT6S, each within 2 s."""
+    async with httpx.AsyncClient(base_url=api_service.base_url) as c:
+        created = await create(c, playbook=None, milestones=[
+            {"key": "acceptance", "name": "Customer acceptance", "kind": "customer_acceptance",
+             "owner": "li.wei", "department": "sales", "due_after": "PT3S"},
+        ], notifications={"reminders": [], "escalation": [
+            {"after": "PT0S", "to": ["owner"], "channels": ["email", "inbox"]},
+            {"after": "PT3S", "to": ["owner"], "cc": ["manager"], "channels": ["email"]},
+            {"after": "PT6S", "to": ["manager_of_manager"], "cc": ["department_head"], "channels": ["email"]},
+        ]})
+        cid = created["id"]
+        live = (await c.get(f"/contracts/{cid}")).json()
+        due_at = datetime.fromisoformat(live["milestones"][0]["due_at"])
+
+        arrivals: dict[int, float] = {}
+
+        async def level_arrived():
+            for _, m in mailbox.messages:
+                key = m["X-Contracts-Notification"] or ""
+                if cid in key:
+                    level = int(key.split(":")[4].removeprefix("escalation"))
+                    arrivals.setdefault(level, (datetime.now(timezone.utc) - due_at).total_seconds())
+            return len(arrivals) >= 3
+
+        await wait_for(level_arrived, timeout=20, interval=0.05)
+        print("escalation levels arrived after due:", {k: f"{v:.2f}s" for k, v in sorted(arrivals.items())})
+        assert sorted(arrivals) == [1, 2, 3]
+        assert arrivals[1] < arrivals[2] < arrivals[3]
+        for level, planned in ((1, 0), (2, 3), (3, 6)):
+            assert planned <= arrivals[level] + 0.1 <= planned + 2.1, arrivals
+        level3 = [m for _, m in mailbox.messages if f"{cid}:" in (m["X-Contracts-Notification"] or "")
+                  and ":escalation3:" in m["X-Contracts-Notification"]]
+        assert level3[0]["To"].addresses[0].addr_spec == "chen.jing@example.com"  # li.wei's manager's manager
+
+        tasks = (await c.get("/tasks", params={"assignee": "li.wei", "status": "open"})).json()
+        assert any(t["contract_id"] == cid for t in (tasks if isinstance(tasks, list) else tasks["items"]))
+        notes = (await c.get(f"/contracts/{cid}/notifications")).json()
+        notes = notes if isinstance(notes, list) else notes["items"]
+        assert {n["level"] for n in notes} == {1, 2, 3}
+        assert len({(n["level"], n["recipient"], n["channel"]) for n in notes}) == len(notes)
+        # Completing the milestone stops the chain and drops the escalation level.
+        await c.post(f"/contracts/{cid}/milestones/acceptance/complete", json={"by": "li.wei"})
+
+        async def calm():
+            desc = await api_service.client.get_workflow_handle(created["workflow_id"]).describe()
+            return desc.typed_search_attributes.get(sa.ESCALATION_LEVEL) == 0
+
+        await wait_for(calm)
