@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
+from activities.calendar import business_due_activity
 from activities.notify import NotifyActivities
 from activities.projection import ProjectionActivities
 from core.settings import Settings, get_settings
@@ -34,7 +35,7 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[projection.project_contract, notify.notify],
+        activities=[projection.project_contract, notify.notify, business_due_activity],
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
         # Bounded sticky cache: worker memory stays flat however many contracts are open.

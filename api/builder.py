@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
+from activities.calendar import CalendarUnavailable, is_workday
 from api.schemas import ContractCreate, InstallmentIn, MilestoneIn
 from core.durations import DurationError, add_duration, parse_duration, to_timedelta
 from core.money import MoneyError, check_currency, minor_units, parse_amount, quantize
@@ -174,6 +175,14 @@ def build_spec(
         installments = _playbook_installments(playbook, amount, places, keys, effective_at, end_at)
 
     policy = _policy(playbook, req, errors)
+    if policy.business_days:
+        policy.business_timezone = business_tz
+        for year in range(effective_at.year, (end_at - timedelta(microseconds=1)).year + 1):
+            try:
+                is_workday(date(year, 1, 2))
+            except CalendarUnavailable as exc:
+                errors.append(("notifications.business_days", str(exc)))
+                break
 
     if errors:
         raise SpecError(errors)
@@ -209,6 +218,8 @@ def _policy(playbook: dict[str, Any] | None, req: ContractCreate, errors: list) 
     for layer, where in layers:
         if "reminders" in layer:
             policy.reminders = list(layer["reminders"])
+        if "business_days" in layer:
+            policy.business_days = bool(layer["business_days"])
         if "escalation" in layer:
             policy.escalation = [
                 EscalationLevel(after=lv["after"], to=list(lv["to"]), cc=list(lv.get("cc", [])),

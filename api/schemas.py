@@ -73,6 +73,9 @@ class NotificationPolicyIn(Strict):
 
     reminders: list[str] | None = None
     escalation: list[EscalationLevelIn] | None = None
+    business_days: bool | None = Field(
+        default=None, description="Count day offsets in working days on China's official calendar"
+    )
 
 
 class ContractCreate(Strict):

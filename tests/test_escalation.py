@@ -204,3 +204,47 @@ async def test_handoff_goes_to_the_next_owner_and_finance(ts_env, env_settings, 
         mails = [m for _, m in _mails(mailbox, cid) if "sun.li" in m["X-Contracts-Notification"]
                  and ":handoff0:" in m["X-Contracts-Notification"]]
         assert len(mails) == 1 and mails[0]["To"].addresses[0].addr_spec == "sun.li@example.com"
+
+
+async def test_business_days_move_a_national_day_due_date_to_the_next_working_day(ts_env, env_settings):
+    """Real 2026 calendar: 1-7 October is the National Day holiday, 8 October the next working day."""
+    from datetime import datetime, timezone
+
+    tq = f"cal-{uuid.uuid4().hex[:6]}"
+    now = await ts_env.get_current_time()
+    shanghai_oct2 = datetime(2026, 10, 2, 10, 0, tzinfo=timezone(timedelta(hours=8)))
+    # The contract took effect on 1 September (registered later: the dates are history, which
+    # is fine; what matters is where the calendar puts them).
+    spec = make_spec(
+        now, playbook=None, amount="100.00", effective_date="2026-09-01", end_date="2026-12-31",
+        milestones=[
+            {"key": "ship", "name": "Shipping", "kind": "shipping", "owner": "li.wei", "department": "sales",
+             "due": shanghai_oct2.isoformat()},
+            {"key": "accept", "name": "Acceptance", "kind": "customer_acceptance", "owner": "li.wei",
+             "department": "sales", "after": "ship", "due_after": "P3D"},
+        ],
+        installments=[{"key": "all", "due": shanghai_oct2.isoformat(), "amount": "100.00"}],
+        notifications={"business_days": True, "reminders": []},
+    )
+    async with running_worker(ts_env.client, env_settings, tq):
+        handle = await start_contract(ts_env.client, spec, tq)
+        await ts_env.sleep(timedelta(seconds=5))  # let the calendar activity answer
+        st = await state_of(handle)
+        ship, accept = st.milestones
+        assert ship.due_at == datetime(2026, 10, 8, 10, 0, tzinfo=timezone(timedelta(hours=8)))
+        assert not ship.due_estimated and ship.status == "overdue"
+        assert st.installments[0].due_at == ship.due_at
+        # Three working days after the (moved) shipping date: 9 Oct (Fri), 10 Oct (a make-up
+        # working Saturday), 12 Oct (Mon) -- not 11 Oct, a Sunday.
+        assert accept.due_estimated
+        assert accept.due_at == datetime(2026, 10, 12, 10, 0, tzinfo=timezone(timedelta(hours=8)))
+
+
+def test_business_days_refuse_a_year_without_a_published_schedule():
+    from datetime import datetime, timezone
+
+    from api.builder import SpecError
+
+    with pytest.raises(SpecError, match="not published"):
+        make_spec(datetime(2029, 6, 1, tzinfo=timezone.utc), end_date="2031-06-01",
+                  notifications={"business_days": True})

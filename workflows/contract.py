@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         ContractEvent,
         ContractSpec,
         ContractState,
+        BusinessDueRequest,
         DueRule,
         EscalationInput,
         InstallmentState,
@@ -100,6 +101,7 @@ class ContractWorkflow:
         self._outbox: list[NotifyRequest] = list(input.pending_notifications)
         self._notifying = False
         self._escalations: dict[str, asyncio.Task] = {}
+        self._calendar_wanted: list[str] = []
 
     # ------------------------------------------------------------------ main
     @workflow.run
@@ -122,6 +124,7 @@ class ContractWorkflow:
         self._refresh()
         projector = asyncio.create_task(self._projector())
         notifier = asyncio.create_task(self._notifier()) if self._notify else None
+        calendar = asyncio.create_task(self._calendar()) if self._notify else None
         if input.carried is not None:
             # Escalation children do not survive continue-as-new: restart them.  Levels already
             # sent are not sent again (the notify activity is exactly-once per level).
@@ -148,6 +151,8 @@ class ContractWorkflow:
         projector.cancel()
         if notifier is not None:
             notifier.cancel()
+        if calendar is not None:
+            calendar.cancel()
         return self.state
 
     # ------------------------------------------------------------------ query
@@ -478,21 +483,59 @@ class ContractWorkflow:
         self._sync_search_attributes()
 
     def _due(self, rule: DueRule, depth: int = 0) -> tuple[datetime | None, bool]:
-        """A due date, and whether it is only an estimate (it waits on an open predecessor)."""
+        """A due date, and whether it is only an estimate (it waits on an open predecessor, or
+        on the working-day calendar)."""
         if rule.at is not None:
-            return rule.at, False
+            return self._business(rule.at, "P0D")
         if rule.after is None:
             spec = self.state.spec
-            return add_duration(spec.clock_start or spec.effective_at, rule.offset or "PT0S"), False
+            return self._business(spec.clock_start or spec.effective_at, rule.offset or "PT0S")
         pred = self._milestone(rule.after)
         if pred.status in RESOLVED and pred.completed_at is not None:
-            return add_duration(pred.completed_at, rule.offset or "PT0S"), False
+            return self._business(pred.completed_at, rule.offset or "PT0S")
         if depth > len(self.state.milestones):
             return None, True
         base, _ = self._due(pred.due, depth + 1)
         if base is None:
             return None, True
-        return add_duration(base, rule.offset or "PT0S"), True
+        due, _ = self._business(base, rule.offset or "PT0S")
+        return due, True
+
+    def _business(self, base: datetime, offset: str) -> tuple[datetime, bool]:
+        """``base + offset``; in working days when the policy says so.  Those come from the
+        calendar activity: until its answer is recorded the date is an estimate with no timer."""
+        plain = add_duration(base, offset)
+        policy = self.state.spec.policy
+        if not (self._notify and policy is not None and policy.business_days):
+            return plain, False
+        key = f"{base.isoformat()}|{offset}"
+        if key in self.state.calendar:
+            return self.state.calendar[key], False
+        if key not in self._calendar_wanted:
+            self._calendar_wanted.append(key)
+        return plain, True
+
+    async def _calendar(self) -> None:
+        while True:
+            await workflow.wait_condition(lambda: bool(self._calendar_wanted))
+            key = self._calendar_wanted[0]
+            base_text, offset = key.split("|")
+            policy = self.state.spec.policy
+            try:
+                due = datetime.fromisoformat(await workflow.execute_activity(
+                    "business_due",
+                    BusinessDueRequest(datetime.fromisoformat(base_text), offset, policy.business_timezone),
+                    result_type=str,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=RetryPolicy(maximum_attempts=5),
+                ))
+            except Exception as exc:  # noqa: BLE001 - an unpublished year: say so, never guess silently
+                due = add_duration(datetime.fromisoformat(base_text), offset)
+                self._emit("calendar.unavailable", {"base": base_text, "offset": offset, "error": str(exc),
+                                                    "used_calendar_days": due.isoformat()})
+            self.state.calendar[key] = due
+            self._calendar_wanted.pop(0)
+            self._changed()
 
     def _time_to_next_due(self) -> timedelta | None:
         now = workflow.now()

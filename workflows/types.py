@@ -75,6 +75,17 @@ class NotificationPolicy:
     reminder_channels: list[str] = field(default_factory=lambda: ["email", "inbox"])
     escalation: list[EscalationLevel] = field(default_factory=default_escalation)
     handoff_channels: list[str] = field(default_factory=lambda: ["email", "inbox"])
+    # Count day offsets in working days on China's official calendar (holidays and make-up
+    # working days) and move due dates off non-working days.  Computed by an activity.
+    business_days: bool = False
+    business_timezone: str = "Asia/Shanghai"
+
+
+@dataclass
+class BusinessDueRequest:
+    base: datetime
+    offset: str  # ISO 8601; whole days count as working days
+    timezone: str = "Asia/Shanghai"
 
 
 @dataclass
@@ -262,6 +273,9 @@ class ContractState:
     run: int = 1  # which continue-as-new run this is, for operators
     # Reminders already sent: "item_type:key:due_at:offset", so a moved due date reminds anew.
     reminders_sent: list[str] = field(default_factory=list)
+    # Working-day results from the calendar activity, "base|offset" -> due, so replays and
+    # library upgrades never recompute them.
+    calendar: dict[str, datetime] = field(default_factory=dict)
     escalation_level: int = 0  # highest escalation level reached by any open item
     next_escalation_at: datetime | None = None
 
