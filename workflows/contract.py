@@ -740,7 +740,7 @@ class ContractWorkflow:
                 await workflow.execute_activity(
                     "notify",
                     request,
-                    start_to_close_timeout=timedelta(seconds=60),
+                    start_to_close_timeout=timedelta(seconds=25),  # SMTP and webhook calls time out at 10 s
                     retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5), maximum_attempts=20),
                 )
             except Exception as exc:  # noqa: BLE001 - recorded; one failed notice must not stall the rest

@@ -62,7 +62,7 @@ class EscalationWorkflow:
                     amount=e.amount,
                     currency=e.currency,
                 ),
-                start_to_close_timeout=timedelta(seconds=60),
+                start_to_close_timeout=timedelta(seconds=25),  # SMTP and webhook calls time out at 10 s
                 # Transient SMTP/webhook failures retry with backoff; permanent ones are
                 # non-retryable errors recorded by the activity.  Nothing retries forever.
                 retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5), maximum_attempts=20),
