@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 
 from core.serde import to_jsonable
-from models import Contract, ContractEvent, Customer, Installment, Milestone, Payment
+from models import Contract, ContractEvent, Installment, Milestone, Payment
+from models.repository import new_contract_row
 from workflows.types import ContractState, ProjectionInput
 
 
@@ -38,7 +39,10 @@ class ProjectionActivities:
             if contract is None:
                 # The API always writes the row first; a workflow without its row (say, started
                 # by an operator from the CLI) gets one here rather than staying invisible.
-                contract = _new_row(session, state, input.workflow_id)
+                contract = new_contract_row(
+                    session, state.spec, workflow_id=input.workflow_id, status="active", version=-1, now=_now()
+                )
+                session.flush()
             if state.version >= contract.version:
                 _apply_snapshot(session, contract, state)
         return written
@@ -62,44 +66,6 @@ def _insert_events(session: Session, contract_id: str, input: ProjectionInput) -
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(ContractEvent).values(rows).on_conflict_do_nothing(index_elements=["contract_id", "seq"])
     return session.execute(stmt).rowcount or 0
-
-
-def _new_row(session: Session, state: ContractState, workflow_id: str) -> Contract:
-    spec = state.spec
-    customer = None
-    if spec.customer_external_id:
-        customer = session.execute(
-            select(Customer).where(Customer.external_id == spec.customer_external_id)
-        ).scalar_one_or_none()
-    if customer is None:
-        customer = Customer(name=spec.customer_name, external_id=spec.customer_external_id, created_at=_now())
-        session.add(customer)
-        session.flush()
-    contract = Contract(
-        id=spec.contract_id,
-        external_id=spec.external_id,
-        workflow_id=workflow_id,
-        title=spec.title,
-        customer_id=customer.id,
-        customer_name=spec.customer_name,
-        currency=spec.currency,
-        amount=Decimal(spec.amount),
-        paid_total=Decimal(0),
-        outstanding=Decimal(spec.amount),
-        credit=Decimal(0),
-        effective_at=spec.effective_at,
-        end_at=spec.end_at,
-        owner=spec.owner,
-        playbook=spec.playbook,
-        status="active",
-        version=-1,
-        spec=to_jsonable(spec),
-        created_at=_now(),
-        updated_at=_now(),
-    )
-    session.add(contract)
-    session.flush()
-    return contract
 
 
 def _apply_snapshot(session: Session, contract: Contract, state: ContractState) -> None:

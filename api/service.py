@@ -24,9 +24,10 @@ from api import schemas
 from api.builder import SpecError, build_spec
 from api.problems import Problem
 from core.org import default_assignee
-from core.serde import from_jsonable, to_jsonable
+from core.serde import from_jsonable
 from core.settings import Settings
 from models import Contract, ContractEvent, Customer
+from models.repository import new_contract_row
 from workflows import errors as wf_errors
 from workflows.contract import ContractWorkflow, ContractWorkflowInput, initial_search_attributes, workflow_id_for
 from workflows.types import (
@@ -82,7 +83,9 @@ class ContractService:
         #    (re)started from it, and the unique external_id settles concurrent duplicates.
         try:
             with self.sessions.begin() as session:
-                session.add(self._new_row(session, spec, now))
+                new_contract_row(
+                    session, spec, workflow_id=workflow_id_for(spec.contract_id), status=STARTING, version=0, now=now
+                )
         except IntegrityError:
             existing = self._by_external_id(req.external_id) if req.external_id else None
             if existing is None:
@@ -142,41 +145,6 @@ class ContractService:
             self._mark_started(contract_id)
             started += 1
         return started
-
-    def _new_row(self, session: Session, spec: ContractSpec, now: datetime) -> Contract:
-        customer = None
-        if spec.customer_external_id:
-            customer = session.execute(
-                select(Customer).where(Customer.external_id == spec.customer_external_id)
-            ).scalar_one_or_none()
-        if customer is None:
-            customer = Customer(name=spec.customer_name, external_id=spec.customer_external_id, created_at=now)
-            session.add(customer)
-            session.flush()
-        amount = Decimal(spec.amount)
-        return Contract(
-            id=spec.contract_id,
-            external_id=spec.external_id,
-            workflow_id=workflow_id_for(spec.contract_id),
-            title=spec.title,
-            customer_id=customer.id,
-            customer_name=spec.customer_name,
-            currency=spec.currency,
-            amount=amount,
-            paid_total=Decimal(0),
-            outstanding=amount,
-            credit=Decimal(0),
-            effective_at=spec.effective_at,
-            end_at=spec.end_at,
-            owner=spec.owner,
-            playbook=spec.playbook,
-            status=STARTING,
-            overdue_count=0,
-            version=0,
-            spec=to_jsonable(spec),
-            created_at=now,
-            updated_at=now,
-        )
 
     def _by_external_id(self, external_id: str) -> Contract | None:
         with self.sessions() as session:

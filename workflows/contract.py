@@ -614,31 +614,33 @@ class ContractWorkflow:
                                tag=f"-{min(passed, key=_as_delta)}")
 
     def _notify_about(self, kind, item_type, item, *, level, to, cc, channels, days=0, tag="") -> None:
-        s = self.state
-        is_milestone = item_type == "milestone"
         self._outbox.append(
             NotifyRequest(
-                contract_id=s.spec.contract_id,
+                **self._item_facts(item_type, item),
                 kind=kind,
-                item_type=item_type,
-                item_key=item.key,
-                item_name=item.name if is_milestone else f"Installment {item.key}",
-                owner=item.owner if is_milestone else s.spec.owner,
-                department=item.department if is_milestone else "sales",
                 due_at=item.due_at,
                 level=level,
                 to=list(to),
                 cc=list(cc),
                 channels=list(channels),
                 days=days,
-                contract_title=s.spec.title,
-                customer=s.spec.customer_name,
-                amount=None if is_milestone else _fmt(Decimal(item.amount) - Decimal(item.paid), s.spec.minor_units),
-                currency=None if is_milestone else s.spec.currency,
                 tag=tag,
             )
         )
         self._emit(f"notification.{kind}", {"item_type": item_type, "key": item.key, "level": level, "to": to, "cc": cc})
+
+    def _item_facts(self, item_type: str, item) -> dict:
+        """What a notice says about an item; installments are chased by the sales owner."""
+        s = self.state
+        if item_type == "milestone":
+            return dict(contract_id=s.spec.contract_id, item_type=item_type, item_key=item.key, item_name=item.name,
+                        owner=item.owner, department=item.department, contract_title=s.spec.title,
+                        customer=s.spec.customer_name, amount=None, currency=None)
+        owed = _fmt(Decimal(item.amount) - Decimal(item.paid), s.spec.minor_units)
+        return dict(contract_id=s.spec.contract_id, item_type=item_type, item_key=item.key,
+                    item_name=f"Installment {item.key}", owner=s.spec.owner, department="sales",
+                    contract_title=s.spec.title, customer=s.spec.customer_name, amount=owed,
+                    currency=s.spec.currency)
 
     def _hand_off(self, done: MilestoneState) -> None:
         """The next milestone's owner gets a task and a notification the moment its turn comes."""
@@ -695,25 +697,15 @@ class ContractWorkflow:
 
     async def _escalate(self, item_type: str, item) -> None:
         s = self.state
-        is_milestone = item_type == "milestone"
         due_at = item.due_at
         try:
             await workflow.execute_child_workflow(
                 EscalationWorkflow.run,
                 EscalationInput(
-                    contract_id=s.spec.contract_id,
+                    **self._item_facts(item_type, item),
                     parent_workflow_id=workflow.info().workflow_id,
-                    item_type=item_type,
-                    item_key=item.key,
-                    item_name=item.name if is_milestone else f"Installment {item.key}",
-                    owner=item.owner if is_milestone else s.spec.owner,
-                    department=item.department if is_milestone else "sales",
                     due_at=due_at,
                     levels=list(self._policy().escalation),
-                    contract_title=s.spec.title,
-                    customer=s.spec.customer_name,
-                    amount=None if is_milestone else _fmt(Decimal(item.amount) - Decimal(item.paid), s.spec.minor_units),
-                    currency=None if is_milestone else s.spec.currency,
                 ),
                 id=escalation_workflow_id(
                     workflow.info().workflow_id, item_type, item.key, int(due_at.timestamp())
