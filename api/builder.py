@@ -45,6 +45,7 @@ class _Draft:
     standard: str | None = None
     due: DueRule | None = None
     depends_on: list[str] | None = None
+    reminders: list[str] | None = None
 
 
 def parse_contract_date(value: str, tz: ZoneInfo, *, end: bool, field: str) -> datetime:
@@ -134,8 +135,14 @@ def build_spec(
                 due=d.due,
                 standard=d.standard or "",
                 depends_on=deps,
+                reminders=d.reminders,
             )
         )
+        for n, text in enumerate(d.reminders or []):
+            try:
+                to_timedelta(text)
+            except DurationError as exc:
+                errors.append((f"{where}.reminders[{n}]", str(exc)))
     keys = {m.key for m in milestones}
     for m in milestones:
         _check_due(m.due, f"milestones[{m.key}]", keys, effective_at, errors)
@@ -247,7 +254,7 @@ def _policy(playbook: dict[str, Any] | None, req: ContractCreate, errors: list) 
 
 def _merge(drafts: dict[str, _Draft], m: MilestoneIn, where: str, errors: list) -> None:
     d = drafts.setdefault(m.key, _Draft(key=m.key))
-    for field in ("name", "kind", "owner", "department", "standard", "depends_on"):
+    for field in ("name", "kind", "owner", "department", "standard", "depends_on", "reminders"):
         value = getattr(m, field)
         if value is not None:
             setattr(d, field, value)

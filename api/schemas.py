@@ -47,6 +47,9 @@ class MilestoneIn(Strict):
     due_after: str | None = Field(default=None, description="ISO 8601 duration, e.g. P5D or PT10S")
     after: str | None = Field(default=None, description="Milestone key the offset counts from")
     depends_on: list[str] | None = None
+    reminders: list[str] | None = Field(
+        default=None, description="This milestone's reminder offsets before due (ISO 8601), e.g. ['P2D']"
+    )
 
 
 class InstallmentIn(Strict):
@@ -161,6 +164,8 @@ class ContractOut(BaseModel):
     version: int
     closed_at: datetime | None = None
     close_reason: str | None = None
+    escalation_level: int = 0
+    next_escalation_at: datetime | None = None
     temporal_ui: str | None = None
 
 

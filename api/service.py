@@ -238,6 +238,8 @@ class ContractService:
             version=state.version,
             closed_at=state.closed_at,
             close_reason=state.close_reason or None,
+            escalation_level=state.escalation_level,
+            next_escalation_at=state.next_escalation_at,
             temporal_ui=(
                 f"{self.settings.temporal_ui_url}/namespaces/{self.settings.temporal_namespace}"
                 f"/workflows/{row.workflow_id}"

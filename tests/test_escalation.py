@@ -248,3 +248,27 @@ def test_business_days_refuse_a_year_without_a_published_schedule():
     with pytest.raises(SpecError, match="not published"):
         make_spec(datetime(2029, 6, 1, tzinfo=timezone.utc), end_date="2031-06-01",
                   notifications={"business_days": True})
+
+
+async def test_a_milestone_can_carry_its_own_reminder_offsets(ts_env, env_settings, mailbox, org_db):
+    tq = f"rem-{uuid.uuid4().hex[:6]}"
+    start = await ts_env.get_current_time()
+    spec = make_spec(
+        start, playbook=None, amount="10.00",
+        milestones=[
+            {"key": "own", "name": "Own offsets", "kind": "custom", "owner": "li.wei", "department": "sales",
+             "due_after": "P10D", "reminders": ["P2D"]},
+            {"key": "contract", "name": "Contract offsets", "kind": "custom", "owner": "li.wei",
+             "department": "sales", "due_after": "P10D"},
+        ],
+        installments=[{"key": "all", "due_after": "P60D", "amount": "10.00"}],
+        notifications={"reminders": ["P5D"]},
+    )
+    async with running_worker(ts_env.client, env_settings, tq):
+        handle = await start_contract(ts_env.client, spec, tq)
+        await ts_env.sleep(timedelta(days=9, hours=12))
+        keys = sorted(m["X-Contracts-Notification"].strip().split(":")[2] + m["X-Contracts-Notification"].split(":")[4]
+                      for _, m in _mails(mailbox, spec.contract_id) if "reminder" in m["X-Contracts-Notification"])
+        assert keys == ["contractreminder0-P5D", "ownreminder0-P2D"]
+        st = await state_of(handle)
+        assert st.milestones[0].reminders == ["P2D"]

@@ -592,8 +592,12 @@ class ContractWorkflow:
         return [
             item.due_at - _as_delta(offset)
             for _, item in self._open_timed_items()
-            for offset in self._policy().reminders
+            for offset in self._reminder_offsets(item)
         ]
+
+    def _reminder_offsets(self, item) -> list[str]:
+        own = getattr(item, "reminders", None)  # a milestone may carry its own offsets
+        return own if own is not None else self._policy().reminders
 
     def _send_due_reminders(self, now: datetime) -> None:
         """Before-due reminders to the item's owner.  If several offsets have passed (a contract
@@ -603,7 +607,7 @@ class ContractWorkflow:
         for item_type, item in self._open_timed_items():
             if item.due_at <= now:
                 continue
-            passed = [o for o in self._policy().reminders if item.due_at - _as_delta(o) <= now]
+            passed = [o for o in self._reminder_offsets(item) if item.due_at - _as_delta(o) <= now]
             keys = [f"{item_type}:{item.key}:{item.due_at.isoformat()}:{o}" for o in passed]
             if not passed or all(k in self.state.reminders_sent for k in keys):
                 continue
@@ -657,7 +661,7 @@ class ContractWorkflow:
             # The hand-off already tells the new owner the date: reminders whose time has
             # passed by now are not sent on top of it.
             now = workflow.now()
-            for offset in self._policy().reminders:
+            for offset in self._reminder_offsets(nxt):
                 if nxt.due_at is not None and nxt.due_at - _as_delta(offset) <= now:
                     mark = f"milestone:{nxt.key}:{nxt.due_at.isoformat()}:{offset}"
                     if mark not in self.state.reminders_sent:
@@ -832,6 +836,7 @@ def _initial_state(spec: ContractSpec) -> ContractState:
             standard=m.standard,
             due=m.due,
             depends_on=list(m.depends_on),
+            reminders=list(m.reminders) if m.reminders is not None else None,
         )
         for m in spec.milestones
     ]

@@ -98,6 +98,7 @@ class MilestoneSpec:
     due: DueRule
     standard: str = ""
     depends_on: list[str] = field(default_factory=list)
+    reminders: list[str] | None = None  # overrides the contract's reminder offsets for this step
 
 
 @dataclass
@@ -212,6 +213,7 @@ class MilestoneState:
     completed_by: str | None = None
     note: str = ""
     overdue_since: datetime | None = None
+    reminders: list[str] | None = None
 
 
 @dataclass
