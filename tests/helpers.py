@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from datetime import datetime, timedelta
@@ -111,3 +113,15 @@ async def pay(handle: WorkflowHandle, reference: str, amount: str, at: datetime,
 
 async def complete(handle: WorkflowHandle, key: str, by: str = "owner"):
     return await handle.execute_update(ContractWorkflow.complete_milestone, CompleteMilestoneInput(key, by))
+
+
+async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1):
+    """Poll an async predicate until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from core.temporal import find_binary
-from tests.helpers import contract_request
+from tests.helpers import contract_request, wait_for
 from workflows import search_attributes as sa
 
 
@@ -31,16 +30,6 @@ async def create(client: httpx.AsyncClient, **overrides) -> dict:
     assert r.status_code == 201, r.text
     return r.json()
 
-
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
 
 
 def temporal_list(service, query: str) -> list[dict]:

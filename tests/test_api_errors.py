@@ -10,7 +10,6 @@ or, for refused creations, that no contract appeared in the list.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -18,7 +17,7 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from tests.helpers import contract_request
+from tests.helpers import contract_request, wait_for
 
 pytestmark = pytest.mark.devserver
 
@@ -81,16 +80,6 @@ def assert_problem(r: httpx.Response, status: int, *needles: str) -> dict:
         assert needle.lower() in detail.lower(), f"detail {detail!r} does not mention {needle!r}"
     return body
 
-
-async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
 
 
 async def total_contracts(c: httpx.AsyncClient) -> int:
