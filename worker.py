@@ -15,8 +15,10 @@ from temporalio.client import Client
 from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
 from activities.calendar import business_due_activity
+from activities.documents import DocumentActivities
 from activities.notify import NotifyActivities
 from activities.projection import ProjectionActivities
+from activities.renewal import RenewalActivities
 from core.settings import Settings, get_settings
 from core.temporal import connect, hard_exit
 from models.db import make_engine, make_session_factory
@@ -31,11 +33,14 @@ def build_worker(
 ) -> Worker:
     projection = ProjectionActivities(session_factory)
     notify = NotifyActivities(session_factory, settings)
+    documents = DocumentActivities(session_factory)
+    renewals = RenewalActivities(client, session_factory)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[projection.project_contract, notify.notify, business_due_activity],
+        activities=[projection.project_contract, notify.notify, business_due_activity, documents.store_agreement,
+                    renewals.start_renewal],
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
         # Bounded sticky cache: worker memory stays flat however many contracts are open.
@@ -49,7 +54,8 @@ def build_worker(
 async def run(settings: Settings) -> None:
     client = await connect(settings)
     engine = make_engine(settings.database_url)
-    worker = build_worker(client, settings, make_session_factory(engine))
+    sessions = make_session_factory(engine)
+    worker = build_worker(client, settings, sessions)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -26,6 +26,8 @@ from workflows.types import (
     InstallmentSpec,
     MilestoneSpec,
     NotificationPolicy,
+    AmendmentPolicy,
+    RenewalPolicy,
 )
 
 
@@ -207,9 +209,12 @@ def build_spec(
         installments=installments,
         playbook=req.playbook,
         external_id=req.external_id,
+        erp_order_no=req.erp_order_no,
         minor_units=places,
         clock_start=clock_start,
         policy=policy,
+        amendments=_amendment_policy(playbook, req, errors),
+        renewal=_renewal_policy(playbook, req, errors),
     )
 
 
@@ -250,6 +255,52 @@ def _policy(playbook: dict[str, Any] | None, req: ContractCreate, errors: list) 
         previous = delay
     return policy
 
+
+
+def _renewal_policy(playbook: dict[str, Any] | None, req: ContractCreate, errors: list) -> RenewalPolicy:
+    """Defaults (reminders P60D and P30D before the end, no auto-renewal), the playbook's
+    ``renewal``, then the contract's."""
+    policy = RenewalPolicy()
+    layers = [((playbook or {}).get("renewal") or {}, "playbook.renewal")]
+    if req.renewal is not None:
+        layers.append((req.renewal.model_dump(exclude_none=True), "renewal"))
+    for layer, where in layers:
+        if "reminders" in layer:
+            policy.reminders = list(layer["reminders"])
+            for n, text in enumerate(policy.reminders):
+                try:
+                    to_timedelta(text)
+                except DurationError as exc:
+                    errors.append((f"{where}.reminders[{n}]", str(exc)))
+        if "auto_renew" in layer:
+            policy.auto_renew = bool(layer["auto_renew"])
+        if "term" in layer:
+            try:
+                parse_duration(layer["term"])
+                policy.term = layer["term"]
+            except DurationError as exc:
+                errors.append((f"{where}.term", str(exc)))
+    return policy
+
+
+def _amendment_policy(playbook: dict[str, Any] | None, req: ContractCreate, errors: list) -> AmendmentPolicy:
+    policy = AmendmentPolicy()
+    layers = [((playbook or {}).get("amendments") or {}, "playbook.amendments")]
+    if req.amendments is not None:
+        layers.append((req.amendments.model_dump(exclude_none=True), "amendments"))
+    for layer, where in layers:
+        for category, roles in (layer.get("approvals") or {}).items():
+            if category not in policy.approvals or not all(isinstance(r, str) and r for r in roles):
+                errors.append((f"{where}.approvals.{category}", "unknown category or empty role name"))
+                continue
+            policy.approvals[category] = list(roles)
+        if "approval_within" in layer:
+            try:
+                to_timedelta(layer["approval_within"])
+                policy.approval_within = layer["approval_within"]
+            except DurationError as exc:
+                errors.append((f"{where}.approval_within", str(exc)))
+    return policy
 
 
 def _merge(drafts: dict[str, _Draft], m: MilestoneIn, where: str, errors: list) -> None:

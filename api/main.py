@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
-from api.routes import contracts, meta, org, tasks
+from api.routes import amendments, contracts, meta, org, tasks
 from api.service import ContractService
 from core.seed import seed_demo_org_once
 from core.settings import Settings, get_settings
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(meta.router)
     app.include_router(contracts.router)
+    app.include_router(amendments.router)
     app.include_router(org.router)
     app.include_router(tasks.router)
     return app

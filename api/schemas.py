@@ -81,6 +81,26 @@ class NotificationPolicyIn(Strict):
     )
 
 
+class RenewalIn(Strict):
+    """Reminders before the end date, and whether the contract renews itself."""
+
+    reminders: list[str] | None = Field(default=None, description="ISO 8601 before the end date; default P60D, P30D")
+    auto_renew: bool | None = Field(default=None, description="Start the next term as a new, linked contract")
+    term: str | None = Field(default=None, description="Length of the next term (ISO 8601), default P1Y")
+
+
+ApprovalCategory = Literal["schedule", "owner", "money", "scope"]
+
+
+class AmendmentPolicyIn(Strict):
+    approvals: dict[ApprovalCategory, list[str]] | None = Field(
+        default=None,
+        description="Roles that approve each category of change; default schedule/owner: manager, "
+        "money: finance + legal, scope: legal",
+    )
+    approval_within: str | None = Field(default=None, description="Approval deadline (ISO 8601), default P2D")
+
+
 class ContractCreate(Strict):
     external_id: str | None = Field(default=None, max_length=100, description="Your id; a repeat POST returns the same contract")
     title: str = Field(min_length=1, max_length=300)
@@ -90,10 +110,15 @@ class ContractCreate(Strict):
     effective_date: str = Field(description="ISO date (2026-03-01) or date-time with a zone")
     end_date: str = Field(description="ISO date (last day of the term) or date-time with a zone")
     owner: str = Field(min_length=1, max_length=100, description="The sales owner")
+    erp_order_no: str | None = Field(
+        default=None, min_length=1, max_length=60, description="The ERP's order number; ERP progress batches match on it"
+    )
     playbook: str | None = None
     milestones: list[MilestoneIn] | None = None
     installments: list[InstallmentIn] | None = None
     notifications: NotificationPolicyIn | None = None
+    renewal: RenewalIn | None = None
+    amendments: AmendmentPolicyIn | None = None
 
 
 class ContractCreated(BaseModel):
@@ -233,6 +258,7 @@ class OperationOut(BaseModel):
     contract_status: str
     item_status: str | None = None
     version: int
+    changed: bool = Field(default=True, description="False when the same report was already recorded")
 
 
 class EventOut(BaseModel):

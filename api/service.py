@@ -16,7 +16,6 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -24,12 +23,13 @@ from api import schemas
 from api.builder import SpecError, build_spec
 from api.problems import Problem
 from core.org import default_assignee
+from core.starter import start_contract_workflow
 from core.serde import from_jsonable
 from core.settings import Settings
 from models import Contract, ContractEvent, Customer
 from models.repository import new_contract_row
 from workflows import errors as wf_errors
-from workflows.contract import ContractWorkflow, ContractWorkflowInput, initial_search_attributes, workflow_id_for
+from workflows.contract import ContractWorkflow, workflow_id_for
 from workflows.types import (
     CompleteMilestoneInput,
     ContractSpec,
@@ -110,17 +110,7 @@ class ContractService:
             return self._created(session.get(Contract, contract_id)), True
 
     async def _start_workflow(self, spec: ContractSpec) -> None:
-        await self.client.start_workflow(
-            ContractWorkflow.run,
-            ContractWorkflowInput(spec=spec),
-            id=workflow_id_for(spec.contract_id),
-            task_queue=self.settings.task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=initial_search_attributes(spec),
-            memo={"title": spec.title, "customer": spec.customer_name, "currency": spec.currency, "amount": spec.amount},
-            static_summary=f"{spec.title} · {spec.customer_name} · {spec.amount} {spec.currency}",
-        )
+        await start_contract_workflow(self.client, spec, self.settings.task_queue)
 
     def _mark_started(self, contract_id: str) -> None:
         with self.sessions.begin() as session:
@@ -165,12 +155,14 @@ class ContractService:
 
     async def get(self, contract_id: str) -> schemas.ContractOut:
         row = self._row(contract_id)
+        return self._to_out(row, await self.live_state(row))
+
+    async def live_state(self, row: Contract) -> ContractState:
         handle = self.client.get_workflow_handle(row.workflow_id)
         try:
-            state: ContractState = await handle.query(ContractWorkflow.state_query)
+            return await handle.query(ContractWorkflow.state_query)
         except RPCError as exc:
             raise Problem(503, f"the contract's live state cannot be read right now: {exc.message}", slug="temporal-unavailable")
-        return self._to_out(row, state)
 
     def _to_out(self, row: Contract, state: ContractState) -> schemas.ContractOut:
         spec = state.spec
@@ -326,21 +318,21 @@ class ContractService:
 
     async def complete_milestone(self, contract_id: str, key: str, body: schemas.CompleteIn) -> schemas.OperationOut:
         r = await self._update(contract_id, ContractWorkflow.complete_milestone, CompleteMilestoneInput(key, body.by, body.note))
-        return schemas.OperationOut(contract_status=r.contract_status, item_status=r.item_status, version=r.version)
+        return _operation(r)
 
     async def report_progress(self, contract_id: str, key: str, body: schemas.ProgressIn) -> schemas.OperationOut:
         r = await self._update(
             contract_id, ContractWorkflow.report_progress, ProgressInput(key, body.percent, body.message, body.source)
         )
-        return schemas.OperationOut(contract_status=r.contract_status, item_status=r.item_status, version=r.version)
+        return _operation(r)
 
     async def waive_milestone(self, contract_id: str, key: str, body: schemas.WaiveIn) -> schemas.OperationOut:
         r = await self._update(contract_id, ContractWorkflow.waive_milestone, WaiveMilestoneInput(key, body.by, body.reason))
-        return schemas.OperationOut(contract_status=r.contract_status, item_status=r.item_status, version=r.version)
+        return _operation(r)
 
     async def terminate(self, contract_id: str, body: schemas.TerminateIn) -> schemas.OperationOut:
         r = await self._update(contract_id, ContractWorkflow.terminate, TerminateInput(body.reason, body.by))
-        return schemas.OperationOut(contract_status=r.contract_status, item_status=r.item_status, version=r.version)
+        return _operation(r)
 
     async def _update(self, contract_id: str, update: Callable, arg: Any):
         row = self._row(contract_id)
@@ -359,6 +351,12 @@ class ContractService:
                 # The workflow closed between our read of the row and the update.
                 raise Problem(409, "contract is closed; it can no longer change", slug="contract-closed")
             raise Problem(503, f"Temporal is unreachable: {exc.message}", slug="temporal-unavailable")
+
+
+def _operation(r) -> schemas.OperationOut:
+    return schemas.OperationOut(
+        contract_status=r.contract_status, item_status=r.item_status, version=r.version, changed=r.changed
+    )
 
 
 def _money(value: Decimal, row: Contract) -> str:

@@ -1,5 +1,6 @@
 from models.base import Base
 from models.contract import Contract, ContractEvent, Customer, Installment, Milestone, Payment
+from models.document import Document
 from models.notification import Notification, Task
 from models.org import Department, User
 
@@ -9,6 +10,7 @@ __all__ = [
     "ContractEvent",
     "Customer",
     "Department",
+    "Document",
     "Installment",
     "Milestone",
     "Notification",

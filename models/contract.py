@@ -37,6 +37,7 @@ class Contract(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     external_id: Mapped[str | None] = mapped_column(String(100), unique=True)  # the caller's idempotency key
     workflow_id: Mapped[str] = mapped_column(String(100), unique=True)
+    erp_order_no: Mapped[str | None] = mapped_column(String(60), index=True)  # ERP progress batches match on it
     title: Mapped[str] = mapped_column(String(300))
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
     customer_name: Mapped[str] = mapped_column(String(200), index=True)  # denormalised for lists

@@ -34,6 +34,7 @@ def new_contract_row(session: Session, spec: ContractSpec, *, workflow_id: str, 
     contract = Contract(
         id=spec.contract_id,
         external_id=spec.external_id,
+        erp_order_no=spec.erp_order_no,
         workflow_id=workflow_id,
         title=spec.title,
         customer_id=customer_for(session, spec, now).id,

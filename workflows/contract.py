@@ -15,6 +15,7 @@ Two loops run side by side:
 from __future__ import annotations
 
 import asyncio
+import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -25,6 +26,7 @@ from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttri
 with workflow.unsafe.imports_passed_through():
     from core.durations import add_duration, to_timedelta
     from core.money import MoneyError, parse_amount
+    from workflows import amendments
     from workflows import search_attributes as sa
     from workflows.escalation import EscalationWorkflow, escalation_workflow_id
     from workflows.errors import conflict, invalid, not_found
@@ -40,7 +42,18 @@ with workflow.unsafe.imports_passed_through():
         PENDING,
         TERMINATED,
         WAIVED,
+        AgreementRequest,
+        AmendmentImpact,
+        AmendmentResult,
+        AmendmentState,
+        ApprovalRecord,
+        ApprovalState,
         CompleteMilestoneInput,
+        ContractVersion,
+        DecideAmendmentInput,
+        ItemImpact,
+        RenewalRequest,
+        RequestAmendmentInput,
         ContractEvent,
         ContractSpec,
         ContractState,
@@ -101,7 +114,11 @@ class ContractWorkflow:
         self._outbox: list[NotifyRequest] = list(input.pending_notifications)
         self._notifying = False
         self._escalations: dict[str, asyncio.Task] = {}
+        self._stopping: list[asyncio.Task] = []  # cancelled escalations, awaited before closing
         self._calendar_wanted: list[str] = []
+        self._simulating = False  # assessing an amendment on a copy: no side effects
+        self._documenting = False
+        self._renewing = False
 
     # ------------------------------------------------------------------ main
     @workflow.run
@@ -125,6 +142,8 @@ class ContractWorkflow:
         projector = asyncio.create_task(self._projector())
         notifier = asyncio.create_task(self._notifier()) if self._notify else None
         calendar = asyncio.create_task(self._calendar()) if self._notify else None
+        documenter = asyncio.create_task(self._documenter())
+        renewer = asyncio.create_task(self._renewer())
         if input.carried is not None:
             # Escalation children do not survive continue-as-new: restart them.  Levels already
             # sent are not sent again (the notify activity is exactly-once per level).
@@ -146,13 +165,17 @@ class ContractWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._refresh()
         await workflow.wait_condition(lambda: not self._outbox and not self._notifying)
-        await workflow.wait_condition(lambda: all(t.done() for t in self._escalations.values()))
+        await workflow.wait_condition(lambda: all(t.done() for t in [*self._escalations.values(), *self._stopping]))
+        await workflow.wait_condition(lambda: not self.state.pending_documents and not self._documenting)
+        await workflow.wait_condition(lambda: not self.state.pending_renewals and not self._renewing)
         await workflow.wait_condition(lambda: not self._pending and not self._dirty and not self._projecting)
         projector.cancel()
         if notifier is not None:
             notifier.cancel()
         if calendar is not None:
             calendar.cancel()
+        documenter.cancel()
+        renewer.cancel()
         return self.state
 
     # ------------------------------------------------------------------ query
@@ -205,6 +228,28 @@ class ContractWorkflow:
     @terminate.validator
     def _validate_terminate(self, t: TerminateInput) -> None:
         self._check_terminate(t)
+
+    @workflow.update
+    def request_amendment(self, r: RequestAmendmentInput) -> AmendmentResult:
+        existing = self._amendment_or_none(r.amendment_id)
+        if existing is not None:
+            return AmendmentResult(existing, self.state.contract_version, created=False)
+        self._check_request(r)
+        return self._apply_request(r)
+
+    @request_amendment.validator
+    def _validate_request(self, r: RequestAmendmentInput) -> None:
+        if self._amendment_or_none(r.amendment_id) is None:
+            self._check_request(r)
+
+    @workflow.update
+    def decide_amendment(self, d: DecideAmendmentInput) -> AmendmentResult:
+        self._check_decision(d)
+        return self._apply_decision(d)
+
+    @decide_amendment.validator
+    def _validate_decision(self, d: DecideAmendmentInput) -> None:
+        self._check_decision(d)
 
     # ------------------------------------------------------------------ signals
     # The same operations for senders that cannot wait for an answer.  A signal cannot be
@@ -376,6 +421,9 @@ class ContractWorkflow:
 
     def _apply_progress(self, p: ProgressInput) -> OperationResult:
         m = self._milestone(p.key)
+        if m.progress == p.percent and m.progress_message == p.message and workflow.patched("progress-dedupe-v1"):
+            # The same report again (an ERP batch redelivered): no second event.
+            return OperationResult(self.state.status, m.status, self.state.version, changed=False)
         m.progress = p.percent
         m.progress_message = p.message
         if m.status == PENDING and p.percent > 0:
@@ -418,6 +466,299 @@ class ContractWorkflow:
         if status == DONE:
             self._hand_off(m)
 
+    # ------------------------------------------------------------------ amendments
+    def _amendment_or_none(self, amendment_id: str) -> AmendmentState | None:
+        for a in self.state.amendments:
+            if a.id == amendment_id:
+                return a
+        return None
+
+    def _check_request(self, r: RequestAmendmentInput) -> None:
+        s = self.state
+        if s.status != ACTIVE:
+            raise conflict(f"contract is {s.status}; it can no longer be amended")
+        if not r.amendment_id or len(r.amendment_id) > 40:
+            raise invalid("an amendment needs an id of 1 to 40 characters")
+        if not r.requested_by or not r.requested_by.strip():
+            raise invalid("say who requests the amendment ('requested_by')")
+        if not r.reason or not r.reason.strip():
+            raise invalid("an amendment needs a written reason")
+        amendments.check(s, r.changes, workflow.now())
+
+    def _apply_request(self, r: RequestAmendmentInput) -> AmendmentResult:
+        s = self.state
+        now = workflow.now()
+        roles = amendments.required_roles(s, r.changes)
+        impact = self._assess(r.changes, roles, r.approvers)
+        a = AmendmentState(
+            id=r.amendment_id,
+            number=len(s.amendments) + 1,
+            requested_by=r.requested_by,
+            reason=r.reason.strip(),
+            changes=list(r.changes),
+            requested_at=now,
+            required_roles=roles,
+            approvers={role: r.approvers.get(role) or role for role in roles},
+            impact=impact,
+        )
+        s.amendments.append(a)
+        self._emit(
+            "amendment.requested",
+            {"amendment_id": a.id, "number": a.number, "reason": a.reason, "required_roles": roles,
+             "approvers": a.approvers, "changes": [c.clause for c in impact.clauses]},
+            actor=r.requested_by,
+        )
+        if not roles:
+            self._apply_amendment(a)  # a policy may let some changes through without approval
+        else:
+            within = amendments.policy_of(s).approval_within
+            for role in roles:
+                item = ApprovalState(
+                    key=f"{a.id}:{role}", amendment_id=a.id, role=role, owner=a.approvers[role],
+                    department=amendments.ROLE_DEPARTMENTS.get(role, role), due_at=add_duration(now, within),
+                    reminders=list(amendments.policy_of(s).approval_reminders),
+                )
+                s.approvals.append(item)
+                if self._notify:
+                    self._notify_about("approval", "approval", item, level=0, to=["owner"], cc=[],
+                                       channels=self._policy().handoff_channels)
+        self._changed()
+        return AmendmentResult(a, s.contract_version)
+
+    def _assess(self, changes, roles: list[str], approvers: dict[str, str]) -> AmendmentImpact:
+        """What the changes would do, computed on a copy of the state (nothing here is kept)."""
+        now = workflow.now()
+        before = self.state
+        after = copy.deepcopy(before)
+        clauses = amendments.apply(after, changes, now)
+        self.state, self._simulating = after, True
+        try:
+            for x in [*after.milestones, *after.installments]:
+                if x.status not in (DONE, WAIVED, PAID):
+                    x.due_at, x.due_estimated = self._due(x.due)
+        finally:
+            self.state, self._simulating = before, False
+        places = before.spec.minor_units
+
+        def late(x) -> bool:
+            return x.status not in (DONE, WAIVED, PAID) and not x.due_estimated and x.due_at is not None and x.due_at <= now
+
+        items, on_time, overdue, people = [], [], [], {before.spec.owner, *approvers.values()}
+        old_m = {m.key: m for m in before.milestones}
+        new_m = {m.key: m for m in after.milestones}
+        for key in [*old_m, *[k for k in new_m if k not in old_m]]:
+            o, n = old_m.get(key), new_m.get(key)
+            change = "added" if o is None else "removed" if n is None else "unchanged"
+            if o is not None and n is not None:
+                if o.owner != n.owner:
+                    change = "owner"
+                elif o.due_at != n.due_at:
+                    change = "moved"
+                elif o.due != n.due or o.name != n.name or o.kind != n.kind:
+                    change = "replaced"
+            was, will = (o is not None and o.status == OVERDUE), (n is not None and late(n))
+            if change != "unchanged":
+                people.update(x.owner for x in (o, n) if x is not None)
+            if was and not will and n is not None:
+                on_time.append(f"milestone:{key}")
+            if will and not was:
+                overdue.append(f"milestone:{key}")
+            items.append(ItemImpact(
+                "milestone", key, (n or o).name, change,
+                old_due_at=o.due_at if o else None, new_due_at=n.due_at if n else None,
+                shift_seconds=int((n.due_at - o.due_at).total_seconds()) if o and n and o.due_at and n.due_at else None,
+                old_owner=o.owner if o else None, new_owner=n.owner if n else None,
+                overdue_before=was, overdue_after=will,
+            ))
+        plan = []
+        old_i = {i.key: i for i in before.installments}
+        new_i = {i.key: i for i in after.installments}
+        for key in [*old_i, *[k for k in new_i if k not in old_i]]:
+            o, n = old_i.get(key), new_i.get(key)
+            change = "added" if o is None else "removed" if n is None else "unchanged"
+            if o is not None and n is not None:
+                change = "amount" if o.amount != n.amount else "moved" if o.due_at != n.due_at else "unchanged"
+            was, will = (o is not None and o.status == OVERDUE), (n is not None and late(n))
+            if was and not will and n is not None:
+                on_time.append(f"installment:{key}")
+            if will and not was:
+                overdue.append(f"installment:{key}")
+            plan.append(ItemImpact(
+                "installment", key, f"Installment {key}", change,
+                old_due_at=o.due_at if o else None, new_due_at=n.due_at if n else None,
+                shift_seconds=int((n.due_at - o.due_at).total_seconds()) if o and n and o.due_at and n.due_at else None,
+                old_amount=o.amount if o else None, new_amount=n.amount if n else None,
+                overdue_before=was, overdue_after=will,
+            ))
+        new_total = Decimal(after.spec.amount)
+        paid = Decimal(before.paid_total)
+        return AmendmentImpact(
+            items=items,
+            old_amount=_fmt(Decimal(before.spec.amount), places),
+            new_amount=_fmt(new_total, places),
+            amount_delta=_fmt(new_total - Decimal(before.spec.amount), places),
+            old_outstanding=before.outstanding,
+            new_outstanding=_fmt(max(new_total - paid, Decimal(0)), places),
+            old_end_at=before.spec.end_at,
+            new_end_at=after.spec.end_at,
+            installments=plan,
+            becomes_on_time=on_time,
+            becomes_overdue=overdue,
+            affected_people=sorted(p for p in people if p),
+            clauses=clauses,
+        )
+
+    def _check_decision(self, d: DecideAmendmentInput) -> None:
+        s = self.state
+        a = self._amendment_or_none(d.amendment_id)
+        if a is None:
+            raise not_found(f"contract has no amendment {d.amendment_id!r}")
+        if a.status != "pending":
+            raise conflict(f"amendment {a.id!r} is already {a.status}")
+        if s.status != ACTIVE:
+            raise conflict(f"contract is {s.status}; it can no longer be amended")
+        if d.decision not in ("approve", "reject", "withdraw"):
+            raise invalid("decision must be 'approve', 'reject' or 'withdraw'")
+        if not d.by or not d.by.strip():
+            raise invalid("say who decides ('by')")
+        if d.decision == "withdraw":
+            if d.by != a.requested_by:
+                raise conflict(f"only the requester ({a.requested_by}) can withdraw amendment {a.id!r}")
+            return
+        if d.role not in a.required_roles:
+            raise invalid(
+                f"amendment {a.id!r} needs approval from {', '.join(a.required_roles)}; {d.role!r} is not one of them"
+            )
+        if any(x.role == d.role and x.decision == "approved" for x in a.decisions):
+            raise conflict(f"{d.role} has already approved amendment {a.id!r}")
+        if d.decision == "approve" and self._missing_roles(a) == [d.role]:
+            # The last approval applies the change: it must still fit the contract as it is now.
+            try:
+                amendments.check(s, a.changes, workflow.now())
+            except Exception as exc:  # noqa: BLE001 - reported as a conflict with the reason
+                raise conflict(f"the contract changed since amendment {a.id!r} was requested: {exc}")
+
+    def _missing_roles(self, a: AmendmentState) -> list[str]:
+        done = {x.role for x in a.decisions if x.decision == "approved"}
+        return [r for r in a.required_roles if r not in done]
+
+    def _apply_decision(self, d: DecideAmendmentInput) -> AmendmentResult:
+        s = self.state
+        a = self._amendment_or_none(d.amendment_id)
+        now = workflow.now()
+        word = {"approve": "approved", "reject": "rejected", "withdraw": "withdrawn"}[d.decision]
+        a.decisions.append(ApprovalRecord(d.by, d.role, word, d.comment, now))
+        if d.decision == "approve":
+            self._close_approvals(a, only_role=d.role)
+            self._emit("amendment.approval", {"amendment_id": a.id, "role": d.role, "by": d.by, "comment": d.comment,
+                                              "missing": self._missing_roles(a)}, actor=d.by)
+            if not self._missing_roles(a):
+                self._emit("amendment.approved", {"amendment_id": a.id, "number": a.number,
+                                                  "approved_by": [x.by for x in a.decisions]}, actor=d.by)
+                self._apply_amendment(a)
+        else:
+            a.status, a.decided_at, a.note = word, now, d.comment
+            self._close_approvals(a)
+            self._emit(f"amendment.{word}", {"amendment_id": a.id, "role": d.role, "by": d.by, "comment": d.comment},
+                       actor=d.by)
+        self._changed()
+        return AmendmentResult(a, s.contract_version)
+
+    def _close_approvals(self, a: AmendmentState, only_role: str | None = None) -> None:
+        for item in list(self.state.approvals):
+            if item.amendment_id == a.id and (only_role is None or item.role == only_role):
+                self.state.approvals.remove(item)
+                self._on_resolved("approval", item.key)
+
+    def _apply_amendment(self, a: AmendmentState) -> None:
+        """Apply an approved amendment at once: dates, owners, scope and money change together,
+        escalations of items that moved stop (and restart if still late), a new version is
+        recorded and the supplementary agreement is generated."""
+        s = self.state
+        now = workflow.now()
+        watched = {}
+        for item_type, item in self._overdue_items():
+            if item_type in ("milestone", "installment"):
+                watched[(item_type, item.key)] = (item.due_at, item.owner if item_type == "milestone" else None, item)
+        clauses = amendments.apply(s, a.changes, now)
+        current = {("milestone", m.key): m for m in s.milestones}
+        current.update({("installment", i.key): i for i in s.installments})
+        for (item_type, key), (due_at, owner, old_item) in watched.items():
+            item = current.get((item_type, key))
+            if item is not None and item is old_item and item.status == OVERDUE and item.due_at == due_at and (
+                    item_type != "milestone" or item.owner == owner):
+                continue  # untouched: its escalation goes on
+            self._on_resolved(item_type, key)
+            if item is not None and item.status == OVERDUE:
+                # Back to open; the refresh below marks it overdue again if its new date has passed.
+                item.overdue_since = None
+                if item_type == "milestone":
+                    item.status = IN_PROGRESS if item.progress > 0 else PENDING
+                else:
+                    item.status = PARTIALLY_PAID if Decimal(item.paid) > 0 else PENDING
+        for m in s.milestones:  # removed milestones no longer hold others back
+            m.depends_on = [d for d in m.depends_on if any(x.key == d for x in s.milestones)]
+        self._recompute_money()
+        s.contract_version += 1
+        self._tell_affected_owners(a, now)
+        a.status, a.decided_at, a.contract_version = "applied", now, s.contract_version
+        approvals = [x for x in a.decisions if x.decision == "approved"]
+        if not s.versions:
+            s.versions.append(ContractVersion(1, s.spec.effective_at, None, "as signed"))
+        s.versions.append(ContractVersion(s.contract_version, now, a.id, a.reason, clauses, approvals))
+        s.pending_documents.append(AgreementRequest(
+            contract_id=s.spec.contract_id, amendment_id=a.id, amendment_number=a.number,
+            contract_version=s.contract_version, contract_title=s.spec.title, customer_name=s.spec.customer_name,
+            customer_external_id=s.spec.customer_external_id, contract_external_id=s.spec.external_id,
+            original_effective_at=s.spec.effective_at, effective_at=now, currency=s.spec.currency,
+            reason=a.reason, requested_by=a.requested_by, clauses=clauses, approvals=approvals,
+        ))
+        self._emit("amendment.applied", {
+            "amendment_id": a.id, "number": a.number, "contract_version": s.contract_version,
+            "clauses": [{"clause": c.clause, "old": c.old, "new": c.new} for c in clauses],
+            "amount": s.spec.amount, "outstanding": s.outstanding, "end_at": _iso(s.spec.end_at),
+        })
+
+    def _tell_affected_owners(self, a: AmendmentState, now: datetime) -> None:
+        """Everyone whose milestone moved, changed hands or was added hears of it at once."""
+        if not self._notify:
+            return
+        touched = [c.key if c.kind != "add_milestone" else c.milestone.key for c in a.changes
+                   if c.kind in ("move_due", "change_owner", "add_milestone", "replace_milestone")
+                   and (c.kind != "move_due" or c.item_type == "milestone")]
+        for m in self.state.milestones:
+            if m.key in touched and m.status not in RESOLVED:
+                m.due_at, m.due_estimated = self._due(m.due)
+                if m.due_at is not None:
+                    self._notify_about("amended", "milestone", m, level=0, to=["owner"], cc=[],
+                                       channels=self._policy().handoff_channels,
+                                       tag=f"-v{self.state.contract_version}")
+
+    async def _documenter(self) -> None:
+        """Generates supplementary agreements, one at a time, in the order they were applied."""
+        while True:
+            await workflow.wait_condition(lambda: bool(self.state.pending_documents))
+            request = self.state.pending_documents[0]
+            self._documenting = True
+            try:
+                document_id = await workflow.execute_activity(
+                    "store_agreement",
+                    request,
+                    result_type=str,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    # Keeps retrying while the database is away; a template error is non-retryable.
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+                )
+                self._emit("document.created", {"document_id": document_id, "kind": "supplementary_agreement",
+                                                "amendment_id": request.amendment_id,
+                                                "contract_version": request.contract_version})
+            except Exception as exc:  # noqa: BLE001 - recorded for operators; the contract lives on
+                self._emit("document.failed", {"amendment_id": request.amendment_id, "error": str(exc)})
+            finally:
+                self._documenting = False
+            self.state.pending_documents.pop(0)
+            self._changed()
+
     # ------------------------------------------------------------------ termination
     def _check_terminate(self, t: TerminateInput) -> None:
         if self.state.status != ACTIVE:
@@ -457,9 +798,16 @@ class ContractWorkflow:
                 owed = _fmt(Decimal(i.amount) - Decimal(i.paid), s.spec.minor_units)
                 self._emit("installment.overdue", {"key": i.key, "owed": owed, "due_at": _iso(i.due_at)})
                 self._on_overdue("installment", i.key)
+        for a in s.approvals:
+            if a.status == PENDING and a.due_at <= now:
+                a.status = OVERDUE
+                a.overdue_since = a.due_at
+                self._emit("approval.overdue", {"key": a.key, "owner": a.owner, "due_at": _iso(a.due_at)})
+                self._on_overdue("approval", a.key)
         if not s.past_end and now >= s.spec.end_at:
             s.past_end = True
             self._emit("contract.term_ended", {"end_at": _iso(s.spec.end_at), "outstanding": s.outstanding})
+            self._renew_if_wanted()
 
         all_done = all(m.status in RESOLVED for m in s.milestones)
         settled = Decimal(s.outstanding) == 0
@@ -473,6 +821,7 @@ class ContractWorkflow:
 
         if s.status == ACTIVE:
             self._send_due_reminders(now)
+            self._send_term_reminders(now)
         self._track_escalation(now)
 
         open_dues = [x.due_at for x in [*s.milestones, *s.installments]
@@ -511,7 +860,7 @@ class ContractWorkflow:
         key = f"{base.isoformat()}|{offset}"
         if key in self.state.calendar:
             return self.state.calendar[key], False
-        if key not in self._calendar_wanted:
+        if key not in self._calendar_wanted and not self._simulating:
             self._calendar_wanted.append(key)
         return plain, True
 
@@ -541,7 +890,7 @@ class ContractWorkflow:
         now = workflow.now()
         candidates = [
             x.due_at
-            for x in [*self.state.milestones, *self.state.installments]
+            for x in [*self.state.milestones, *self.state.installments, *self.state.approvals]
             if x.status in (PENDING, IN_PROGRESS, PARTIALLY_PAID) and not x.due_estimated and x.due_at is not None
         ]
         if not self.state.past_end:
@@ -577,6 +926,9 @@ class ContractWorkflow:
         for i in s.installments:
             if i.status in (PENDING, PARTIALLY_PAID) and not i.due_estimated and i.due_at is not None:
                 yield "installment", i
+        for a in s.approvals:
+            if a.status == PENDING:
+                yield "approval", a
 
     def _overdue_items(self):
         for m in self.state.milestones:
@@ -585,6 +937,9 @@ class ContractWorkflow:
         for i in self.state.installments:
             if i.status == OVERDUE:
                 yield "installment", i
+        for a in self.state.approvals:
+            if a.status == OVERDUE:
+                yield "approval", a
 
     def _reminder_times(self) -> list[datetime]:
         if not self._notify:
@@ -593,7 +948,77 @@ class ContractWorkflow:
             item.due_at - _as_delta(offset)
             for _, item in self._open_timed_items()
             for offset in self._reminder_offsets(item)
-        ]
+        ] + [t for _, t in self._term_reminders()]
+
+    # ------------------------------------------------------------------ end of term: reminders, renewal
+    def _term_reminders(self) -> list[tuple[str, datetime]]:
+        """(offset, when) of each reminder before the end date that falls inside the term as
+        registered: a contract registered 20 days before its end gets no "60 days left"."""
+        s = self.state
+        r = s.spec.renewal
+        if not self._notify or r is None or s.past_end or s.status != ACTIVE:
+            return []
+        start = s.spec.clock_start or s.spec.effective_at
+        return [(o, s.spec.end_at - _as_delta(o)) for o in r.reminders
+                if s.spec.end_at - _as_delta(o) >= start]
+
+    def _send_term_reminders(self, now: datetime) -> None:
+        s = self.state
+        passed = [o for o, when in self._term_reminders() if when <= now]
+        keys = [f"contract:term:{s.spec.end_at.isoformat()}:{o}" for o in passed]
+        if not passed or all(k in s.reminders_sent for k in keys):
+            return
+        s.reminders_sent.extend(k for k in keys if k not in s.reminders_sent)
+        days_left = max(1, -(-int((s.spec.end_at - now).total_seconds()) // 86400))
+        self._notify_about("reminder", "contract", _Term(s.spec.end_at, s.spec.title), level=0, to=["owner"], cc=[],
+                           channels=s.spec.renewal.channels, days=days_left,
+                           tag=f"-{min(passed, key=_as_delta)}")
+
+    def _renew_if_wanted(self) -> None:
+        """At the end date, an auto-renewing contract starts its next term as a new contract."""
+        s = self.state
+        r = s.spec.renewal
+        if r is None or not r.auto_renew or s.renewed_by is not None or s.status != ACTIVE:
+            return
+        old = s.spec
+        nxt = copy.deepcopy(old)
+        shift = old.end_at - old.effective_at
+        nxt.contract_id = str(workflow.uuid4()).replace("-", "")[:16]
+        nxt.effective_at = old.end_at
+        nxt.clock_start = old.end_at
+        nxt.end_at = add_duration(old.end_at, r.term)
+        nxt.renewal_of = old.contract_id
+        nxt.erp_order_no = None
+        nxt.external_id = f"{old.external_id}/renewal-{nxt.contract_id[:6]}"[:100] if old.external_id else None
+        for item in [*nxt.milestones, *nxt.installments]:
+            if item.due.at is not None:  # fixed dates move with the term; offsets count anew
+                item.due.at = item.due.at + shift
+        s.renewed_by = nxt.contract_id
+        s.pending_renewals.append(RenewalRequest(spec=nxt))
+        self._emit("contract.renewed", {"next_contract_id": nxt.contract_id, "effective_at": _iso(nxt.effective_at),
+                                        "end_at": _iso(nxt.end_at)})
+
+    async def _renewer(self) -> None:
+        while True:
+            await workflow.wait_condition(lambda: bool(self.state.pending_renewals))
+            request = self.state.pending_renewals[0]
+            self._renewing = True
+            try:
+                workflow_id = await workflow.execute_activity(
+                    "start_renewal",
+                    request,
+                    result_type=str,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+                )
+                self._emit("renewal.started", {"next_contract_id": request.spec.contract_id,
+                                               "workflow_id": workflow_id})
+            except Exception as exc:  # noqa: BLE001 - recorded for operators
+                self._emit("renewal.failed", {"next_contract_id": request.spec.contract_id, "error": str(exc)})
+            finally:
+                self._renewing = False
+            self.state.pending_renewals.pop(0)
+            self._changed()
 
     def _reminder_offsets(self, item) -> list[str]:
         own = getattr(item, "reminders", None)  # a milestone may carry its own offsets
@@ -637,6 +1062,14 @@ class ContractWorkflow:
         """What a notice says about an item; installments are chased by the sales owner."""
         s = self.state
         if item_type == "milestone":
+            return dict(contract_id=s.spec.contract_id, item_type=item_type, item_key=item.key, item_name=item.name,
+                        owner=item.owner, department=item.department, contract_title=s.spec.title,
+                        customer=s.spec.customer_name, amount=None, currency=None)
+        if item_type == "contract":
+            return dict(contract_id=s.spec.contract_id, item_type=item_type, item_key="term",
+                        item_name=f"End of term: {s.spec.title}", owner=s.spec.owner, department="sales",
+                        contract_title=s.spec.title, customer=s.spec.customer_name, amount=None, currency=None)
+        if item_type == "approval":
             return dict(contract_id=s.spec.contract_id, item_type=item_type, item_key=item.key, item_name=item.name,
                         owner=item.owner, department=item.department, contract_title=s.spec.title,
                         customer=s.spec.customer_name, amount=None, currency=None)
@@ -686,7 +1119,7 @@ class ContractWorkflow:
         """An item fell due unresolved: start its EscalationWorkflow child."""
         if not self._notify or not self._policy().escalation:
             return
-        item = self._milestone(key) if item_type == "milestone" else self._installment(key)
+        item = self._item(item_type, key)
         ident = f"{item_type}:{key}"
         if ident in self._escalations and not self._escalations[ident].done():
             return
@@ -694,9 +1127,10 @@ class ContractWorkflow:
 
     def _on_resolved(self, item_type: str, key: str) -> None:
         """An item was resolved: its escalation stops at once and notifies nobody after this."""
-        task = self._escalations.get(f"{item_type}:{key}")
+        task = self._escalations.pop(f"{item_type}:{key}", None)
         if task is not None and not task.done():
             task.cancel()
+            self._stopping.append(task)  # awaited before the contract closes
             self._emit("escalation.stopped", {"item_type": item_type, "key": key})
 
     async def _escalate(self, item_type: str, item) -> None:
@@ -713,13 +1147,23 @@ class ContractWorkflow:
                 ),
                 id=escalation_workflow_id(
                     workflow.info().workflow_id, item_type, item.key, int(due_at.timestamp())
-                ) + f"/r{s.run}",
+                ) + f"/r{s.run}" + (f"/v{s.contract_version}" if s.contract_version > 1 else ""),
                 static_summary=f"Escalation: {item_type} {item.key} of {s.spec.title}",
             )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken chain is recorded, the contract lives on
             self._emit("escalation.failed", {"item_type": item_type, "key": item.key, "error": str(exc)})
+
+    def _item(self, item_type: str, key: str):
+        if item_type == "milestone":
+            return self._milestone(key)
+        if item_type == "installment":
+            return self._installment(key)
+        for a in self.state.approvals:
+            if a.key == key:
+                return a
+        raise not_found(f"contract has no pending approval {key!r}")
 
     def _installment(self, key: str) -> InstallmentState:
         for i in self.state.installments:
@@ -808,6 +1252,7 @@ class ContractWorkflow:
         # finish the batch it is writing; what is still unwritten travels with the state.
         await workflow.wait_condition(
             lambda: workflow.all_handlers_finished() and not self._projecting and not self._notifying
+            and not self._documenting and not self._renewing
         )
         projector.cancel()
         if notifier is not None:
@@ -822,6 +1267,15 @@ class ContractWorkflow:
                 continue_as_new_after_events=self._input.continue_as_new_after_events,
             )
         )
+
+
+@dataclass
+class _Term:
+    """The contract's end date, as a timed item for reminders."""
+
+    due_at: datetime
+    title: str
+    key: str = "term"
 
 
 def _initial_state(spec: ContractSpec) -> ContractState:

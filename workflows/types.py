@@ -88,6 +88,32 @@ class BusinessDueRequest:
     timezone: str = "Asia/Shanghai"
 
 
+def default_approvals() -> dict[str, list[str]]:
+    return {
+        "schedule": ["manager"],  # due dates moved, end date extended
+        "owner": ["manager"],  # a milestone handed to someone else
+        "money": ["finance", "legal"],  # total amount or installment plan
+        "scope": ["legal"],  # milestones added, removed or replaced
+    }
+
+
+@dataclass
+class AmendmentPolicy:
+    """Which roles approve which category of change, and the approval deadline."""
+
+    approvals: dict[str, list[str]] = field(default_factory=default_approvals)
+    approval_within: str = "P2D"  # ISO 8601; late approvals are reminded and escalated
+    approval_reminders: list[str] = field(default_factory=lambda: ["P1D"])  # before the deadline
+
+
+@dataclass
+class RenewalPolicy:
+    reminders: list[str] = field(default_factory=lambda: ["P60D", "P30D"])  # before the end date
+    channels: list[str] = field(default_factory=lambda: ["email", "inbox"])
+    auto_renew: bool = False
+    term: str = "P1Y"  # length of the next term when auto-renewing
+
+
 @dataclass
 class MilestoneSpec:
     key: str
@@ -131,6 +157,13 @@ class ContractSpec:
     clock_start: datetime | None = None
     # None in contracts started before notifications existed (their histories replay as before).
     policy: NotificationPolicy | None = None
+    erp_order_no: str | None = None  # the ERP's order number, for ERP progress batches
+    # Who approves which kind of change, and how long approvers have (None: the defaults).
+    amendments: AmendmentPolicy | None = None
+    # Reminders before the end date and what happens at it (None in contracts started before
+    # renewals existed).
+    renewal: RenewalPolicy | None = None
+    renewal_of: str | None = None  # the contract this one renews
 
 
 # ---- operations (update and signal inputs) -------------------------------------------------
@@ -189,6 +222,194 @@ class OperationResult:
     contract_status: str
     item_status: str | None = None
     version: int = 0
+    changed: bool = True  # False: the same report was already recorded (a redelivery)
+
+
+@dataclass
+class AmendmentChange:
+    """One proposed change.  ``kind`` is one of:
+
+    * ``move_due``       -- ``key`` (and ``item_type`` milestone|installment) moves by ``shift``
+                            (ISO 8601, may be negative) or to ``due_at``; the new date is fixed;
+    * ``change_owner``   -- milestone ``key`` gets ``owner`` (and ``department``);
+    * ``add_milestone``  -- ``milestone`` is added;
+    * ``remove_milestone`` -- milestone ``key`` is dropped (never a completed one);
+    * ``replace_milestone`` -- milestone ``key`` is redefined by ``milestone``;
+    * ``change_amount``  -- the total becomes ``amount``; without a new plan the difference goes
+                            to the last installment not yet paid;
+    * ``set_installments`` -- the installment plan becomes ``installments`` (paid ones stay);
+    * ``extend_end``     -- the end date becomes ``end_at`` (later than today's).
+    """
+
+    kind: str
+    key: str | None = None
+    item_type: str = "milestone"
+    shift: str | None = None
+    due_at: datetime | None = None
+    owner: str | None = None
+    department: str | None = None
+    milestone: MilestoneSpec | None = None
+    amount: str | None = None
+    installments: list[InstallmentSpec] | None = None
+    end_at: datetime | None = None
+
+
+@dataclass
+class RequestAmendmentInput:
+    amendment_id: str
+    requested_by: str
+    reason: str
+    changes: list[AmendmentChange]
+    # role -> the person asked to approve (resolved from the organisation by the API)
+    approvers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DecideAmendmentInput:
+    amendment_id: str
+    decision: str  # approve, reject, withdraw
+    by: str
+    role: str = ""  # the role approving or rejecting (manager, finance, legal, ...)
+    comment: str = ""
+
+
+@dataclass
+class ApprovalRecord:
+    by: str
+    role: str
+    decision: str  # approved, rejected, withdrawn
+    comment: str
+    at: datetime
+
+
+@dataclass
+class ClauseChange:
+    """One clause of the contract, before and after: what a supplementary agreement lists."""
+
+    clause: str  # e.g. "milestone.shipping.due", "amount", "installment.i3.amount"
+    label: str  # human words: "Shipping: due date"
+    kind: str  # date, money, text
+    old: str | None
+    new: str | None
+
+
+@dataclass
+class ItemImpact:
+    item_type: str  # milestone, installment
+    key: str
+    name: str
+    change: str  # moved, added, removed, owner, replaced, amount, unchanged
+    old_due_at: datetime | None = None
+    new_due_at: datetime | None = None
+    shift_seconds: int | None = None
+    old_owner: str | None = None
+    new_owner: str | None = None
+    old_amount: str | None = None
+    new_amount: str | None = None
+    overdue_before: bool = False
+    overdue_after: bool = False
+
+
+@dataclass
+class AmendmentImpact:
+    items: list[ItemImpact]
+    old_amount: str
+    new_amount: str
+    amount_delta: str
+    old_outstanding: str
+    new_outstanding: str
+    old_end_at: datetime
+    new_end_at: datetime
+    installments: list[ItemImpact]
+    becomes_on_time: list[str]  # "milestone:shipping"
+    becomes_overdue: list[str]
+    affected_people: list[str]
+    clauses: list[ClauseChange]
+
+
+@dataclass
+class AmendmentState:
+    id: str
+    number: int  # 1, 2, ... per contract
+    requested_by: str
+    reason: str
+    changes: list[AmendmentChange]
+    requested_at: datetime
+    required_roles: list[str]
+    approvers: dict[str, str]
+    impact: AmendmentImpact
+    status: str = "pending"  # pending, applied, rejected, withdrawn
+    decisions: list[ApprovalRecord] = field(default_factory=list)
+    decided_at: datetime | None = None
+    contract_version: int | None = None  # the version it produced, when applied
+    note: str = ""
+
+
+@dataclass
+class AmendmentResult:
+    amendment: AmendmentState
+    contract_version: int
+    created: bool = True  # False: the same amendment id was already requested
+
+
+@dataclass
+class ContractVersion:
+    version: int
+    at: datetime
+    amendment_id: str | None
+    summary: str
+    clauses: list[ClauseChange] = field(default_factory=list)
+    approvals: list[ApprovalRecord] = field(default_factory=list)
+
+
+@dataclass
+class AgreementRequest:
+    """Render and store a supplementary agreement (补充协议) for an applied amendment."""
+
+    contract_id: str
+    amendment_id: str
+    amendment_number: int
+    contract_version: int
+    contract_title: str
+    customer_name: str
+    customer_external_id: str | None
+    contract_external_id: str | None
+    original_effective_at: datetime
+    effective_at: datetime
+    currency: str
+    reason: str
+    requested_by: str
+    clauses: list[ClauseChange]
+    approvals: list[ApprovalRecord]
+
+
+@dataclass
+class ApprovalState:
+    """One role's pending approval of an amendment: a timed item like a milestone, so it is
+    reminded before its deadline and escalated after it."""
+
+    key: str  # "<amendment id>:<role>"
+    amendment_id: str
+    role: str
+    owner: str  # the person asked to approve
+    department: str
+    due_at: datetime
+    status: str = PENDING  # pending, overdue, done
+    due_estimated: bool = False
+    overdue_since: datetime | None = None
+    reminders: list[str] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"Approve amendment {self.amendment_id} ({self.role})"
+
+
+@dataclass
+class RenewalRequest:
+    """Start the next term of a contract as a new contract linked to the old one."""
+
+    spec: ContractSpec
+    task_queue: str = ""
 
 
 # ---- live state ----------------------------------------------------------------------------
@@ -280,6 +501,14 @@ class ContractState:
     calendar: dict[str, datetime] = field(default_factory=dict)
     escalation_level: int = 0  # highest escalation level reached by any open item
     next_escalation_at: datetime | None = None
+    # Amendments: every request, the pending approvals, the versions they produced.
+    contract_version: int = 1
+    amendments: list[AmendmentState] = field(default_factory=list)
+    approvals: list[ApprovalState] = field(default_factory=list)
+    versions: list[ContractVersion] = field(default_factory=list)
+    pending_documents: list[AgreementRequest] = field(default_factory=list)
+    renewed_by: str | None = None  # the contract started for the next term
+    pending_renewals: list[RenewalRequest] = field(default_factory=list)
 
 
 @dataclass

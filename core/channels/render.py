@@ -19,14 +19,14 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "notifications"
-KINDS = ("reminder", "escalation", "handoff")
+KINDS = ("reminder", "escalation", "handoff", "approval", "amended")
 LOCALES = ("zh", "en")
 DEFAULT_LOCALE = "en"
 DISPLAY_TZ = ZoneInfo("Asia/Shanghai")
 
 _ITEM_TYPE_LABELS = {
-    "zh": {"milestone": "里程碑", "installment": "回款节点"},
-    "en": {"milestone": "milestone", "installment": "installment"},
+    "zh": {"milestone": "里程碑", "installment": "回款节点", "approval": "变更审批", "contract": "合同期限"},
+    "en": {"milestone": "milestone", "installment": "installment", "approval": "approval", "contract": "contract term"},
 }
 # Optional context fields and their defaults; everything else the templates use is required.
 _OPTIONAL = {"amount": None, "currency": None, "cc": (), "previous_item_name": None}
@@ -111,7 +111,7 @@ def render_notification(kind: str, locale: str, context: dict) -> RenderedMessag
     ctx = {**_OPTIONAL, **context}
     item_type = ctx.get("item_type")
     if item_type not in _ITEM_TYPE_LABELS[loc]:
-        raise ValueError(f"item_type must be 'milestone' or 'installment', got {item_type!r}")
+        raise ValueError(f"item_type must be one of {', '.join(_ITEM_TYPE_LABELS[loc])}, got {item_type!r}")
     ctx["cc"] = [str(name) for name in (ctx["cc"] or ())]
     ctx["item_type_label"] = _ITEM_TYPE_LABELS[loc][item_type]
     ctx["due"] = format_due(ctx["due_at"]) if "due_at" in ctx else env.undefined(name="due_at")

@@ -1,0 +1,84 @@
+"""Amendment, version and document routes, under /contracts/{id}."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, status
+from fastapi.responses import Response
+
+from api import amendment_schemas as s
+from api.amendments import AmendmentService
+from api.problems import PROBLEM_JSON
+
+router = APIRouter(prefix="/contracts/{contract_id}", tags=["amendments"])
+
+
+def get_amendment_service(request: Request) -> AmendmentService:
+    return AmendmentService(request.app.state.contracts)
+
+
+Service = Annotated[AmendmentService, Depends(get_amendment_service)]
+ContractId = Annotated[str, Path(min_length=1, max_length=40)]
+AmendmentId = Annotated[str, Path(min_length=1, max_length=40)]
+DocumentId = Annotated[str, Path(min_length=1, max_length=40)]
+_problem = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
+ERRORS = {403: _problem, 404: _problem, 409: _problem, 422: _problem, 503: _problem}
+
+
+@router.post("/amendments", status_code=status.HTTP_201_CREATED, response_model=s.AmendmentAccepted,
+             responses=ERRORS)
+async def request_amendment(contract_id: ContractId, body: s.AmendmentRequestIn, service: Service):
+    """Request a change in writing.  Answers with its impact and the roles that must approve."""
+    return await service.request(contract_id, body)
+
+
+@router.get("/amendments", response_model=list[s.AmendmentOut], responses=ERRORS)
+async def list_amendments(contract_id: ContractId, service: Service):
+    return await service.list(contract_id)
+
+
+@router.get("/amendments/{amendment_id}", response_model=s.AmendmentOut, responses=ERRORS)
+async def get_amendment(contract_id: ContractId, amendment_id: AmendmentId, service: Service):
+    return await service.get(contract_id, amendment_id)
+
+
+@router.post("/amendments/{amendment_id}/approve", response_model=s.AmendmentAccepted, responses=ERRORS)
+async def approve_amendment(contract_id: ContractId, amendment_id: AmendmentId, body: s.AmendmentDecisionIn,
+                            service: Service):
+    """Approve for one role; the last required approval applies the amendment at once."""
+    return await service.decide(contract_id, amendment_id, "approve", body)
+
+
+@router.post("/amendments/{amendment_id}/reject", response_model=s.AmendmentAccepted, responses=ERRORS)
+async def reject_amendment(contract_id: ContractId, amendment_id: AmendmentId, body: s.AmendmentDecisionIn,
+                           service: Service):
+    return await service.decide(contract_id, amendment_id, "reject", body)
+
+
+@router.post("/amendments/{amendment_id}/withdraw", response_model=s.AmendmentAccepted, responses=ERRORS)
+async def withdraw_amendment(contract_id: ContractId, amendment_id: AmendmentId, body: s.WithdrawIn,
+                             service: Service):
+    return await service.decide(contract_id, amendment_id, "withdraw", body)
+
+
+@router.get("/versions", response_model=list[s.VersionOut], responses=ERRORS)
+async def contract_versions(contract_id: ContractId, service: Service):
+    """Version 1 as signed, then one version per applied amendment: what changed, who approved."""
+    return await service.versions(contract_id)
+
+
+@router.get("/documents", response_model=list[s.DocumentOut], responses=ERRORS)
+def contract_documents(contract_id: ContractId, service: Service):
+    return service.documents(contract_id)
+
+
+@router.get("/documents/{document_id}/content", responses={200: {"content": {"text/html": {}}}, **ERRORS})
+def document_content(contract_id: ContractId, document_id: DocumentId, service: Service):
+    doc = service.document(contract_id, document_id)
+    return Response(
+        content=doc.content,
+        media_type=doc.media_type,
+        headers={"ETag": f'"{doc.sha256}"', "Content-Disposition": f'inline; filename="{doc.filename}"',
+                 "X-Content-SHA256": doc.sha256},
+    )

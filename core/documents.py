@@ -1,0 +1,62 @@
+"""Rendering contract documents from ``templates/documents`` (Jinja2, autoescaped HTML)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from workflows.types import AgreementRequest, ClauseChange
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates" / "documents"
+DISPLAY_TZ = ZoneInfo("Asia/Shanghai")
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=select_autoescape(enabled_extensions=("html", "j2"), default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def format_date(value: datetime | str | None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.astimezone(DISPLAY_TZ).strftime("%Y-%m-%d")
+
+
+def format_value(clause: ClauseChange, value: str | None, currency: str) -> str:
+    """A clause's old or new value as a reader expects it: dates in Beijing time, money with separators."""
+    if value is None:
+        return "—"
+    if clause.kind == "date":
+        try:
+            return format_date(value)
+        except ValueError:
+            return value  # an offset such as "P30D"
+    if clause.kind == "money":
+        return f"{Decimal(value):,} {currency}"
+    return value
+
+
+def render_agreement(r: AgreementRequest) -> str:
+    template = _environment().get_template("supplementary_agreement.html.j2")
+    return template.render(
+        r=r,
+        clauses=[
+            {"label": c.label, "old": format_value(c, c.old, r.currency), "new": format_value(c, c.new, r.currency)}
+            for c in r.clauses
+        ],
+        effective=format_date(r.effective_at),
+        original=format_date(r.original_effective_at),
+    )

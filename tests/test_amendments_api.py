@@ -1,0 +1,157 @@
+"""Amendments through the API on the real dev server: impact, approval by role (who may approve
+is checked against the organisation), versions, the supplementary agreement as a document, and
+clear 4xx answers that change nothing."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+from tests.helpers import contract_request, wait_for
+
+PROBLEM = "application/problem+json"
+
+
+async def _create(c: httpx.AsyncClient, **overrides) -> str:
+    r = await c.post("/contracts", json=contract_request(datetime.now(timezone.utc), **overrides))
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+async def _problem(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    return r.json()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def service(request):
+    return request.getfixturevalue("api_service" if request.param == "sqlite" else "api_service_pg")
+
+
+async def test_amendment_request_approve_version_and_agreement(service):
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as c:
+        cid = await _create(c)
+        before = (await c.get(f"/contracts/{cid}")).json()
+        shipping_due = next(m["due_at"] for m in before["milestones"] if m["key"] == "shipping")
+        r = await c.post(f"/contracts/{cid}/amendments", json={
+            "requested_by": "li.wei", "reason": "Customer's site not ready; shipping moves 10 days",
+            "changes": [{"kind": "move_due", "key": "shipping", "shift": "P10D"},
+                        {"kind": "change_amount", "amount": "130000.00"}],
+        })
+        assert r.status_code == 201, r.text
+        a = r.json()
+        assert a["status"] == "pending" and a["required_roles"] == ["manager", "finance", "legal"]
+        assert a["approvers"] == {"manager": "zhang.min", "finance": "sun.li", "legal": "liu.yang"}
+        assert a["impact"]["amount_delta"] == "10000.00" and a["impact"]["new_outstanding"] == "130000.00"
+        ship = next(i for i in a["impact"]["milestones"] if i["key"] == "shipping")
+        assert ship["change"] == "moved" and ship["shift_days"] == 10
+
+        # An approver must hold the role: a salesperson cannot approve as legal (403), nor as manager.
+        p = await _problem(await c.post(f"/contracts/{cid}/amendments/{a['id']}/approve",
+                                        json={"by": "li.wei", "role": "legal"}), 403)
+        assert "legal" in p["detail"]
+        await _problem(await c.post(f"/contracts/{cid}/amendments/{a['id']}/approve",
+                                    json={"by": "wang.fang", "role": "manager"}), 403)
+        # Several roles pending: say which one.
+        await _problem(await c.post(f"/contracts/{cid}/amendments/{a['id']}/approve", json={"by": "zhang.min"}), 422)
+
+        for by, role in (("zhang.min", "manager"), ("sun.li", "finance")):
+            r = await c.post(f"/contracts/{cid}/amendments/{a['id']}/approve", json={"by": by, "role": role})
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "pending"
+        assert (await c.get(f"/contracts/{cid}")).json()["amount"] == "120000.00"
+        r = await c.post(f"/contracts/{cid}/amendments/{a['id']}/approve",
+                         json={"by": "liu.yang", "role": "legal", "comment": "clause 4 checked"})
+        assert r.status_code == 200 and r.json()["status"] == "applied" and r.json()["contract_version"] == 2
+
+        after = (await c.get(f"/contracts/{cid}")).json()
+        assert after["amount"] == "130000.00" and after["outstanding"] == "130000.00"
+        new_ship = next(m["due_at"] for m in after["milestones"] if m["key"] == "shipping")
+        assert datetime.fromisoformat(new_ship) - datetime.fromisoformat(shipping_due) == timedelta(days=10)
+
+        versions = (await c.get(f"/contracts/{cid}/versions")).json()
+        assert [v["version"] for v in versions] == [1, 2]
+        assert {d["by"] for d in versions[1]["approved_by"]} == {"zhang.min", "sun.li", "liu.yang"}
+        assert {x["clause"] for x in versions[1]["clauses"]} >= {"milestone.shipping.due", "amount"}
+
+        async def agreement():
+            docs = (await c.get(f"/contracts/{cid}/documents")).json()
+            return docs if docs else None
+
+        docs = await wait_for(agreement)
+        assert docs[0]["kind"] == "supplementary_agreement" and docs[0]["version"] == 1
+        body = await c.get(docs[0]["download_url"])
+        assert body.status_code == 200 and body.headers["content-type"].startswith("text/html")
+        assert hashlib.sha256(body.content).hexdigest() == docs[0]["sha256"] == body.headers["x-content-sha256"]
+        html = body.text
+        assert "补充协议" in html and "130,000.00 CNY" in html and "120,000.00 CNY" in html
+        events = [e["type"] for e in (await c.get(f"/contracts/{cid}/events")).json()]
+        for t in ("amendment.requested", "amendment.approval", "amendment.approved", "amendment.applied",
+                  "document.created"):
+            assert t in events
+        await _problem(await c.get(f"/contracts/{cid}/documents/nope/content"), 404)
+        # Decided is decided.
+        await _problem(await c.post(f"/contracts/{cid}/amendments/{a['id']}/reject",
+                                    json={"by": "zhang.min", "role": "manager"}), 409)
+
+
+async def test_bad_amendments_get_clear_4xx_and_change_nothing(api_service):
+    async with httpx.AsyncClient(base_url=api_service.base_url, timeout=30) as c:
+        cid = await _create(c)
+        r = await c.post(f"/contracts/{cid}/payments", json={
+            "reference": "B1", "amount": "50000.00", "currency": "CNY",
+            "received_at": datetime.now(timezone.utc).isoformat()})
+        assert r.status_code == 200
+        before = (await c.get(f"/contracts/{cid}")).json()
+        url = f"/contracts/{cid}/amendments"
+        cases = [
+            ({"requested_by": "li.wei", "reason": "x", "changes": []}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "teleport"}]}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "move_due", "key": "shipping"}]}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "move_due", "key": "nope",
+                                                                    "shift": "P1D"}]}, 404),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "move_due", "key": "shipping",
+                                                                    "shift": "soon"}]}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "change_amount",
+                                                                    "amount": "40000.00"}]}, 409),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "change_amount",
+                                                                    "amount": "-1"}]}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "extend_end",
+                                                                    "end_at": "2020-01-01T00:00:00+08:00"}]}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "add_milestone", "milestone": {
+                "key": "audit", "name": "Audit", "kind": "custom", "owner": "li.wei", "department": "sales",
+                "due_after": "P5D", "after": "ghost"}}]}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "remove_milestone",
+                                                                    "key": "shipping"}]}, 409),
+            ({"requested_by": "li.wei", "reason": "", "changes": [{"kind": "move_due", "key": "shipping",
+                                                                   "shift": "P1D"}]}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "move_due", "key": "shipping",
+                                                                    "shift": "P1D", "surprise": 1}]}, 422),
+        ]
+        for body, status in cases:
+            r = await c.post(url, json=body)
+            assert r.status_code == status, (body, r.status_code, r.text)
+            assert r.headers["content-type"].startswith(PROBLEM)
+        await _problem(await c.post("/contracts/nope/amendments", json=cases[2][0]), 404)
+        await _problem(await c.post(f"{url}/nope/approve", json={"by": "zhang.min", "role": "manager"}), 404)
+        after = (await c.get(f"/contracts/{cid}")).json()
+        assert after == before
+        assert (await c.get(url)).json() == []
+
+        # Withdrawn and rejected requests change nothing either.
+        a = (await c.post(url, json={"requested_by": "li.wei", "reason": "try",
+                                     "changes": [{"kind": "move_due", "key": "shipping", "shift": "P3D"}]})).json()
+        await _problem(await c.post(f"{url}/{a['id']}/withdraw", json={"by": "zhang.min"}), 409)
+        assert (await c.post(f"{url}/{a['id']}/withdraw", json={"by": "li.wei"})).json()["status"] == "withdrawn"
+        b = (await c.post(url, json={"requested_by": "li.wei", "reason": "try again",
+                                     "changes": [{"kind": "move_due", "key": "shipping", "shift": "P3D"}]})).json()
+        r = await c.post(f"{url}/{b['id']}/reject", json={"by": "zhang.min", "comment": "no"})
+        assert r.status_code == 200 and r.json()["status"] == "rejected"
+        final = (await c.get(f"/contracts/{cid}")).json()
+        assert [(m["key"], m["due_at"]) for m in final["milestones"]] == [
+            (m["key"], m["due_at"]) for m in before["milestones"]]
+        assert [v["version"] for v in (await c.get(f"/contracts/{cid}/versions")).json()] == [1]
