@@ -21,6 +21,7 @@ from activities.projection import ProjectionActivities
 from activities.renewal import RenewalActivities
 from core.settings import Settings, get_settings
 from core.temporal import connect, hard_exit
+from core.webhooks.dispatcher import running_dispatcher
 from models.db import make_engine, make_session_factory
 from workflows.contract import ContractWorkflow
 from workflows.escalation import EscalationWorkflow
@@ -61,7 +62,8 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     logging.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
-    async with worker:
+    # Outgoing webhook subscriptions are dispatched from the event log alongside the worker.
+    async with worker, running_dispatcher(sessions, settings):
         await stop.wait()
     engine.dispose()
 

@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_seconds: float = 10.0
     webhook_timeout_seconds: float = 10.0
+    # Outgoing webhook subscriptions (/webhooks, docs/webhooks.md): the dispatcher in the worker.
+    webhook_dispatch_enabled: bool = True
+    webhook_poll_seconds: float = 0.5
+    webhook_retry_initial_seconds: float = 2.0  # doubled after each failed attempt...
+    webhook_retry_max_interval_seconds: float = 600.0  # ...up to this
+    webhook_max_attempts: int = 12  # then the event is recorded `failed` and the next one goes
+    webhook_retry_window_seconds: float = 86400.0  # nor retried longer than this after its first attempt
+    webhook_lease_seconds: float = 60.0  # a replica's claim on a subscription; must exceed one attempt
+    webhook_gap_grace_seconds: float = 30.0  # longest wait for an uncommitted lower event id
+    webhook_max_parallel: int = 8  # subscriptions served at once per worker
     # Seed the demo organisation (users, departments) at start-up in dev mode.
     seed_demo_org: bool = False
     # Worker tuning: cached workflows bound worker memory; pollers scale with load.

@@ -3,6 +3,7 @@ from models.contract import Contract, ContractEvent, Customer, Installment, Mile
 from models.document import Document
 from models.notification import Notification, Task
 from models.org import Department, User
+from models.webhook import WebhookDelivery, WebhookSubscription
 
 __all__ = [
     "Base",
@@ -17,4 +18,6 @@ __all__ = [
     "Payment",
     "Task",
     "User",
+    "WebhookDelivery",
+    "WebhookSubscription",
 ]

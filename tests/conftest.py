@@ -256,10 +256,20 @@ async def running_service(dev_env, database_url: str, smtp_port: int = 1025):
         reconcile_after_seconds=2,
         seed_demo_org=True,
         smtp_port=smtp_port,
+        webhook_poll_seconds=0.2,
+        webhook_retry_initial_seconds=0.2,
+        webhook_retry_max_interval_seconds=2,
     )
-    async with running_worker(dev_env.client, settings, task_queue):
+    from core.webhooks.dispatcher import running_dispatcher
+
+    engine = make_engine(database_url)
+    # As worker.py runs it: the worker and, beside it, the webhook dispatcher.
+    async with running_worker(dev_env.client, settings, task_queue), running_dispatcher(
+        make_session_factory(engine), settings
+    ):
         async with running_api(settings) as base_url:
             yield Service(base_url, dev_env.client, settings)
+    engine.dispose()
 
 
 @pytest_asyncio.fixture(scope="session")

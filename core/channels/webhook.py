@@ -17,6 +17,7 @@ constant time and refuses timestamps more than five minutes away (replayed reque
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -109,8 +110,22 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def post_webhook(settings: Settings, url: str, secret: str, payload: dict, *, event_id: str) -> int:
-    """POST ``payload`` signed with ``secret``; return the 2xx status or raise a classified error."""
+def post_webhook(
+    settings: Settings,
+    url: str,
+    secret: str,
+    payload: dict,
+    *,
+    event_id: str,
+    content_type: str = "application/json",
+    extra_headers: dict[str, str] | None = None,
+    client: httpx.Client | None = None,
+) -> int:
+    """POST ``payload`` signed with ``secret``; return the 2xx status or raise a classified error.
+
+    ``content_type`` is ``application/cloudevents+json`` for subscription events (docs/webhooks.md);
+    ``client`` lets a caller sending many requests reuse connections (one per thread).
+    """
     parts = urlsplit(url or "")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PermanentDeliveryError(f"webhook URL must be an absolute http(s) URL, got {url!r}")
@@ -121,7 +136,8 @@ def post_webhook(settings: Settings, url: str, secret: str, payload: dict, *, ev
     body = encode_payload(payload)
     timestamp = str(int(time.time()))
     headers = {
-        "Content-Type": "application/json",
+        **(extra_headers or {}),
+        "Content-Type": content_type,
         "User-Agent": USER_AGENT,
         EVENT_ID_HEADER: str(event_id),
         TIMESTAMP_HEADER: timestamp,
@@ -129,8 +145,13 @@ def post_webhook(settings: Settings, url: str, secret: str, payload: dict, *, ev
     }
     where = f"{parts.scheme}://{parts.netloc}"
     try:
-        with httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client:
-            with client.stream("POST", url, content=body, headers=headers) as response:
+        own = client is None
+        http = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) if own else client
+        with contextlib.closing(http) if own else contextlib.nullcontext(http):
+            with http.stream(
+                "POST", url, content=body, headers=headers,
+                timeout=settings.webhook_timeout_seconds, follow_redirects=False,
+            ) as response:
                 status = response.status_code
                 if 200 <= status <= 299:
                     return status
