@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.routes import amendments, contracts, meta, org, tasks
+from api.routes import integrations as integrations_routes
 from api.routes import webhooks as webhooks_routes
 from api.service import ContractService
 from core.seed import seed_demo_org_once
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(amendments.router)
     app.include_router(org.router)
     app.include_router(tasks.router)
+    app.include_router(integrations_routes.router)
     app.include_router(webhooks_routes.router)
     return app
 
