@@ -36,6 +36,7 @@ from api import schemas
 from api.problems import Problem
 from api.service import FINAL, ContractService
 from models import Contract, Payment
+from workflows.contract import MAX_PAYMENTS_PER_BATCH
 
 log = logging.getLogger("api.integrations")
 
@@ -167,10 +168,15 @@ class IntegrationService:
 
         by = f"bank-statement:{body.statement_id}"[:100] if body.statement_id else "bank-statement"
 
-        async def apply(i: int) -> None:
-            results[i] = await self._apply_bank_line(lines[i], results[i], by)
+        async def apply(indexes: list[int]) -> None:
+            # One workflow update per contract (and per MAX_PAYMENTS_PER_BATCH lines), in order.
+            for start in range(0, len(indexes), MAX_PAYMENTS_PER_BATCH):
+                chunk = indexes[start : start + MAX_PAYMENTS_PER_BATCH]
+                done = await self._apply_bank_lines([lines[i] for i in chunk], [results[i] for i in chunk], by)
+                for i, result in zip(chunk, done):
+                    results[i] = result
 
-        await self._run_groups(groups, apply)
+        await self._run_contract_groups(groups, apply)
         final = [r for r in results if r is not None]
         return s.FinancePaymentsOut(statement_id=body.statement_id, totals=_totals(final), lines=final)
 
@@ -253,34 +259,53 @@ class IntegrationService:
             return None, None, "unmatched", "the reference names several contracts: " + ", ".join(sorted(found))
         return None, None, "unmatched", "the reference names no known contract number or contract id"
 
-    async def _apply_bank_line(self, line: s.BankLineIn, pending: s.BankLineResult, by: str) -> s.BankLineResult:
-        cid = pending.contract_id
+    async def _apply_bank_lines(
+        self, lines: list[s.BankLineIn], pendings: list[s.BankLineResult], by: str
+    ) -> list[s.BankLineResult]:
+        """One contract's lines in a single ``record_payments`` update; each gets its outcome."""
+        cid = pendings[0].contract_id
         assert cid is not None
+        out: list[s.BankLineResult | None] = [None] * len(lines)
+        batch, positions = [], []
+        for k, (line, pending) in enumerate(zip(lines, pendings)):
+            try:
+                batch.append(schemas.PaymentIn(reference=bank_reference(line.line_id), amount=line.amount,
+                                               currency=line.currency, received_at=line.received_at, by=by))
+                positions.append(k)
+            except ValueError as exc:  # pydantic: a line the payment schema refuses
+                out[k] = s.BankLineResult(**_base(pending), outcome="rejected", reason=str(exc).splitlines()[0])
+        if batch:
+            try:
+                outcomes = await self.contracts.record_payments(cid, batch)
+            except Problem as p:
+                # The whole contract refused (closed, gone, Temporal unreachable): say so per line.
+                for k in positions:
+                    out[k] = await self._refused(lines[k], pendings[k], p)
+                outcomes = []
+            except Exception as exc:  # noqa: BLE001 - one contract must never fail the batch
+                log.exception("bank lines for contract %s failed", cid)
+                for k in positions:
+                    out[k] = s.BankLineResult(**_base(pendings[k]), outcome="rejected",
+                                              reason=f"unexpected error: {type(exc).__name__}", retryable=True)
+                outcomes = []
+            for k, o in zip(positions, outcomes):
+                base = _base(pendings[k])
+                if o.error_type:
+                    out[k] = s.BankLineResult(**base, outcome="rejected", reason=o.error)
+                elif o.applied:
+                    out[k] = s.BankLineResult(**base, outstanding=o.outstanding, credit=o.credit, outcome="applied",
+                                              allocations=o.allocations)
+                else:
+                    out[k] = s.BankLineResult(**base, outstanding=o.outstanding, credit=o.credit, outcome="duplicate",
+                                              reason=f"reference {o.reference!r} was already recorded")
+        return [r for r in out if r is not None]
+
+    async def _refused(self, line: s.BankLineIn, pending: s.BankLineResult, p: Problem) -> s.BankLineResult:
         ref = bank_reference(line.line_id)
-        base = pending.model_dump(include={"line_id", "index", "contract_id", "matched_by"})
-        try:
-            paid = await self.contracts.record_payment(
-                cid,
-                schemas.PaymentIn(
-                    reference=ref, amount=line.amount, currency=line.currency, received_at=line.received_at, by=by
-                ),
-            )
-        except Problem as p:
-            if p.status == 409 and await self._payment_already_recorded(cid, ref, line.amount):
-                # A closed contract refuses every update, but this very line is already on it.
-                return s.BankLineResult(**base, outcome="duplicate", reason="already recorded; the contract is closed")
-            return s.BankLineResult(**base, outcome="rejected", reason=p.detail, retryable=p.status == 503)
-        except Exception as exc:  # noqa: BLE001 - one line must never fail the batch
-            log.exception("bank line %s for contract %s failed", line.line_id, cid)
-            return s.BankLineResult(
-                **base, outcome="rejected", reason=f"unexpected error: {type(exc).__name__}", retryable=True
-            )
-        return s.BankLineResult(
-            **{**base, "outstanding": paid.outstanding, "credit": paid.credit},
-            outcome="applied" if paid.applied else "duplicate",
-            allocations=paid.allocations if paid.applied else None,
-            reason=None if paid.applied else f"reference {ref!r} was already recorded",
-        )
+        if p.status == 409 and await self._payment_already_recorded(pending.contract_id, ref, line.amount):
+            # A closed contract refuses every update, but this very line is already on it.
+            return s.BankLineResult(**_base(pending), outcome="duplicate", reason="already recorded; the contract is closed")
+        return s.BankLineResult(**_base(pending), outcome="rejected", reason=p.detail, retryable=p.status == 503)
 
     async def _payment_already_recorded(self, cid: str, ref: str, amount: str) -> bool:
         try:
@@ -396,6 +421,18 @@ class IntegrationService:
         return next((m.status for m in live.milestones if m.key == key), None)
 
     # ================================================================== shared
+    async def _run_contract_groups(
+        self, groups: dict[str, list[int]], apply: Callable[[list[int]], Awaitable[None]]
+    ) -> None:
+        """Each contract's lines as one group; contracts concurrently, ``concurrency`` at a time."""
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def run(indexes: list[int]) -> None:
+            async with gate:
+                await apply(indexes)
+
+        await asyncio.gather(*(run(indexes) for indexes in groups.values()))
+
     async def _run_groups(self, groups: dict[str, list[int]], apply: Callable[[int], Awaitable[None]]) -> None:
         """Each contract's lines in order; contracts concurrently, ``concurrency`` at a time."""
         gate = asyncio.Semaphore(self.concurrency)
@@ -406,6 +443,10 @@ class IntegrationService:
                     await apply(i)
 
         await asyncio.gather(*(run(indexes) for indexes in groups.values()))
+
+
+def _base(pending: s.BankLineResult) -> dict:
+    return pending.model_dump(include={"line_id", "index", "contract_id", "matched_by"})
 
 
 def _same_payment(recorded: tuple[Decimal, str], line: s.BankLineIn) -> bool:

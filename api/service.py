@@ -34,7 +34,9 @@ from workflows.types import (
     CompleteMilestoneInput,
     ContractSpec,
     ContractState,
+    PaymentBatchInput,
     PaymentInput,
+    PaymentOutcome,
     ProgressInput,
     TerminateInput,
     WaiveMilestoneInput,
@@ -314,6 +316,14 @@ class ContractService:
             credit=result.credit,
             reference=result.reference,
             allocations=result.allocations,
+        )
+
+    async def record_payments(self, contract_id: str, items: list[schemas.PaymentIn]) -> list[PaymentOutcome]:
+        """Several payments in one workflow update, in order; each with its own outcome."""
+        return await self._update(
+            contract_id,
+            ContractWorkflow.record_payments,
+            PaymentBatchInput([PaymentInput(b.reference, b.amount, b.currency, b.received_at, b.by) for b in items]),
         )
 
     async def complete_milestone(self, contract_id: str, key: str, body: schemas.CompleteIn) -> schemas.OperationOut:

@@ -22,6 +22,7 @@ from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from core.durations import add_duration, to_timedelta
@@ -64,7 +65,9 @@ with workflow.unsafe.imports_passed_through():
         NotifyRequest,
         MilestoneState,
         OperationResult,
+        PaymentBatchInput,
         PaymentInput,
+        PaymentOutcome,
         PaymentRecord,
         PaymentResult,
         ProgressInput,
@@ -74,6 +77,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 FINAL_STATUSES = (COMPLETED, TERMINATED, EXPIRED)
+MAX_PAYMENTS_PER_BATCH = 200
 RESOLVED = (DONE, WAIVED)
 
 
@@ -192,6 +196,28 @@ class ContractWorkflow:
     @record_payment.validator
     def _validate_payment(self, p: PaymentInput) -> None:
         self._check_payment(p)
+
+    @workflow.update
+    def record_payments(self, batch: PaymentBatchInput) -> list[PaymentOutcome]:
+        """A statement's lines for this contract in one round trip: each applied, found already
+        recorded, or refused on its own (one bad line does not refuse the others)."""
+        outcomes = []
+        for p in batch.payments:
+            try:
+                self._check_payment(p)
+            except ApplicationError as exc:
+                outcomes.append(PaymentOutcome(p.reference, error_type=exc.type, error=exc.message))
+                continue
+            r = self._apply_payment(p)
+            outcomes.append(PaymentOutcome(p.reference, r.applied, r.outstanding, r.credit, r.allocations))
+        return outcomes
+
+    @record_payments.validator
+    def _validate_payments(self, batch: PaymentBatchInput) -> None:
+        if self.state.status != ACTIVE:
+            raise conflict(f"contract is {self.state.status}; payments can no longer be recorded")
+        if not batch.payments or len(batch.payments) > MAX_PAYMENTS_PER_BATCH:
+            raise invalid(f"a payment batch holds 1 to {MAX_PAYMENTS_PER_BATCH} payments")
 
     @workflow.update
     def complete_milestone(self, c: CompleteMilestoneInput) -> OperationResult:

@@ -188,6 +188,26 @@ class PaymentResult:
 
 
 @dataclass
+class PaymentBatchInput:
+    """Several payments in one update (a bank statement's lines for this contract), applied in order."""
+
+    payments: list[PaymentInput]
+
+
+@dataclass
+class PaymentOutcome:
+    """One payment of a batch: applied, already recorded (applied False, no error), or refused."""
+
+    reference: str
+    applied: bool = False
+    outstanding: str = ""
+    credit: str = ""
+    allocations: dict[str, str] = field(default_factory=dict)
+    error_type: str | None = None  # NotFound, Conflict, Invalid (workflows/errors.py)
+    error: str | None = None
+
+
+@dataclass
 class CompleteMilestoneInput:
     key: str
     by: str
