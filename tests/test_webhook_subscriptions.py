@@ -548,6 +548,15 @@ async def contract_life_through_the_service(service) -> None:
                         "reference": "BANK-1", "amount": "300.00", "currency": "CNY",
                         "received_at": now.isoformat()})
                     assert r.status_code == 200 and r.json()["applied"], r.text
+                    # A change agreed with the customer: requested, approved, applied.
+                    r = await c.post(f"/contracts/{cid}/amendments", json={
+                        "requested_by": "li.wei", "reason": "customer asked for a later shipping date",
+                        "changes": [{"kind": "move_due", "key": "shipping", "shift": "P1D"}]})
+                    assert r.status_code == 201, r.text
+                    r = await c.post(f"/contracts/{cid}/amendments/{r.json()['id']}/approve",
+                                     json={"by": "zhang.min", "role": "manager"})
+                    assert r.status_code == 200 and r.json()["status"] == "applied", r.text
+                    await wait_for(lambda: has("document.created"), timeout=30)
             r = await c.post(f"/contracts/{cid}/payments", json={
                 "reference": "BANK-2", "amount": "700.00", "currency": "CNY", "received_at": now.isoformat()})
             assert r.status_code == 200, r.text
@@ -561,6 +570,7 @@ async def contract_life_through_the_service(service) -> None:
             events = await log()
             types = [e["type"] for e in events]
             for t in ["contract.created", "milestone.overdue", "milestone.completed", "payment.received",
+                      "amendment.requested", "amendment.approved", "amendment.applied", "document.created",
                       "installment.paid", "contract.completed"]:
                 assert t in types, (t, types)
             assert events[[f"{cid}:{e['seq']}" for e in events].index(target["payment"])]["type"] == \
@@ -668,3 +678,20 @@ async def test_api_validation_and_not_found(api_service):
         assert {"contract.created", "milestone.completed", "milestone.overdue", "payment.received",
                 "amendment.requested", "amendment.approved", "contract.completed"} <= types
         assert (await c.delete(f"/webhooks/{sid}")).status_code == 204
+
+
+def test_every_event_the_workflow_emits_can_be_subscribed_to():
+    """A new event type in the workflow must be added to EVENT_TYPES (and docs/webhooks.md)."""
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[1] / "workflows" / "contract.py").read_text()
+    emitted = set(re.findall(r'_emit\(\s*"([a-z_]+\.[a-z_]+)"', source))
+    emitted |= {f"amendment.{w}" for w in ("approved", "rejected", "withdrawn")}
+    emitted |= {f"contract.{s}" for s in ("completed", "terminated", "expired")}
+    kinds = set(re.findall(r'_notify_about\(\s*"([a-z]+)"', source))
+    emitted |= {f"notification.{k}" for k in kinds}
+    assert len(emitted) > 25
+    assert emitted <= set(EVENT_TYPES), sorted(emitted - set(EVENT_TYPES))
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "webhooks.md").read_text()
+    assert [t for t in EVENT_TYPES if f"`{t}`" not in docs] == []
