@@ -159,6 +159,14 @@ async def test_unpaid_installment_escalates_to_the_manager_and_stops_when_paid(
         assert st.escalation_level == 0
         assert (await handle.describe()).typed_search_attributes.get(sa.ESCALATION_LEVEL) == 0
         await save_history(handle, "installment_escalated_then_paid")
+        # The child's own history too: every workflow type is in the replay corpus.
+        from workflows.escalation import escalation_workflow_id
+
+        due = st.installments[0].due_at
+        child = ts_env.client.get_workflow_handle(
+            escalation_workflow_id(handle.id, "installment", "first", int(due.timestamp())) + "/r1")
+        assert (await child.describe()).status.name == "CANCELED"
+        await save_history(child, "escalation_child_cancelled_by_payment")
 
     with org_db() as s:
         rows = s.execute(select(Notification).where(Notification.contract_id == cid)).scalars().all()
