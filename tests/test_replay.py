@@ -55,3 +55,12 @@ async def test_a_changed_workflow_is_caught(monkeypatch):
     replayer = Replayer(workflows=WORKFLOWS, workflow_runner=UnsandboxedWorkflowRunner())
     with pytest.raises(Exception, match="[Nn]ondetermin"):
         await replayer.replay_workflow(history)
+
+
+def test_every_workflow_type_has_saved_histories():
+    types = set()
+    for path in HISTORIES:
+        history = load(path)
+        first = history.events[0]
+        types.add(first.workflow_execution_started_event_attributes.workflow_type.name)
+    assert types == {w.__temporal_workflow_definition.name for w in WORKFLOWS}, types
