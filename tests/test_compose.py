@@ -71,15 +71,21 @@ def depends_on(service: dict) -> dict[str, str]:
 
 
 def published_ports(service: dict) -> dict[int, int]:
-    """host port -> container port."""
+    """host port -> container port (a host range "8000-8009:8000" gives one entry per host port)."""
     result: dict[int, int] = {}
     for port in service.get("ports") or []:
         if isinstance(port, dict):
             result[int(port["published"])] = int(port["target"])
         else:
             parts = interpolate(port).split("/")[0].split(":")
-            result[int(parts[-2])] = int(parts[-1])
+            first, _, last = parts[-2].partition("-")
+            for host in range(int(first), int(last or first) + 1):
+                result[host] = int(parts[-1])
     return result
+
+
+def replicas(service: dict) -> int:
+    return int(interpolate((service.get("deploy") or {}).get("replicas", 1)))
 
 
 def dockerfile_cmd() -> list[str]:
@@ -178,11 +184,17 @@ def test_migrate_runs_alembic_upgrade_head(services):
     assert services["migrate"].get("restart", "no") == "no"
 
 
-def test_worker_is_scaled_out_without_fixed_host_ports(services):
-    assert services["worker"]["deploy"]["replicas"] == 2
+def test_api_and_workers_are_scaled_out_without_port_clashes(services):
+    assert replicas(services["worker"]) >= 2 and replicas(services["api"]) >= 2
     for name, service in services.items():
-        if (service.get("deploy") or {}).get("replicas", 1) > 1:
-            assert not published_ports(service), f"{name} has replicas and a fixed host port"
+        ports = published_ports(service)
+        if replicas(service) > 1 and ports:
+            # Each replica needs its own host port: a range at least as wide as the replica count.
+            assert len(ports) >= replicas(service), f"{name} has {replicas(service)} replicas, ports {sorted(ports)}"
+
+
+def test_temporal_history_shards_are_sized(services):
+    assert int(env(services["temporal"])["NUM_HISTORY_SHARDS"]) >= 4
 
 
 # ------------------------------------------------------------------ Temporal
@@ -222,7 +234,7 @@ def test_temporal_ui_points_at_temporal(services):
 
 
 def test_published_ports(services):
-    assert published_ports(services["api"]) == {8000: 8000}
+    assert published_ports(services["api"])[8000] == 8000
     assert published_ports(services["temporal"]) == {7233: 7233}
     assert published_ports(services["temporal-ui"]) == {8233: 8080}
     hosts = [port for service in services.values() for port in published_ports(service)]
