@@ -8,7 +8,8 @@ and webhooks as their event id, so a receiver can drop the one duplicate a crash
 "accepted by the server" and "marked sent" could still produce.
 
 Transient failures (SMTP 4xx, timeouts, webhook 5xx) raise, and Temporal retries with backoff;
-permanent ones (bad address, 4xx) are recorded as ``failed`` and not retried.
+permanent ones (bad address, 4xx) are recorded as ``failed``, not retried, and escalated to the
+operator (``OPERATOR_USER``): a task in their inbox.
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ class NotifyActivities:
         except PermanentDeliveryError as exc:
             with self._sessions.begin() as session:
                 org.mark_notification_failed(session, key, str(exc))
+                self._tell_operator(session, r, key, recipient, channel, message.subject, str(exc))
             log.warning("notification %s failed permanently: %s", key, exc)
             counts["failed"] += 1
             return
@@ -175,6 +177,20 @@ class NotifyActivities:
         with self._sessions.begin() as session:
             org.mark_notification_sent(session, key)
         counts["sent"] += 1
+
+    def _tell_operator(self, session: Session, r: NotifyRequest, key: str, recipient: str, channel: str,
+                       subject: str, error: str) -> None:
+        """Escalate a notification that can never be delivered: a task in the operator's inbox, once
+        per notification (same transaction as the ``failed`` mark, so a retry cannot open two)."""
+        org.open_task(
+            session,
+            key=f"delivery-failed:{key}"[:300],
+            contract_id=r.contract_id,
+            milestone_key=r.item_key if r.item_type == "milestone" else None,
+            assignee=self._settings.operator_user,
+            title=f"Notification not delivered to {recipient} ({channel}): {subject}"[:300],
+            body=f"{error}\n\nnotification {key}",
+        )
 
     def _render(self, r: NotifyRequest, locale: str, cc: list[User], owner_name: str):
         from core.channels.render import render_notification

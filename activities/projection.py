@@ -70,6 +70,8 @@ def _insert_events(session: Session, contract_id: str, input: ProjectionInput) -
 
 def _apply_snapshot(session: Session, contract: Contract, state: ContractState) -> None:
     contract.status = state.status
+    contract.amount = Decimal(state.spec.amount)  # an amendment may change it
+    contract.end_at = state.spec.end_at
     contract.paid_total = Decimal(state.paid_total)
     contract.outstanding = Decimal(state.outstanding)
     contract.credit = Decimal(state.credit)
@@ -77,6 +79,7 @@ def _apply_snapshot(session: Session, contract: Contract, state: ContractState) 
     contract.next_due_at = state.next_due_at
     contract.version = state.version
     contract.closed_at = state.closed_at
+    contract.settled_at = _settled_at(state)
     contract.close_reason = state.close_reason or None
     contract.updated_at = _now()
 
@@ -103,8 +106,13 @@ def _apply_snapshot(session: Session, contract: Contract, state: ContractState) 
             progress=m.progress,
             completed_at=m.completed_at,
             completed_by=m.completed_by,
+            overdue_since=m.overdue_since,
+            planned_cost=Decimal(m.planned_cost) if m.planned_cost is not None else None,
+            actual_cost=Decimal(m.actual_cost) if m.actual_cost is not None else None,
+            satisfaction=m.satisfaction,
+            started_at=started,
         )
-        for pos, m in enumerate(state.milestones)
+        for pos, (m, started) in enumerate(zip(state.milestones, _stage_starts(state)))
     )
     session.add_all(
         Installment(
@@ -136,6 +144,28 @@ def _apply_snapshot(session: Session, contract: Contract, state: ContractState) 
         for p in state.payments
         if p.reference not in known
     )
+
+
+def _settled_at(state: ContractState) -> datetime | None:
+    """When the contract was paid in full (analytics): the ``received_at`` of the payment that
+    brought the running total, in ``received_at`` order, to the contract amount."""
+    total, amount = Decimal(0), Decimal(state.spec.amount)
+    for p in sorted(state.payments, key=lambda p: (p.received_at, p.reference)):
+        total += Decimal(p.amount)
+        if amount > 0 and total >= amount:
+            return p.received_at
+    return None
+
+
+def _stage_starts(state: ContractState) -> list[datetime]:
+    """Each milestone's stage start (analytics): the latest completion of an earlier milestone
+    (by position), else the contract's effective date."""
+    starts, latest = [], None
+    for m in state.milestones:
+        starts.append(latest or state.spec.effective_at)
+        if m.completed_at is not None and (latest is None or m.completed_at > latest):
+            latest = m.completed_at
+    return starts
 
 
 def _now() -> datetime:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas import Amount, InstallmentIn, MilestoneIn, Strict
+from api.schemas import Amount, DateTimeIn, InstallmentIn, MilestoneIn, Strict
 
 ChangeKind = Literal[
     "move_due",
@@ -28,22 +28,28 @@ class AmendmentChangeIn(Strict):
     key: str | None = Field(default=None, max_length=60, description="The milestone or installment concerned")
     item_type: Literal["milestone", "installment"] = "milestone"
     shift: str | None = Field(default=None, max_length=40, description="move_due: ISO 8601, e.g. P10D or -P2D")
-    due_at: AwareDatetime | None = Field(default=None, description="move_due: the new due date-time")
+    due_at: DateTimeIn | None = Field(default=None, description="move_due: the new due date-time")
     owner: str | None = Field(default=None, max_length=100, description="change_owner: the new owner")
     department: str | None = Field(default=None, max_length=60)
     milestone: MilestoneIn | None = Field(default=None, description="add_milestone / replace_milestone")
     amount: Amount | None = Field(default=None, max_length=40, description="change_amount: the new total")
     installments: list[InstallmentIn] | None = Field(default=None, max_length=120, description="set_installments")
-    end_at: AwareDatetime | None = Field(default=None, description="extend_end: the new end")
+    end_at: DateTimeIn | None = Field(default=None, description="extend_end: the new end")
 
 
 class AmendmentRequestIn(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "requested_by": "li.wei", "reason": "Customer site not ready",
+        "changes": [{"kind": "move_due", "key": "shipping", "shift": "P10D"}]}]})
+
     requested_by: str = Field(min_length=1, max_length=100)
     reason: str = Field(min_length=1, max_length=4000, description="Why: every change is requested in writing")
     changes: list[AmendmentChangeIn] = Field(min_length=1, max_length=50)
 
 
 class AmendmentDecisionIn(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"by": "zhang.min", "role": "manager", "comment": "agreed"}]})
+
     by: str = Field(min_length=1, max_length=100)
     role: str | None = Field(default=None, max_length=40, description="approve/reject: the role decided for")
     comment: str = Field(default="", max_length=4000)

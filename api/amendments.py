@@ -184,7 +184,8 @@ def _milestone(m: MilestoneIn, where: str) -> MilestoneSpec:
         raise Problem(422, "; ".join(f"{f}: {msg}" for f, msg in errors), slug="invalid")
     deps = m.depends_on if m.depends_on is not None else ([rule.after] if rule.after else [])
     return MilestoneSpec(key=m.key, name=m.name, kind=m.kind, owner=m.owner.strip(), department=m.department,
-                         due=rule, standard=m.standard or "", depends_on=deps, reminders=m.reminders)
+                         due=rule, standard=m.standard or "", depends_on=deps, reminders=m.reminders,
+                         planned_cost=m.planned_cost)
 
 
 def _installment(i: InstallmentIn, where: str) -> InstallmentSpec:

@@ -48,6 +48,7 @@ class _Draft:
     due: DueRule | None = None
     depends_on: list[str] | None = None
     reminders: list[str] | None = None
+    planned_cost: str | None = None
 
 
 def parse_contract_date(value: str, tz: ZoneInfo, *, end: bool, field: str) -> datetime:
@@ -138,6 +139,7 @@ def build_spec(
                 standard=d.standard or "",
                 depends_on=deps,
                 reminders=d.reminders,
+                planned_cost=_cost(d.planned_cost, currency, where, errors),
             )
         )
         for n, text in enumerate(d.reminders or []):
@@ -257,6 +259,16 @@ def _policy(playbook: dict[str, Any] | None, req: ContractCreate, errors: list) 
 
 
 
+def _cost(value: str | None, currency: str, where: str, errors: list) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(parse_amount(value, currency))
+    except MoneyError as exc:
+        errors.append((f"{where}.planned_cost", str(exc)))
+        return None
+
+
 def _renewal_policy(playbook: dict[str, Any] | None, req: ContractCreate, errors: list) -> RenewalPolicy:
     """Defaults (reminders P60D and P30D before the end, no auto-renewal), the playbook's
     ``renewal``, then the contract's."""
@@ -305,7 +317,7 @@ def _amendment_policy(playbook: dict[str, Any] | None, req: ContractCreate, erro
 
 def _merge(drafts: dict[str, _Draft], m: MilestoneIn, where: str, errors: list) -> None:
     d = drafts.setdefault(m.key, _Draft(key=m.key))
-    for field in ("name", "kind", "owner", "department", "standard", "depends_on", "reminders"):
+    for field in ("name", "kind", "owner", "department", "standard", "depends_on", "reminders", "planned_cost"):
         value = getattr(m, field)
         if value is not None:
             setattr(d, field, value)

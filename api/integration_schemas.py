@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
-from api.schemas import Amount, Strict
+from api.schemas import Amount, DateTimeIn, IntIn, Strict
 
 MAX_BATCH_LINES = 5000
 
@@ -38,7 +38,7 @@ class BankLineIn(Strict):
     )
     amount: Amount = Field(description="Decimal string in the line's currency, e.g. '1234.50'")
     currency: str = Field(min_length=3, max_length=3, description="ISO 4217; must be the contract's currency")
-    received_at: AwareDatetime = Field(description="Value date-time of the credit, with a zone")
+    received_at: DateTimeIn = Field(description="Value date-time of the credit, with a zone")
     reference: str | None = Field(
         default=None, max_length=500, description="The bank's free-text reference / remittance information"
     )
@@ -79,7 +79,7 @@ class FinancePaymentsOut(BaseModel):
 class ErpProgressLineIn(Strict):
     erp_order_no: str = Field(min_length=1, max_length=60, description="The ERP's order number (contract erp_order_no)")
     milestone: str = Field(min_length=1, max_length=60, description="Milestone key, e.g. shipping")
-    percent: int = Field(description="0 to 100 (outside that range the line is rejected)")
+    percent: IntIn = Field(description="0 to 100 (outside that range the line is rejected)")
     message: str = Field(default="", max_length=2000)
     complete: bool = Field(default=False, description="Complete the milestone (by 'erp'); percent is then 100")
     event_id: str | None = Field(default=None, max_length=120, description="The ERP's event id, echoed back")

@@ -8,9 +8,12 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
-from api import problems
+from api import guards, idempotency, openapi, problems
 from api.routes import amendments, contracts, meta, org, tasks
+from api.routes import analytics as analytics_routes
+from api.routes import pages as pages_routes
 from api.routes import integrations as integrations_routes
 from api.routes import webhooks as webhooks_routes
 from api.service import ContractService
@@ -59,6 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(integrations_routes.router)
     app.include_router(webhooks_routes.router)
+    app.include_router(analytics_routes.router)
+    app.include_router(pages_routes.router)  # the dashboard, /ui (not in the OpenAPI document)
+    app.mount("/static", StaticFiles(directory=pages_routes.p.STATIC_DIR), name="static")
+    idempotency.install(app)  # Idempotency-Key on POST/PATCH
+    guards.install(app)  # outermost of the two: NUL / lone surrogates refused (422) before anything
+    openapi.install(app)  # problem+json, 400/422, the Idempotency-Key header in the document
     return app
 
 

@@ -6,10 +6,13 @@ Money travels as decimal strings ("1234.50"); datetimes as ISO 8601 with a zone.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+import re
+from datetime import date, datetime
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from babel.numbers import list_currencies
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import Strict as StrictMode
 
 MilestoneKind = Literal[
     "order_review",
@@ -23,10 +26,74 @@ MilestoneKind = Literal[
 ]
 
 Amount = str  # a decimal string; validated against the currency by the service layer
+# Largest integer a query or path parameter may carry: the databases' INTEGER (beyond it: 422, not a
+# driver overflow).
+MAX_INT = 2_147_483_647
+# ISO 4217 codes the service knows (core.money checks against the same list, with its own message).
+CURRENCIES = sorted(list_currencies())
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as declared in the OpenAPI document -- 0/1 are not booleans, "5" is not an
+    # integer, a number is not a string (date-times and integers: see DateTimeIn, IntIn).  Unknown
+    # fields are refused.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+_DATETIME_TEXT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
+
+
+def _datetime_text(value: object) -> object:
+    """A date-time travels as text (RFC 3339); a number is not one (pydantic would read a Unix time)."""
+    if isinstance(value, datetime) or (isinstance(value, str) and _DATETIME_TEXT.match(value)):
+        return value
+    raise ValueError("expected a date-time with a zone, e.g. 2026-11-27T10:00:00+08:00")
+
+
+# A request date-time: RFC 3339 text with a zone.
+DateTimeIn = Annotated[AwareDatetime, StrictMode(False), BeforeValidator(_datetime_text)]
+
+
+_DATE_TEXT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def _date_text(value: object) -> object:
+    """A date travels as YYYY-MM-DD; "0" is not one (pydantic would read a Unix time)."""
+    if isinstance(value, date) or (isinstance(value, str) and _DATE_TEXT.match(value)):
+        return value
+    raise ValueError("expected a date such as 2026-11-27")
+
+
+# A request (or query) date: RFC 3339 full-date.
+DateIn = Annotated[date, StrictMode(False), BeforeValidator(_date_text)]
+
+
+def _json_integer(value: object) -> object:
+    """A JSON integer: 5, or 5.0 (JSON Schema counts it as an integer); not "5", not true."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("expected an integer")
+    return value
+
+
+# A request integer, as JSON Schema reads "integer" (2.0 is one, 2.5 and "2" are not).
+IntIn = Annotated[int, StrictMode(False), BeforeValidator(_json_integer)]
+
+
+def not_nullable(*fields: str):
+    """json_schema_extra for PATCH bodies: these fields may be left out but not set to null (the
+    service refuses null with a 422), so the document must not offer null for them."""
+
+    def extra(schema: dict, _model: type) -> None:
+        for name in fields:
+            prop = schema["properties"][name]
+            variants = [v for v in prop.pop("anyOf", []) if v.get("type") != "null"]
+            if len(variants) == 1:
+                prop.update(variants[0])
+            elif variants:
+                prop["anyOf"] = variants
+            prop.pop("default", None)
+
+    return extra
 
 
 class CustomerIn(Strict):
@@ -43,19 +110,20 @@ class MilestoneIn(Strict):
     owner: str | None = Field(default=None, max_length=100, description="Exactly one owner")
     department: str | None = Field(default=None, max_length=60)
     standard: str | None = Field(default=None, description="Execution standard / checklist")
-    due: AwareDatetime | None = Field(default=None, description="Absolute due date-time, with a zone")
+    due: DateTimeIn | None = Field(default=None, description="Absolute due date-time, with a zone")
     due_after: str | None = Field(default=None, description="ISO 8601 duration, e.g. P5D or PT10S")
     after: str | None = Field(default=None, description="Milestone key the offset counts from")
     depends_on: list[str] | None = None
     reminders: list[str] | None = Field(
         default=None, description="This milestone's reminder offsets before due (ISO 8601), e.g. ['P2D']"
     )
+    planned_cost: Amount | None = Field(default=None, max_length=40, description="Planned cost of this step")
 
 
 class InstallmentIn(Strict):
     key: str = Field(min_length=1, max_length=60, pattern=r"^[A-Za-z0-9_.-]+$")
     amount: Amount
-    due: AwareDatetime | None = None
+    due: DateTimeIn | None = None
     due_after: str | None = None
     after: str | None = Field(default=None, description="Milestone key the offset counts from")
 
@@ -102,10 +170,17 @@ class AmendmentPolicyIn(Strict):
 
 
 class ContractCreate(Strict):
-    external_id: str | None = Field(default=None, max_length=100, description="Your id; a repeat POST returns the same contract")
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "title": "Supply of 40 CNC spindles", "customer": {"name": "Ningbo Precision Machinery Co."},
+        "currency": "CNY", "amount": "1200000.00", "effective_date": "2026-11-27", "end_date": "2027-11-26",
+        "owner": "li.wei", "playbook": "goods_sale"}]})
+
+    external_id: str | None = Field(
+        default=None, min_length=1, max_length=100, description="Your id; a repeat POST returns the same contract"
+    )
     title: str = Field(min_length=1, max_length=300)
     customer: CustomerIn
-    currency: str = Field(description="ISO 4217, e.g. CNY")
+    currency: str = Field(description="ISO 4217, e.g. CNY", json_schema_extra={"enum": CURRENCIES})
     amount: Amount
     effective_date: str = Field(description="ISO date (2026-03-01) or date-time with a zone")
     end_date: str = Field(description="ISO date (last day of the term) or date-time with a zone")
@@ -143,6 +218,9 @@ class MilestoneOut(BaseModel):
     progress_message: str = ""
     completed_at: datetime | None
     completed_by: str | None = None
+    planned_cost: str | None = None
+    actual_cost: str | None = None
+    satisfaction: int | None = None
 
 
 class InstallmentOut(BaseModel):
@@ -218,10 +296,13 @@ class ContractPage(BaseModel):
 
 
 class PaymentIn(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reference": "BANK-1", "amount": "400000.00", "currency": "CNY",
+                                                         "received_at": "2026-11-27T10:00:00+08:00"}]})
+
     reference: str = Field(min_length=1, max_length=120)
     amount: Amount
-    currency: str
-    received_at: AwareDatetime
+    currency: str = Field(description="ISO 4217: the contract's currency", json_schema_extra={"enum": CURRENCIES})
+    received_at: DateTimeIn
     by: str = Field(default="finance", max_length=100)
 
 
@@ -234,22 +315,32 @@ class PaymentApplied(BaseModel):
 
 
 class CompleteIn(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"by": "li.wei", "note": "order reviewed"}]})
+
     by: str = Field(min_length=1, max_length=100)
     note: str = ""
+    actual_cost: Amount | None = Field(default=None, max_length=40, description="What the step really cost")
+    satisfaction: IntIn | None = Field(default=None, ge=1, le=5, description="Customer acceptance: score 1-5")
 
 
 class ProgressIn(Strict):
-    percent: int = Field(ge=0, le=100)
+    model_config = ConfigDict(json_schema_extra={"examples": [{"percent": 40, "message": "16 of 40 shipped", "source": "erp"}]})
+
+    percent: IntIn = Field(ge=0, le=100)
     message: str = ""
     source: str = Field(default="", max_length=100)
 
 
 class WaiveIn(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"by": "li.wei", "reason": "not needed for this customer"}]})
+
     by: str = Field(min_length=1, max_length=100)
     reason: str = Field(min_length=1)
 
 
 class TerminateIn(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "customer cancelled the order", "by": "li.wei"}]})
+
     reason: str = Field(min_length=1)
     by: str = Field(default="", max_length=100)
 
@@ -283,11 +374,16 @@ _EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
 
 class UserCreate(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"id": "wu.lei", "name": "Wu Lei", "email": "wu.lei@example.com",
+                                                         "department": "sales", "manager_id": "zhang.min"}]})
+
     id: str = Field(min_length=1, max_length=100, pattern=_ID_PATTERN, description="The login, e.g. li.wei")
     name: str = Field(min_length=1, max_length=200)
     email: str = Field(min_length=3, max_length=320, pattern=_EMAIL_PATTERN)
-    department: str | None = Field(default=None, max_length=60)
-    manager_id: str | None = Field(default=None, max_length=100, description="Escalations copy this manager")
+    department: str | None = Field(default=None, min_length=1, max_length=60, pattern=_ID_PATTERN)
+    manager_id: str | None = Field(
+        default=None, min_length=1, max_length=100, pattern=_ID_PATTERN, description="Escalations copy this manager"
+    )
     locale: Locale = "zh"
     active: bool = True
 
@@ -295,10 +391,12 @@ class UserCreate(Strict):
 class UserPatch(Strict):
     """Only the fields present change; department and manager_id may be set to null."""
 
+    model_config = ConfigDict(json_schema_extra=not_nullable("name", "email", "locale", "active"))
+
     name: str | None = Field(default=None, min_length=1, max_length=200)
     email: str | None = Field(default=None, min_length=3, max_length=320, pattern=_EMAIL_PATTERN)
-    department: str | None = Field(default=None, max_length=60)
-    manager_id: str | None = Field(default=None, max_length=100)
+    department: str | None = Field(default=None, min_length=1, max_length=60, pattern=_ID_PATTERN)
+    manager_id: str | None = Field(default=None, min_length=1, max_length=100, pattern=_ID_PATTERN)
     locale: Locale | None = None
     active: bool | None = None
 

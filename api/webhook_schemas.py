@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from core.webhooks.events import pattern_problem
+from api.schemas import not_nullable
+from core.webhooks.events import EVENT_TYPES, FAMILIES, pattern_problem
 
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _check_url(value: str) -> str:
@@ -47,7 +48,16 @@ def _check_types(value: list[str]) -> list[str]:
     return value
 
 
-URL_FIELD = Field(min_length=1, max_length=2000, description="http(s) endpoint receiving the POSTs")
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+# What _check_url accepts, as a pattern the OpenAPI document can state: http(s), a host (DNS labels), an optional
+# port, then an optional path and query of visible ASCII; no credentials, no #fragment, no spaces.
+_LABEL = r"[A-Za-z0-9_~-]{1,63}"  # DNS: labels of 1 to 63 characters
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp]([Ss])?://" + _LABEL + r"(\." + _LABEL + r")*\.?(:" + _PORT + r')?([/?][!-"$-~]*)?$'
+URL_FIELD = Field(min_length=1, max_length=2000, pattern=URL_PATTERN, description="http(s) endpoint receiving the POSTs")
+# The filters a subscription may use: exact types, "<family>.*", "*" (checked by _check_types).
+EventTypePattern = Annotated[
+    str, WithJsonSchema({"type": "string", "enum": ["*", *(f"{f}.*" for f in FAMILIES), *EVENT_TYPES]})
+]
 SECRET_DESCRIPTION = (
     "HMAC-SHA256 signing key (16 to 200 characters).  Leave it out to have one generated; either way it is "
     "returned once, in the answer to this request, and never again."
@@ -58,9 +68,14 @@ TYPES_DESCRIPTION = (
 
 
 class WebhookCreate(_Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"url": "https://crm.example.com/hooks/contracts", "event_types": ["milestone.*", "payment.received"]}]})
+
     url: str = URL_FIELD
     secret: str | None = Field(default=None, min_length=16, max_length=200, description=SECRET_DESCRIPTION)
-    event_types: list[str] = Field(default_factory=lambda: ["*"], min_length=1, max_length=50, description=TYPES_DESCRIPTION)
+    event_types: list[EventTypePattern] = Field(
+        default_factory=lambda: ["*"], min_length=1, max_length=50, description=TYPES_DESCRIPTION,
+        json_schema_extra={"uniqueItems": True},
+    )
     description: str = Field(default="", max_length=300)
     active: bool = True
     replay_from_start: bool = Field(
@@ -83,9 +98,13 @@ class WebhookPatch(_Strict):
     """Only the fields present change.  ``active: false`` pauses (events wait, nothing is lost);
     a new ``url`` or ``secret`` also makes a pending retry go out at once."""
 
-    url: str | None = Field(default=None, min_length=1, max_length=2000)
+    model_config = ConfigDict(json_schema_extra=not_nullable("url", "secret", "event_types", "description", "active"))
+
+    url: str | None = Field(default=None, min_length=1, max_length=2000, pattern=URL_PATTERN)
     secret: str | None = Field(default=None, min_length=16, max_length=200, description="Rotate the signing key")
-    event_types: list[str] | None = Field(default=None, min_length=1, max_length=50, description=TYPES_DESCRIPTION)
+    event_types: list[EventTypePattern] | None = Field(
+        default=None, min_length=1, max_length=50, description=TYPES_DESCRIPTION, json_schema_extra={"uniqueItems": True}
+    )
     description: str | None = Field(default=None, max_length=300)
     active: bool | None = None
 

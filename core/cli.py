@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -396,6 +397,307 @@ def events(
         style = "red" if kind.endswith("overdue") else ("green" if kind.endswith(("completed", "paid")) else "")
         table.add_row(str(e.get("seq", "")), _when(e.get("at")), Text(kind, style=style), e.get("actor", ""))
     st.out.print(table)
+
+
+# ------------------------------------------------------------------ import (CSV / Excel)
+IMPORT_REQUIRED = ("title", "customer_name", "currency", "amount", "effective_date", "end_date", "owner")
+IMPORT_OPTIONAL = ("external_id", "customer_external_id", "playbook", "erp_order_no", "installments", "milestones")
+IMPORT_RETRIES = 3
+
+
+@dataclass
+class ImportRow:
+    row: int  # the row number as a spreadsheet shows it (the header is row 1)
+    external_id: str
+    title: str
+    status: str = "pending"  # created, exists, invalid, failed
+    contract_id: str = ""
+    reason: str = ""
+    body: dict[str, Any] | None = None
+
+
+def _cell_text(value: Any) -> str:
+    """A spreadsheet cell as text: dates as ISO dates, numbers without float noise."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.date().isoformat() if value.time() == datetime.min.time() and value.tzinfo is None else value.isoformat()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value) if not value.is_integer() else str(int(value))
+    return str(value).strip()
+
+
+def _read_table(path: Path, sheet: str | None) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (row number, cells) of a CSV (UTF-8, BOM allowed) or Excel (.xlsx) file."""
+    suffix = path.suffix.lower()
+    if suffix in (".xlsx", ".xlsm"):
+        import openpyxl
+
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        try:
+            ws = book[sheet] if sheet else book.worksheets[0]
+            rows = [[_cell_text(v) for v in r] for r in ws.iter_rows(values_only=True)]
+        finally:
+            book.close()
+    else:
+        import csv
+
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            rows = [[c.strip() for c in r] for r in csv.reader(fh)]
+    if not rows:
+        return [], []
+    header = [h.strip().lower() for h in rows[0]]
+    body = [(n, r) for n, r in enumerate(rows[1:], start=2) if any(c for c in r)]
+    return header, body
+
+
+def _row_request(cells: dict[str, str]) -> dict[str, Any]:
+    """The POST /contracts body for one row; ValueError with the reason if the row is not usable."""
+    from decimal import Decimal, InvalidOperation
+
+    missing = [c for c in IMPORT_REQUIRED if not cells.get(c)]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    try:
+        if not Decimal(cells["amount"]).is_finite():
+            raise InvalidOperation
+    except InvalidOperation:
+        raise ValueError(f"amount {cells['amount']!r} is not a decimal number") from None
+    for col in ("effective_date", "end_date"):
+        text = cells[col]
+        try:
+            datetime.fromisoformat(text.replace("Z", "+00:00")) if "T" in text else datetime.strptime(text, "%Y-%m-%d")
+        except ValueError:
+            raise ValueError(f"{col} {text!r} is not a date (YYYY-MM-DD) or an ISO date-time") from None
+    body: dict[str, Any] = {
+        "title": cells["title"],
+        "customer": {"name": cells["customer_name"]},
+        "currency": cells["currency"].upper(),
+        "amount": cells["amount"],
+        "effective_date": cells["effective_date"],
+        "end_date": cells["end_date"],
+        "owner": cells["owner"],
+    }
+    if cells.get("customer_external_id"):
+        body["customer"]["external_id"] = cells["customer_external_id"]
+    for col in ("external_id", "playbook", "erp_order_no"):
+        if cells.get(col):
+            body[col] = cells[col]
+    for col in ("installments", "milestones"):
+        if cells.get(col):
+            try:
+                value = json.loads(cells[col], parse_float=str)
+            except ValueError as exc:
+                raise ValueError(f"{col} is not valid JSON: {exc}") from None
+            if not isinstance(value, list):
+                raise ValueError(f"{col} must be a JSON array")
+            body[col] = value
+    if "playbook" not in body and "milestones" not in body:
+        raise ValueError("give a playbook or milestones")
+    return body
+
+
+async def _post_rows(st: State, rows: list[ImportRow], concurrency: int, progress: Any, task: Any) -> None:
+    import hashlib
+
+    sem = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=st.api, timeout=TIMEOUT, limits=limits) as client:
+
+        async def one(r: ImportRow) -> None:
+            canonical = json.dumps(r.body, sort_keys=True, ensure_ascii=False).encode()
+            headers = {"Idempotency-Key": "import-" + hashlib.sha256(canonical).hexdigest()[:40]}
+            async with sem:
+                for attempt in range(1, IMPORT_RETRIES + 1):
+                    try:
+                        resp = await client.post("/contracts", json=r.body, headers=headers)
+                    except httpx.HTTPError as exc:
+                        if attempt == IMPORT_RETRIES:
+                            r.status, r.reason = "failed", f"{exc.__class__.__name__}: {exc}"
+                            break
+                        await asyncio.sleep(0.5 * 2 ** attempt)
+                        continue
+                    if resp.status_code in (429, 503) and attempt < IMPORT_RETRIES:
+                        await asyncio.sleep(0.5 * 2 ** attempt)
+                        continue
+                    if resp.status_code in (200, 201):
+                        data = resp.json()
+                        r.contract_id = data.get("id", "")
+                        # A replayed answer on the first attempt: an earlier import created it.
+                        replayed = resp.headers.get("idempotent-replayed", "").lower() == "true" and attempt == 1
+                        r.status = "created" if resp.status_code == 201 and not replayed else "exists"
+                        if r.status == "exists":
+                            r.reason = "already registered (same external_id)"
+                    else:
+                        r.status = "invalid" if resp.status_code in (400, 409, 422) else "failed"
+                        r.reason = f"{resp.status_code}: {_problem_detail(resp)}"
+                    break
+            progress.advance(task)
+
+        await asyncio.gather(*(one(r) for r in rows))
+
+
+@app.command("import")
+def import_contracts(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="CSV (UTF-8) or Excel (.xlsx) file, one contract per row, a header row first."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, max=64, help="Requests in flight at once."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write every row's outcome to this CSV file."),
+    sheet: Optional[str] = typer.Option(None, "--sheet", help="Excel: the worksheet (default: the first)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the rows, send nothing."),
+) -> None:
+    """Bulk-register contracts from CSV or Excel: each good row through POST /contracts (its workflow
+    starts), bad rows reported with their row number and reason.  Exit 1 if any row failed.
+
+    Columns: title, customer_name, currency, amount, effective_date, end_date, owner (required);
+    external_id (makes a re-import safe), customer_external_id, playbook, erp_order_no, and
+    installments / milestones as JSON arrays (optional)."""
+    import csv
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    st = _state(ctx)
+    try:
+        header, table = _read_table(file, sheet)
+    except OSError as exc:
+        _fail(st, f"cannot read {file}: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - a broken spreadsheet: say so
+        _fail(st, f"cannot read {file}: {exc.__class__.__name__}: {exc}")
+    missing = [c for c in IMPORT_REQUIRED if c not in header]
+    if missing:
+        _fail(st, f"{file}: the header lacks column(s) {', '.join(missing)} (has: {', '.join(header) or 'nothing'})")
+    unknown = [h for h in header if h and h not in IMPORT_REQUIRED + IMPORT_OPTIONAL]
+    if unknown:
+        st.err.print(Text(f"ignoring unknown column(s): {', '.join(unknown)}", style="yellow"), soft_wrap=True)
+
+    rows: list[ImportRow] = []
+    seen: dict[str, int] = {}
+    for number, cells in table:
+        values = {h: (cells[i] if i < len(cells) else "") for i, h in enumerate(header) if h}
+        r = ImportRow(row=number, external_id=values.get("external_id", ""), title=values.get("title", ""))
+        try:
+            r.body = _row_request(values)
+            if r.external_id and r.external_id in seen:
+                raise ValueError(f"external_id {r.external_id!r} repeats row {seen[r.external_id]}")
+            if r.external_id:
+                seen[r.external_id] = number
+        except ValueError as exc:
+            r.status, r.reason, r.body = "invalid", str(exc), None
+        rows.append(r)
+    good = [r for r in rows if r.body is not None]
+
+    if not dry_run and good:
+        started = time.monotonic()
+        with Progress(TextColumn("[bold]Importing"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+                      TimeElapsedColumn(), console=st.out) as progress:
+            task = progress.add_task("import", total=len(good))
+            asyncio.run(_post_rows(st, good, concurrency, progress, task))
+        elapsed = time.monotonic() - started
+    else:
+        elapsed = 0.0
+        for r in good:
+            r.status = "valid"
+
+    counts = {k: sum(1 for r in rows if r.status == k) for k in ("created", "exists", "valid", "invalid", "failed")}
+    bad = [r for r in rows if r.status in ("invalid", "failed")]
+    if bad:
+        table_out = Table(title=f"Rows not imported ({len(bad)})", title_justify="left")
+        table_out.add_column("row", justify="right", no_wrap=True)
+        table_out.add_column("external id", no_wrap=True)
+        table_out.add_column("title")
+        table_out.add_column("reason")
+        for r in sorted(bad, key=lambda r: r.row)[:200]:
+            table_out.add_row(str(r.row), r.external_id or "-", r.title or "-", Text(r.reason, style="red"))
+        st.out.print(table_out)
+        if len(bad) > 200:
+            st.out.print(f"... and {len(bad) - 200} more" + (f" (all in {report})" if report else " (use --report FILE)"))
+    summary = Text()
+    summary.append(f"{len(rows)} rows: ")
+    summary.append(f"{counts['created']} created", style="green")
+    if counts["exists"]:
+        summary.append(f", {counts['exists']} already registered", style="yellow")
+    if counts["valid"]:
+        summary.append(f", {counts['valid']} valid (dry run, nothing sent)", style="cyan")
+    summary.append(f", {counts['invalid']} invalid", style="red" if counts["invalid"] else "")
+    summary.append(f", {counts['failed']} failed", style="red" if counts["failed"] else "")
+    if elapsed:
+        summary.append(f" in {elapsed:.1f} s ({len(good) / elapsed:.1f} rows/s)")
+    st.out.print(summary, soft_wrap=True)
+    if report:
+        with report.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["row", "status", "contract_id", "external_id", "title", "reason"])
+            for r in sorted(rows, key=lambda r: r.row):
+                writer.writerow([r.row, r.status, r.contract_id, r.external_id, r.title, r.reason])
+        st.out.print(f"report: {report}", soft_wrap=True)
+    if bad:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------ report (quarterly review)
+@app.command()
+def report(
+    ctx: typer.Context,
+    quarter: Optional[str] = typer.Option(None, "--quarter", help="e.g. 2026-Q3; default: the last complete quarter."),
+    customer: Optional[str] = typer.Option(None, "--customer"),
+    owner: Optional[str] = typer.Option(None, "--owner"),
+    department: Optional[str] = typer.Option(None, "--department"),
+    playbook: Optional[str] = typer.Option(None, "--playbook"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also save the report as CSV to this file."),
+) -> None:
+    """The quarterly review: each metric for the quarter and the one before, with the change."""
+    st = _state(ctx)
+    params = {k: v for k, v in {"quarter": quarter, "customer": customer, "owner": owner, "department": department,
+                                "playbook": playbook}.items() if v}
+    # Plain JSON numbers here (days, rates, counts); amounts come as decimal strings anyway.
+    data = _request(st, "GET", "/analytics/reports/quarterly", params=params).json()
+    cur, prev = data["quarter"], data["previous_quarter"]
+    table = Table(title=f"Quarterly review {cur} (vs {prev})", title_justify="left")
+    table.add_column("section", style="dim", no_wrap=True)
+    table.add_column("metric")
+    table.add_column(cur, justify="right", no_wrap=True)
+    table.add_column(prev, justify="right", no_wrap=True)
+    table.add_column("change", justify="right", no_wrap=True)
+    last = None
+    for r in data["rows"]:
+        unit = r.get("unit")
+        change = r.get("change")
+        style = "" if change in (None, 0) else ("green" if change > 0 else "red")
+        table.add_row(
+            r["section"] if r["section"] != last else "",
+            r["metric"],
+            _report_value(r.get("current"), unit),
+            _report_value(r.get("previous"), unit),
+            Text(_report_change(change, unit), style=style),
+        )
+        last = r["section"]
+    st.out.print(table)
+    if csv_out:
+        response = _request(st, "GET", "/analytics/reports/quarterly.csv", params=params)
+        csv_out.write_bytes(response.content)
+        st.out.print(f"CSV: {csv_out}", soft_wrap=True)
+
+
+def _report_value(value: Any, unit: str | None) -> str:
+    if value is None:
+        return "-"
+    if unit == "ratio" and isinstance(value, (int, float)):
+        return f"{value * 100:.1f}%"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _report_change(value: Any, unit: str | None) -> str:
+    if value is None:
+        return ""
+    if unit == "ratio":
+        return f"{value * 100:+.1f} pp"
+    return f"{value:+.2f}" if isinstance(value, float) and not float(value).is_integer() else f"{value:+g}"
 
 
 # ------------------------------------------------------------------ doctor

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -126,9 +127,15 @@ def main() -> None:
     )
     wait_for_port("127.0.0.1", args.api_port, 60, procs[-1])
 
+    # Demo data for the dashboard, once (idempotent), beside the running stack: SEED_DEMO_DATA=0 skips it.
+    if Settings.model_validate({"seed_demo_data": os.environ.get("SEED_DEMO_DATA", "1")}).seed_demo_data:
+        threading.Thread(target=_seed_demo_data, args=(env["DATABASE_URL"], f"http://127.0.0.1:{args.api_port}"),
+                         daemon=True).start()
+
     print(
         f"""
 Contract tracking is running (Ctrl-C stops it all):
+  Dashboard        http://{args.host if args.host != '0.0.0.0' else 'localhost'}:{args.api_port}/ui/
   API              http://{args.host}:{args.api_port}        (OpenAPI docs: /docs, health: /readyz)
   Temporal UI      http://{args.host}:{args.ui_port}        (search: ContractStatus="active", OverdueCount > 0)
   Temporal gRPC    127.0.0.1:{args.temporal_port}         (temporal workflow list --query "ContractStatus='active'")
@@ -143,6 +150,21 @@ Try:  curl -s -X POST localhost:{args.api_port}/contracts -H 'content-type: appl
                 print(f"{p.args[0]} stopped with exit code {p.returncode}; stopping the rest", flush=True)
                 stop()
         time.sleep(1)
+
+
+def _seed_demo_data(database_url: str, api: str) -> None:
+    from core.demo_data import seed_demo_data
+    from models.db import make_engine, make_session_factory
+
+    engine = make_engine(database_url)
+    try:
+        history, live = seed_demo_data(make_session_factory(engine), api)
+        if history or live:
+            print(f"· demo data: {history} past contracts, {live} live contracts (SEED_DEMO_DATA=0 to skip)", flush=True)
+    except Exception as exc:  # noqa: BLE001 - demo data is a convenience: say why and carry on
+        print(f"· demo data not seeded: {exc.__class__.__name__}: {exc}", flush=True)
+    finally:
+        engine.dispose()
 
 
 if __name__ == "__main__":

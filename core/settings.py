@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_seconds: float = 10.0
     webhook_timeout_seconds: float = 10.0
+    # A notification that can never be delivered (invalid address, 5xx SMTP, 4xx webhook) is recorded
+    # `failed` and escalated to this operator: a task in their inbox (GET /tasks?assignee=operator).
+    operator_user: str = "operator"
     # Outgoing webhook subscriptions (/webhooks, docs/webhooks.md): the dispatcher in the worker.
     webhook_dispatch_enabled: bool = True
     webhook_poll_seconds: float = 0.5
@@ -44,8 +47,17 @@ class Settings(BaseSettings):
     webhook_lease_seconds: float = 60.0  # a replica's claim on a subscription; must exceed one attempt
     webhook_gap_grace_seconds: float = 30.0  # longest wait for an uncommitted lower event id
     webhook_max_parallel: int = 8  # subscriptions served at once per worker
+    # Idempotency-Key on POST/PATCH (api/idempotency.py): how long a key is remembered, how long a
+    # request holds its key before a crashed one is taken over (renewed while it runs), how long a
+    # concurrent request with the same key waits for the first before answering 409.
+    idempotency_ttl_seconds: float = 86400.0
+    idempotency_lock_seconds: float = 60.0
+    idempotency_wait_seconds: float = 5.0
     # Seed the demo organisation (users, departments) at start-up in dev mode.
     seed_demo_org: bool = False
+    # Seed the demo data set (core/demo_data.py: two years of history, live contracts) once, in dev
+    # mode (`python3 run.py` turns it on unless SEED_DEMO_DATA=0).
+    seed_demo_data: bool = False
     # Worker tuning: cached workflows bound worker memory; pollers scale with load.
     max_cached_workflows: int = 2000
     max_concurrent_activities: int = 50

@@ -1,6 +1,7 @@
 from models.base import Base
 from models.contract import Contract, ContractEvent, Customer, Installment, Milestone, Payment
 from models.document import Document
+from models.idempotency import IdempotencyKey
 from models.notification import Notification, Task
 from models.org import Department, User
 from models.webhook import WebhookDelivery, WebhookSubscription
@@ -12,6 +13,7 @@ __all__ = [
     "Customer",
     "Department",
     "Document",
+    "IdempotencyKey",
     "Installment",
     "Milestone",
     "Notification",

@@ -32,6 +32,13 @@ class Contract(Base):
     __table_args__ = (
         Index("ix_contracts_status_owner", "status", "owner"),
         Index("ix_contracts_overdue", "overdue_count"),
+        # analytics (migration 0007): PostgreSQL INCLUDEs the columns read, for index-only scans
+        Index("ix_contracts_effective_at", "effective_at",
+              postgresql_include=["currency", "amount", "playbook", "owner"]),
+        Index("ix_contracts_settled_at", "settled_at",
+              postgresql_include=["effective_at", "playbook", "owner", "customer_id", "customer_name"]),
+        Index("ix_contracts_id_analytics", "id",
+              postgresql_include=["currency", "playbook", "owner", "customer_id", "customer_name", "closed_at"]),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -60,6 +67,9 @@ class Contract(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     close_reason: Mapped[str | None] = mapped_column(Text)
+    # When the contract was paid in full: the received_at of the payment that brought the running
+    # total (in received_at order) to the amount; kept by the projection, read by analytics.
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     customer: Mapped[Customer] = relationship()
     milestones: Mapped[list[Milestone]] = relationship(
@@ -75,7 +85,17 @@ class Contract(Base):
 
 class Milestone(Base):
     __tablename__ = "milestones"
-    __table_args__ = (Index("ix_milestones_status_due", "status", "due_at"),)
+    __table_args__ = (
+        Index("ix_milestones_status_due", "status", "due_at"),
+        # analytics (migration 0007)
+        Index("ix_milestones_completed_at", "completed_at",
+              postgresql_include=["kind", "status", "started_at", "due_at", "owner", "department", "contract_id",
+                                  "planned_cost", "actual_cost", "satisfaction"]),
+        Index("ix_milestones_kind_completed_at", "kind", "completed_at",
+              postgresql_include=["status", "started_at", "due_at", "owner", "department", "contract_id"]),
+        Index("ix_milestones_due_at", "due_at",
+              postgresql_include=["kind", "status", "completed_at", "owner", "department", "contract_id"]),
+    )
 
     contract_id: Mapped[str] = mapped_column(ForeignKey("contracts.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(60), primary_key=True)
@@ -93,12 +113,24 @@ class Milestone(Base):
     progress: Mapped[int] = mapped_column(Integer, default=0)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completed_by: Mapped[str | None] = mapped_column(String(100))
+    overdue_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # For analytics: cost overrun (planned vs actual) and the customer's score at acceptance.
+    planned_cost: Mapped[Decimal | None] = mapped_column(Money())
+    actual_cost: Mapped[Decimal | None] = mapped_column(Money())
+    satisfaction: Mapped[int | None] = mapped_column(Integer)
+    # When the stage started: the latest completion of an earlier milestone (by position), else
+    # the contract's effective date; kept by the projection, read by the stage-time analytics.
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     contract: Mapped[Contract] = relationship(back_populates="milestones")
 
 
 class Installment(Base):
     __tablename__ = "installments"
+    __table_args__ = (  # analytics (migration 0007)
+        Index("ix_installments_due_at", "due_at", postgresql_include=["contract_id", "amount", "paid", "paid_at"]),
+        Index("ix_installments_paid_at", "paid_at", postgresql_include=["contract_id", "amount", "paid", "due_at"]),
+    )
 
     contract_id: Mapped[str] = mapped_column(ForeignKey("contracts.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(60), primary_key=True)
@@ -115,6 +147,10 @@ class Installment(Base):
 
 class Payment(Base):
     __tablename__ = "payments"
+    __table_args__ = (  # analytics (migration 0007)
+        Index("ix_payments_received_at", "received_at", postgresql_include=["contract_id"]),
+        Index("ix_payments_contract_received", "contract_id", "received_at", postgresql_include=["reference", "amount"]),
+    )
 
     contract_id: Mapped[str] = mapped_column(ForeignKey("contracts.id", ondelete="CASCADE"), primary_key=True)
     reference: Mapped[str] = mapped_column(String(120), primary_key=True)  # unique per contract: no double count

@@ -187,7 +187,9 @@ async def running_api(settings: Settings):
     from api.main import create_app
 
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # A long keep-alive: a pooled test client never races the server closing an idle connection.
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                            timeout_keep_alive=120)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -282,3 +282,49 @@ async def test_escalation_levels_arrive_in_order_through_the_running_service(api
             return desc.typed_search_attributes.get(sa.ESCALATION_LEVEL) == 0
 
         await wait_for(calm)
+
+
+async def test_costs_and_customer_satisfaction_are_recorded(api_service):
+    """Planned cost at creation, actual cost and the customer's score at completion: the raw
+    material of the cost-overrun and satisfaction analytics."""
+    from sqlalchemy import select
+
+    from models import Milestone
+    from models.db import make_engine, make_session_factory
+
+    async with httpx.AsyncClient(base_url=api_service.base_url, timeout=30) as c:
+        cid = (await create(c, milestones=[{"key": "order_review", "planned_cost": "1000.00"},
+                                           {"key": "customer_acceptance", "planned_cost": "200.00"}]))["id"]
+        r = await c.post(f"/contracts/{cid}/milestones/order_review/complete",
+                         json={"by": "li.wei", "actual_cost": "1250.50", "satisfaction": 4})
+        assert r.status_code == 422 and "acceptance" in r.json()["detail"]  # a score belongs to acceptance
+        r = await c.post(f"/contracts/{cid}/milestones/order_review/complete",
+                         json={"by": "li.wei", "actual_cost": "1250.505"})
+        assert r.status_code == 422
+        r = await c.post(f"/contracts/{cid}/milestones/order_review/complete",
+                         json={"by": "li.wei", "actual_cost": "1250.50"})
+        assert r.status_code == 200, r.text
+        for key in ("production_scheduling", "shipping"):
+            assert (await c.post(f"/contracts/{cid}/milestones/{key}/complete", json={"by": "li.wei"})).status_code == 200
+        r = await c.post(f"/contracts/{cid}/milestones/customer_acceptance/complete",
+                         json={"by": "wang.fang", "satisfaction": 6})
+        assert r.status_code == 422
+        r = await c.post(f"/contracts/{cid}/milestones/customer_acceptance/complete",
+                         json={"by": "wang.fang", "satisfaction": 5, "actual_cost": "150.00"})
+        assert r.status_code == 200, r.text
+        live = {m["key"]: m for m in (await c.get(f"/contracts/{cid}")).json()["milestones"]}
+        assert live["order_review"]["planned_cost"] == "1000.00" and live["order_review"]["actual_cost"] == "1250.50"
+        assert live["customer_acceptance"]["satisfaction"] == 5
+
+    engine = make_engine(api_service.settings.database_url)
+    sessions = make_session_factory(engine)
+
+    async def projected():
+        with sessions() as s:
+            rows = {m.key: m for m in s.execute(select(Milestone).where(Milestone.contract_id == cid)).scalars()}
+        ok = rows["customer_acceptance"].satisfaction == 5 and rows["order_review"].actual_cost == Decimal("1250.50")
+        return rows if ok else None
+
+    rows = await wait_for(projected)
+    assert rows["order_review"].planned_cost == Decimal("1000.00")
+    engine.dispose()

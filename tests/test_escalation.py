@@ -172,6 +172,10 @@ async def test_unpaid_installment_escalates_to_the_manager_and_stops_when_paid(
         rows = s.execute(select(Notification).where(Notification.contract_id == cid)).scalars().all()
     keys = [r.key for r in rows]
     assert len(keys) == len(set(keys))
+    with org_db() as s:
+        failed = s.execute(select(ContractEvent).where(ContractEvent.contract_id == cid,
+                                                       ContractEvent.type == "escalation.failed")).scalars().all()
+    assert failed == [], "a chain the contract stopped itself is not a failure"
     assert all(r.status == "sent" for r in rows if r.channel in ("email", "webhook"))
     print(f"seed example: {len(_mails(mailbox, cid))} emails, {len(receiver.for_contract(cid))} webhooks, "
           f"0 after payment")

@@ -64,7 +64,7 @@ async def test_patched_then_deprecate_patch(ts_env):
     assert not await _replays(InvoiceV1, v2_history)
 
 
-@pytest.mark.parametrize("patch_id", ["notifications-v1", "progress-dedupe-v1"])
+@pytest.mark.parametrize("patch_id", ["notifications-v1", "progress-dedupe-v1", "quiet-cancelled-escalation-v1"])
 def test_the_contract_workflows_patches_are_documented(patch_id):
     from pathlib import Path
 

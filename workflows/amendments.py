@@ -184,6 +184,8 @@ def _check_milestone_spec(s: ContractState, m: MilestoneSpec, replacing: str | N
         raise invalid("a milestone needs exactly one owner and a department")
     if not m.name:
         raise invalid("a milestone needs a name")
+    if m.planned_cost is not None:
+        _amount(s, m.planned_cost)
     keys = {x.key for x in s.milestones}
     for dep in [*m.depends_on, *([m.due.after] if m.due.after else [])]:
         if dep not in keys or dep == (replacing or m.key):
@@ -355,6 +357,7 @@ def _milestone_state(m: MilestoneSpec) -> MilestoneState:
         key=m.key, name=m.name, kind=m.kind, owner=m.owner, department=m.department, standard=m.standard,
         due=m.due, depends_on=list(m.depends_on),
         reminders=list(m.reminders) if m.reminders is not None else None,
+        planned_cost=m.planned_cost,
     )
 
 

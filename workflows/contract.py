@@ -22,7 +22,7 @@ from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from core.durations import add_duration, to_timedelta
@@ -123,11 +123,10 @@ class ContractWorkflow:
         self._simulating = False  # assessing an amendment on a copy: no side effects
         self._documenting = False
         self._renewing = False
-
-    # ------------------------------------------------------------------ main
-    @workflow.run
-    async def run(self, input: ContractWorkflowInput) -> ContractState:
         if input.carried is None:
+            # Here, not in run(): an update delivered with the workflow's first task (the worker
+            # was down when the contract was registered) runs before run() starts, and the log
+            # must still begin with contract.created.  No command, so replay is unaffected.
             s = input.spec
             self._emit(
                 "contract.created",
@@ -142,6 +141,10 @@ class ContractWorkflow:
                 },
                 actor=s.owner,
             )
+
+    # ------------------------------------------------------------------ main
+    @workflow.run
+    async def run(self, input: ContractWorkflowInput) -> ContractState:
         self._refresh()
         projector = asyncio.create_task(self._projector())
         notifier = asyncio.create_task(self._notifier()) if self._notify else None
@@ -427,6 +430,13 @@ class ContractWorkflow:
         m = self._check_open_milestone(c.key)
         if not c.by or not c.by.strip():
             raise invalid("say who completes the milestone ('by')")
+        if c.actual_cost is not None:
+            self._money(c.actual_cost)
+        if c.satisfaction is not None:
+            if not isinstance(c.satisfaction, int) or not 1 <= c.satisfaction <= 5:
+                raise invalid("satisfaction is a whole score from 1 to 5")
+            if m.kind != "customer_acceptance":
+                raise invalid("the customer's satisfaction is captured at customer acceptance")
         open_deps = [d for d in m.depends_on if self._milestone(d).status not in RESOLVED]
         if open_deps:
             raise invalid(
@@ -436,6 +446,9 @@ class ContractWorkflow:
 
     def _apply_complete(self, c: CompleteMilestoneInput) -> OperationResult:
         m = self._milestone(c.key)
+        if c.actual_cost is not None:
+            m.actual_cost = _fmt(self._money(c.actual_cost), self.state.spec.minor_units)
+        m.satisfaction = c.satisfaction
         self._resolve_milestone(m, DONE, c.by, c.note)
         self._changed()
         return OperationResult(self.state.status, m.status, self.state.version)
@@ -1179,6 +1192,9 @@ class ContractWorkflow:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken chain is recorded, the contract lives on
+            cancelled_by_us = isinstance(exc, ChildWorkflowError) and isinstance(exc.cause, CancelledError)
+            if cancelled_by_us and workflow.patched("quiet-cancelled-escalation-v1"):
+                return  # we cancelled it (the item was resolved): not a failure
             self._emit("escalation.failed", {"item_type": item_type, "key": item.key, "error": str(exc)})
 
     def _item(self, item_type: str, key: str):
@@ -1317,6 +1333,7 @@ def _initial_state(spec: ContractSpec) -> ContractState:
             due=m.due,
             depends_on=list(m.depends_on),
             reminders=list(m.reminders) if m.reminders is not None else None,
+            planned_cost=m.planned_cost,
         )
         for m in spec.milestones
     ]

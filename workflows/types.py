@@ -125,6 +125,7 @@ class MilestoneSpec:
     standard: str = ""
     depends_on: list[str] = field(default_factory=list)
     reminders: list[str] | None = None  # overrides the contract's reminder offsets for this step
+    planned_cost: str | None = None  # decimal string in the contract currency, for cost-overrun analytics
 
 
 @dataclass
@@ -212,6 +213,8 @@ class CompleteMilestoneInput:
     key: str
     by: str
     note: str = ""
+    actual_cost: str | None = None  # what the step really cost (decimal string)
+    satisfaction: int | None = None  # 1-5, the customer's score, captured at acceptance
 
 
 @dataclass
@@ -455,6 +458,9 @@ class MilestoneState:
     note: str = ""
     overdue_since: datetime | None = None
     reminders: list[str] | None = None
+    planned_cost: str | None = None
+    actual_cost: str | None = None
+    satisfaction: int | None = None
 
 
 @dataclass

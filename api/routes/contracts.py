@@ -44,7 +44,7 @@ def list_contracts(
     customer: Annotated[str | None, Query(description="Name (substring) or CRM id")] = None,
     overdue: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=schemas.MAX_INT)] = 0,
 ):
     return service.list(status=status_, owner=owner, customer=customer, overdue=overdue, limit=limit, offset=offset)
 
@@ -59,7 +59,7 @@ async def get_contract(contract_id: ContractId, service: Service):
 def contract_events(
     contract_id: ContractId,
     service: Service,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=schemas.MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ):
     """The append-only event log, oldest first."""

@@ -11,7 +11,7 @@ from api.routes.org import ERRORS, Store
 from core import org
 
 router = APIRouter(tags=["inbox"])
-TaskId = Annotated[int, Path(ge=1, description="Task id")]
+TaskId = Annotated[int, Path(ge=1, le=schemas.MAX_INT, description="Task id")]
 ContractId = Annotated[str, Path(min_length=1, max_length=40, description="Contract id")]
 
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from api import webhook_schemas as schemas
 from api.problems import PROBLEM_JSON, Problem
+from api.schemas import MAX_INT
 from core.webhooks import store
 from core.webhooks.events import EVENT_TYPES
 
@@ -82,7 +83,7 @@ def list_deliveries(
     status_: Annotated[schemas.DeliveryStatus | None, Query(alias="status")] = None,
     contract_id: Annotated[str | None, Query(max_length=40)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ):
     """The delivery log, newest first: one entry per event, with its attempts and outcome."""
     with request.app.state.sessions() as session:

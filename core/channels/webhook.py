@@ -165,6 +165,8 @@ def post_webhook(
         raise TransientDeliveryError(f"webhook {where} timed out: {exc!r}") from exc
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
         raise PermanentDeliveryError(f"webhook URL {url!r} is not usable: {exc}") from exc
+    except UnicodeError as exc:  # a host the IDNA codec refuses (a label over 63 characters, an empty label)
+        raise PermanentDeliveryError(f"webhook URL {url!r} is not usable: {exc}") from exc
     except httpx.HTTPError as exc:  # connect/read/write errors, protocol errors, proxies
         raise TransientDeliveryError(f"webhook {where} unreachable: {exc!r}") from exc
     except OSError as exc:
