@@ -10,7 +10,7 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
@@ -32,6 +32,9 @@ WORKFLOWS = [ContractWorkflow, EscalationWorkflow]
 def build_worker(
     client: Client, settings: Settings, session_factory: sessionmaker[Session], *, task_queue: str | None = None
 ) -> Worker:
+    # Configure the ORM now: activities run in threads that Temporal may interrupt (cancellation),
+    # and an interruption during SQLAlchemy's lazy mapper set-up would break it for the process.
+    configure_mappers()
     projection = ProjectionActivities(session_factory)
     notify = NotifyActivities(session_factory, settings)
     documents = DocumentActivities(session_factory)

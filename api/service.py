@@ -25,6 +25,7 @@ from api.builder import SpecError, build_spec
 from api.problems import Problem
 from core.org import default_assignee
 from core.starter import start_contract_workflow
+from core.temporal import execute_update_retrying
 from core.serde import from_jsonable
 from core.settings import Settings
 from models import Contract, ContractEvent, Customer
@@ -367,7 +368,8 @@ class ContractService:
             raise Problem(409, f"contract is {row.status}; it can no longer change", slug="contract-closed")
         handle = self.client.get_workflow_handle(row.workflow_id)
         try:
-            return await handle.execute_update(update, arg)
+            # Re-sent if the run was continuing as new at that instant (not accepted, so safe).
+            return await execute_update_retrying(handle, update, arg)
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             if isinstance(cause, ApplicationError) and cause.type in _STATUS_FOR_TYPE:

@@ -37,3 +37,28 @@ def hard_exit(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def is_transient_update_rejection(exc: BaseException) -> bool:
+    """The server refused an update because the run was not ready for it: typically the run is
+    continuing as new at that moment ("WorkflowNotReady ... unexpected workflow task failure").
+    The update was not accepted, so sending it again is safe."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    return isinstance(exc, RPCError) and exc.status == RPCStatusCode.FAILED_PRECONDITION and (
+        "WorkflowNotReady" in repr(exc.raw_grpc_status) or "workflow task failure" in exc.message
+    )
+
+
+async def execute_update_retrying(handle, update, arg, *, attempts: int = 6):
+    """``handle.execute_update`` that re-sends an update the server refused while the run was
+    continuing as new (see :func:`is_transient_update_rejection`), with a short backoff."""
+    import asyncio
+
+    for attempt in range(attempts):
+        try:
+            return await handle.execute_update(update, arg)
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_transient_update_rejection(exc):
+                raise
+            await asyncio.sleep(0.05 * 2**attempt)
