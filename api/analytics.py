@@ -56,6 +56,7 @@ from api.problems import Problem
 from core.money import MoneyError, minor_units
 from models import Contract, ContractEvent, Customer, Installment, Milestone, Payment
 from models.types import UTCDateTime
+from workflows.types import MILESTONE_KINDS
 
 C = Contract.__table__
 M = Milestone.__table__
@@ -63,17 +64,8 @@ I = Installment.__table__  # noqa: E741 - the installments table
 P = Payment.__table__
 CU = Customer.__table__
 
-# Stages are milestone kinds, in the order a contract goes through them.
-STAGE_ORDER = [
-    "order_review",
-    "production_scheduling",
-    "shipping",
-    "customer_acceptance",
-    "invoicing",
-    "payment_collection",
-    "renewal",
-    "custom",
-]
+# Stages are milestone kinds, in the order a contract goes through them (the workflow's order).
+STAGE_ORDER = list(MILESTONE_KINDS)
 # Receivables ageing: days past due, (label, lower bound exclusive, upper bound inclusive).
 AGEING_BUCKETS: list[tuple[str, float | None, float | None]] = [
     ("0-30", None, 30.0),
