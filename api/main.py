@@ -7,11 +7,14 @@ import contextlib
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import guards, idempotency, openapi, problems
+from api.auth_middleware import AuthMiddleware
+from api.policy import authorize
 from api.routes import amendments, contracts, meta, org, tasks
+from api.routes import auth as auth_routes
 from api.routes import analytics as analytics_routes
 from api.routes import pages as pages_routes
 from api.routes import integrations as integrations_routes
@@ -34,9 +37,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.sessions = make_session_factory(engine)
         if settings.seed_demo_org:
-            added = await asyncio.to_thread(seed_demo_org_once, app.state.sessions)
+            added = await asyncio.to_thread(seed_demo_org_once, app.state.sessions, settings.demo_password,
+                                            settings.admin_password or "admin")
             if added:
                 log.info("seeded the demo organisation (%d rows)", added)
+        elif settings.admin_password:
+            await asyncio.to_thread(_ensure_admin, app.state.sessions, settings.admin_password)
         app.state.temporal = await connect(settings)
         app.state.contracts = ContractService(app.state.temporal, app.state.sessions, settings)
         reconciler = asyncio.create_task(_reconcile_forever(app.state.contracts, settings))
@@ -53,9 +59,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Every signed contract a durable Temporal workflow: milestones, payments, overdue items.",
         lifespan=lifespan,
+        # Every route is judged by its rule in api/policy.py (authentication: AuthMiddleware).
+        dependencies=[Depends(authorize)],
     )
     problems.install(app)
     app.include_router(meta.router)
+    app.include_router(auth_routes.router)
     app.include_router(contracts.router)
     app.include_router(amendments.router)
     app.include_router(org.router)
@@ -66,9 +75,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages_routes.router)  # the dashboard, /ui (not in the OpenAPI document)
     app.mount("/static", StaticFiles(directory=pages_routes.p.STATIC_DIR), name="static")
     idempotency.install(app)  # Idempotency-Key on POST/PATCH
+    app.add_middleware(AuthMiddleware)  # outside idempotency: a stored response is only replayed to a caller
     guards.install(app)  # outermost of the two: NUL / lone surrogates refused (422) before anything
     openapi.install(app)  # problem+json, 400/422, the Idempotency-Key header in the document
     return app
+
+
+def _ensure_admin(sessions, password: str) -> None:
+    from core.seed import ensure_admin
+
+    with sessions.begin() as session:
+        ensure_admin(session, password)
 
 
 async def _reconcile_forever(service: ContractService, settings: Settings) -> None:

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.security import hash_password
 from models import Department, User
 
 log = logging.getLogger("seed")
@@ -40,9 +41,13 @@ USERS: list[tuple[str, str, str, str | None, str]] = [
 ]
 
 
-def seed_demo_org(session: Session) -> int:
+ADMIN_USER = "admin"
+
+
+def seed_demo_org(session: Session, password: str | None = None) -> int:
     """Add the demo departments and users that are missing.  Returns how many rows were added.
-    Does not commit: the caller owns the transaction."""
+    ``password`` (dev only: Settings refuses the demo org in production) is given to every demo
+    person who has none yet.  Does not commit: the caller owns the transaction."""
     added = 0
     for key, name, _head, _assignee in DEPARTMENTS:
         if session.get(Department, key) is None:
@@ -64,17 +69,47 @@ def seed_demo_org(session: Session) -> int:
             dept.head_id = head
         if dept.default_assignee_id is None and assignee is not None:
             dept.default_assignee_id = assignee
+    if password:
+        hashed = None
+        for user_id, *_rest in USERS:
+            user = session.get(User, user_id)
+            if user.password_hash is None:
+                hashed = hashed or hash_password(password)  # argon2 is slow on purpose: hash once
+                user.password_hash = hashed
     session.flush()
     return added
 
 
-def seed_demo_org_once(sessions: sessionmaker[Session]) -> int:
+def ensure_admin(session: Session, password: str) -> bool:
+    """The "admin" person (role admin), with ``password`` if they have none yet (a password changed
+    since is kept).  Returns whether anything changed.  Does not commit."""
+    user = session.get(User, ADMIN_USER)
+    if user is None:
+        user = User(id=ADMIN_USER, name="Administrator", email="admin@example.com", department=None,
+                    manager_id=None, locale="en", active=True, created_at=datetime.now(timezone.utc),
+                    extra_roles="admin")
+        session.add(user)
+    elif user.password_hash is not None and "admin" in (user.extra_roles or "").split():
+        return False
+    if "admin" not in (user.extra_roles or "").split():
+        user.extra_roles = ((user.extra_roles or "") + " admin").strip()
+    if user.password_hash is None:
+        user.password_hash = hash_password(password)
+    session.flush()
+    return True
+
+
+def seed_demo_org_once(sessions: sessionmaker[Session], password: str | None = None,
+                       admin_password: str | None = None) -> int:
     """Run the seed in its own transaction; a concurrent seeder (a second API process) winning
     the race is fine, so a duplicate key is retried once and then ignored."""
     for attempt in (1, 2):
         try:
             with sessions.begin() as session:
-                return seed_demo_org(session)
+                added = seed_demo_org(session, password)
+                if admin_password:
+                    ensure_admin(session, admin_password)
+                return added
         except IntegrityError:
             if attempt == 2:
                 log.warning("demo org seed raced with another process; leaving it as it is")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from typing import Literal
+
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,9 +61,37 @@ class Settings(BaseSettings):
     # Seed the demo data set (core/demo_data.py: two years of history, live contracts) once, in dev
     # mode (`python3 run.py` turns it on unless SEED_DEMO_DATA=0).
     seed_demo_data: bool = False
+    # Authentication (api/auth.py, core/security.py).  ``production`` refuses to start with demo
+    # passwords (SEED_DEMO_ORG) or without a real JWT_SECRET; ``dev`` makes up a secret per process.
+    environment: Literal["dev", "production"] = "dev"
+    jwt_secret: str | None = None
+    access_token_minutes: int = 60
+    # A bootstrap key with the admin role, for the first API keys and for operators' scripts; unset
+    # = none.  Sent as a bearer token, an X-API-Key header or HTTP Basic's password.
+    admin_api_key: str | None = None
+    # The "admin" person's first password (set only while that user has none).  Dev seeds "admin".
+    admin_password: str | None = None
+    # In dev the demo people (li.wei, zhang.min...) log in with this password; never in production.
+    demo_password: str = "demo"
+    # Uploaded documents (api/documents.py): where the content-addressed files live, and the limits.
+    document_dir: str = "./data/documents"
+    max_upload_bytes: int = 25 * 1024 * 1024
     # Worker tuning: cached workflows bound worker memory; pollers scale with load.
     max_cached_workflows: int = 2000
     max_concurrent_activities: int = 50
+
+    @model_validator(mode="after")
+    def _no_dev_credentials_in_production(self) -> "Settings":
+        if self.environment == "production":
+            if not self.jwt_secret or len(self.jwt_secret) < 32:
+                raise ValueError("production needs JWT_SECRET (at least 32 characters)")
+            if self.seed_demo_org or self.seed_demo_data:
+                raise ValueError("production must not seed the demo organisation: it has known passwords")
+            if self.admin_password in ("admin", "demo"):
+                raise ValueError("production must not use a default ADMIN_PASSWORD")
+            if self.admin_api_key is not None and len(self.admin_api_key) < 32:
+                raise ValueError("ADMIN_API_KEY must be at least 32 characters in production")
+        return self
 
 
 @lru_cache

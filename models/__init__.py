@@ -1,3 +1,4 @@
+from models.auth import ApiKey
 from models.base import Base
 from models.contract import Contract, ContractEvent, Customer, Installment, Milestone, Payment
 from models.document import Document
@@ -7,6 +8,7 @@ from models.org import Department, User
 from models.webhook import WebhookDelivery, WebhookSubscription
 
 __all__ = [
+    "ApiKey",
     "Base",
     "Contract",
     "ContractEvent",

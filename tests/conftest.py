@@ -239,11 +239,18 @@ def mailbox():
     box.controller.stop()
 
 
+# The test service's bootstrap admin key.  ``Service.base_url`` carries it as HTTP Basic
+# credentials (httpx sends a URL's user info), so a test acts as an admin unless it logs in as a
+# person (tests/helpers.py ``login``); ``Service.url`` is the bare address.
+TEST_ADMIN_KEY = "test-admin-key-" + "0" * 24
+
+
 class Service:
     """A running service for API tests: real dev server, real worker, real uvicorn, a real database."""
 
     def __init__(self, base_url: str, client, settings: Settings):
-        self.base_url = base_url
+        self.url = base_url
+        self.base_url = base_url.replace("http://", f"http://apikey:{settings.admin_api_key}@", 1)
         self.client = client
         self.settings = settings
 
@@ -261,6 +268,9 @@ async def running_service(dev_env, database_url: str, smtp_port: int = 1025):
         webhook_poll_seconds=0.2,
         webhook_retry_initial_seconds=0.2,
         webhook_retry_max_interval_seconds=2,
+        admin_api_key=TEST_ADMIN_KEY,
+        jwt_secret="test-jwt-secret-" + "x" * 32,
+        document_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), f"contract-docs-{task_queue}"),
     )
     from core.webhooks.dispatcher import running_dispatcher
 

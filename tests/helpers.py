@@ -125,3 +125,26 @@ async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+DEMO_PASSWORD = "demo"  # Settings.demo_password: the demo people's password in dev and tests
+
+
+async def login(base_url: str, user: str, password: str = DEMO_PASSWORD) -> dict[str, str]:
+    """Log in as a person (OAuth2 password flow) and return the Authorization header to send.
+    ``base_url`` may carry the admin key (it is not sent here: the form posts to /auth/token)."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=strip_credentials(base_url), timeout=30) as c:
+        r = await c.post("/auth/token", data={"username": user, "password": password})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def strip_credentials(base_url: str) -> str:
+    """The URL without user info (the admin key the test service's base_url carries)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(base_url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -32,13 +32,13 @@ def _redirect(ctx: p.UiContext, url: str) -> RedirectResponse:
     return response
 
 
-@router.get("")
-@router.get("/")
+@router.get("", name="ui_home")
+@router.get("/", name="ui_home")
 def home(ctx: Ctx):
     return _redirect(ctx, "/ui/contracts")
 
 
-@router.get("/login")
+@router.get("/login", name="ui_login")
 def login(request: Request, ctx: Ctx, next: str = "/ui/contracts"):
     """Pick who you are (until authentication exists).  ``?as=<id>&next=/ui/...`` picks and goes on."""
     target = next if next.startswith("/ui") else "/ui/contracts"
@@ -49,7 +49,7 @@ def login(request: Request, ctx: Ctx, next: str = "/ui/contracts"):
     return p.render(request, ctx, "login.html", people=people, next=target)
 
 
-@router.get("/contracts")
+@router.get("/contracts", name="ui_contracts")
 def contracts(
     request: Request,
     ctx: Ctx,
@@ -72,7 +72,7 @@ def contracts(
                     now=datetime.now(timezone.utc))
 
 
-@router.get("/contracts/{contract_id}")
+@router.get("/contracts/{contract_id}", name="ui_contract")
 async def contract(request: Request, ctx: Ctx, contract_id: str,
                    service: Annotated[ContractService, Depends(get_contract_service)]):
     try:
@@ -90,7 +90,7 @@ async def contract(request: Request, ctx: Ctx, contract_id: str,
                     escalations=escalations, tl=p.timeline(view, events, now), now=now)
 
 
-@router.get("/tasks")
+@router.get("/tasks", name="ui_tasks")
 def tasks(request: Request, ctx: Ctx):
     if ctx.user is None:
         return _redirect(ctx, "/ui/login?next=/ui/tasks")
@@ -99,7 +99,7 @@ def tasks(request: Request, ctx: Ctx):
     return p.render(request, ctx, "tasks.html", work=work, now=datetime.now(timezone.utc))
 
 
-@router.get("/overdue")
+@router.get("/overdue", name="ui_overdue")
 def overdue(request: Request, ctx: Ctx, department: str | None = None, owner: str | None = None):
     now = datetime.now(timezone.utc)
     with request.app.state.sessions() as session:
@@ -117,7 +117,7 @@ def _date(value: str | None) -> date | None:
         raise Problem(422, f"{value!r} is not a date (YYYY-MM-DD)", slug="validation")
 
 
-@router.get("/analytics")
+@router.get("/analytics", name="ui_analytics")
 async def analytics(
     request: Request,
     ctx: Ctx,
@@ -146,7 +146,7 @@ async def analytics(
                     d=data, f=f, owners=owners, playbooks=playbooks, departments=p.DEPARTMENTS)
 
 
-@router.get("/reports/quarterly")
+@router.get("/reports/quarterly", name="ui_quarterly")
 async def quarterly(
     request: Request,
     ctx: Ctx,

@@ -1,12 +1,12 @@
-"""repository: placeholder (audit, documents, communications)
+"""analytics speed: placeholder
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-11-27 12:30:00
 """
 
-revision = '0009'
-down_revision = '0008'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 

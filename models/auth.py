@@ -1,0 +1,29 @@
+"""API keys: how machines (ERP, the finance feed, CRM, operators' scripts) authenticate.
+
+A key belongs to a named service account and carries its roles (``integration:finance``,
+``integration:erp``, ``integration:crm`` or ``admin``).  The secret is shown once, at creation;
+only its SHA-256 is kept.  Keys are revoked, never deleted, so the audit trail can always say
+whose key made a change.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base
+from models.types import UTCDateTime
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the public part of ck_<id>_<secret>
+    name: Mapped[str] = mapped_column(String(100))  # the service account, e.g. "erp"
+    roles: Mapped[str] = mapped_column(String(200))  # space-separated
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
