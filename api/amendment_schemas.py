@@ -39,24 +39,27 @@ class AmendmentChangeIn(Strict):
 
 class AmendmentRequestIn(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "requested_by": "li.wei", "reason": "Customer site not ready",
+        "reason": "Customer site not ready",
         "changes": [{"kind": "move_due", "key": "shipping", "shift": "P10D"}]}]})
 
-    requested_by: str = Field(min_length=1, max_length=100)
+    requested_by: str | None = Field(default=None, min_length=1, max_length=100,
+                                     description="Who asks: yourself (default); admins and machines may name a person")
     reason: str = Field(min_length=1, max_length=4000, description="Why: every change is requested in writing")
     changes: list[AmendmentChangeIn] = Field(min_length=1, max_length=50)
 
 
 class AmendmentDecisionIn(Strict):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"by": "zhang.min", "role": "manager", "comment": "agreed"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"role": "manager", "comment": "agreed"}]})
 
-    by: str = Field(min_length=1, max_length=100)
+    by: str | None = Field(default=None, min_length=1, max_length=100,
+                           description="Who decides: yourself (default); admins and machines may name a person")
     role: str | None = Field(default=None, max_length=40, description="approve/reject: the role decided for")
     comment: str = Field(default="", max_length=4000)
 
 
 class WithdrawIn(Strict):
-    by: str = Field(min_length=1, max_length=100)
+    by: str | None = Field(default=None, min_length=1, max_length=100,
+                           description="Who decides: yourself (default); admins and machines may name a person")
     comment: str = Field(default="", max_length=4000)
 
 

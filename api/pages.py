@@ -3,9 +3,9 @@ the data each page shows.  Pages read the read model (lists, boards, tasks), a c
 state through ``ContractService.get`` (falling back to the read model when the workflow cannot
 answer, e.g. history seeded without one), and the analytics service.
 
-Authentication does not exist yet.  ``current_user`` is the one place it will go: today it
-returns the user picked with ``?as=<user id>`` (remembered in a cookie) or nobody; a real
-authentication dependency replaces its body and every page follows.
+Pages use the API's authentication (api/auth.py): logging in at ``/ui/login`` sets a session
+cookie holding the same access token ``POST /auth/token`` issues; the middleware reads it, the
+policy (api/policy.py) judges each page, and lists show only the contracts the person may see.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from api import analytics as a
+from api.policy import visible_contracts
 from api.problems import Problem
 from api.service import ContractService
 from models import Contract, ContractEvent, Customer, Document, Installment, Milestone, Payment, Task, User
@@ -33,7 +34,6 @@ from models import Contract, ContractEvent, Customer, Document, Installment, Mil
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Jinja2Templates(directory=str(ROOT / "templates" / "pages"))
 STATIC_DIR = ROOT / "static"
-USER_COOKIE = "ui_user"
 LANG_COOKIE = "ui_lang"
 LANGS = ("zh", "en")
 PAGE_SIZE = 50
@@ -52,7 +52,11 @@ LABELS: dict[str, tuple[str, str]] = {  # key: (zh, en)
     "nobody": ("未选择", "nobody"),
     "switch": ("切换", "Switch"),
     "sign_out": ("退出", "Sign out"),
-    "login_hint": ("尚未接入统一认证：请选择以哪位用户的身份查看。", "Authentication is not wired yet: pick who you are."),
+    "login_hint": ("与 API 相同的账号密码（POST /auth/token）。", "The same user id and password as the API (POST /auth/token)."),
+    "log_in": ("登录", "Log in"),
+    "username": ("用户名", "User id"),
+    "password": ("密码", "Password"),
+    "login_failed": ("用户名或密码错误", "Wrong user id or password"),
     "title": ("标题", "Title"),
     "customer": ("客户", "Customer"),
     "owner": ("负责人", "Owner"),
@@ -169,6 +173,7 @@ class UiContext:
     user: User | None
     lang: str
     tz: ZoneInfo
+    principal: Any = None  # api.principal.Principal of the caller
     set_cookies: dict[str, str] = field(default_factory=dict)
     clear_cookies: list[str] = field(default_factory=list)
 
@@ -206,30 +211,16 @@ def _accept_language(header: str | None) -> str:
     return best
 
 
-def current_user(request: Request, ctx_cookies: dict[str, str], clear: list[str]) -> User | None:
-    """The person looking at the page.  Replace this body with real authentication later.
-
-    Today: ``?as=<user id>`` picks a user (and a cookie remembers them), ``?as=`` (empty) forgets;
-    otherwise the cookie's user; an unknown or inactive user is nobody."""
-    picked = request.query_params.get("as")
-    if picked is not None:
-        if not picked:
-            clear.append(USER_COOKIE)
-            return None
-        user_id = picked
-    else:
-        user_id = request.cookies.get(USER_COOKIE)
-    if not user_id:
+def current_user(request: Request) -> User | None:
+    """The person looking at the page: the logged-in user (None for a machine's key)."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None or principal.kind != "user":
         return None
     with request.app.state.sessions() as session:
-        user = session.get(User, user_id)
+        user = session.get(User, principal.id)
         if user is None or not user.active:
-            if picked:
-                clear.append(USER_COOKIE)
             return None
         session.expunge(user)
-    if picked:
-        ctx_cookies[USER_COOKIE] = user.id
     return user
 
 
@@ -244,9 +235,10 @@ def ui_context(request: Request) -> UiContext:
         lang = request.cookies.get(LANG_COOKIE)
         if lang not in LANGS:
             lang = _accept_language(request.headers.get("accept-language"))
-    user = current_user(request, cookies, clear)
+    user = current_user(request)
     tz = ZoneInfo(request.app.state.settings.business_timezone)
-    return UiContext(user=user, lang=lang, tz=tz, set_cookies=cookies, clear_cookies=clear)
+    return UiContext(user=user, lang=lang, tz=tz, set_cookies=cookies, clear_cookies=clear,
+                     principal=getattr(request.state, "principal", None))
 
 
 def render(request: Request, ctx: UiContext, template: str, status_code: int = 200, **data: Any):
@@ -263,7 +255,6 @@ def render(request: Request, ctx: UiContext, template: str, status_code: int = 2
 def with_query(request: Request, **changes: Any) -> str:
     """The current URL's query with some parameters changed (None removes one)."""
     params = dict(request.query_params)
-    params.pop("as", None)
     params.pop("lang", None)
     for k, v in changes.items():
         if v is None or v == "":
@@ -309,8 +300,11 @@ class ListFilters:
     page: int = 1
 
 
-def list_contracts(session: Session, f: ListFilters) -> tuple[list[Contract], int]:
+def list_contracts(session: Session, f: ListFilters, viewer: Any = None) -> tuple[list[Contract], int]:
     query = select(Contract)
+    visible = visible_contracts(viewer) if viewer is not None else None
+    if visible is not None:
+        query = query.where(visible)
     if f.status:
         query = query.where(Contract.status == f.status)
     if f.owner:
@@ -536,7 +530,9 @@ def my_work(session: Session, user_id: str) -> dict[str, Any]:
     return {"tasks": tasks, "milestones": milestones, "receivables": receivables}
 
 
-def overdue_board(session: Session, *, department: str | None, owner: str | None, now: datetime) -> dict[str, Any]:
+def overdue_board(session: Session, *, department: str | None, owner: str | None, now: datetime,
+                  viewer: Any = None) -> dict[str, Any]:
+    visible = visible_contracts(viewer) if viewer is not None else None
     query = (
         select(Milestone, Contract.title, Contract.customer_name)
         .join(Contract, Contract.id == Milestone.contract_id)
@@ -547,6 +543,8 @@ def overdue_board(session: Session, *, department: str | None, owner: str | None
         query = query.where(Milestone.department == department)
     if owner:
         query = query.where(Milestone.owner == owner)
+    if visible is not None:
+        query = query.where(visible)
     columns: dict[str, list[dict[str, Any]]] = {}
     for m, title, customer in session.execute(query.limit(1000)).all():
         days = (now - m.due_at).total_seconds() / 86400 if m.due_at else 0
@@ -562,6 +560,8 @@ def overdue_board(session: Session, *, department: str | None, owner: str | None
     )
     if owner:
         inst_q = inst_q.where(Contract.owner == owner)
+    if visible is not None:
+        inst_q = inst_q.where(visible)
     receivables = []
     if not department or department in ("finance", "sales"):
         for i, title, customer, currency, c_owner in session.execute(inst_q.limit(500)).all():

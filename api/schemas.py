@@ -303,7 +303,8 @@ class PaymentIn(Strict):
     amount: Amount
     currency: str = Field(description="ISO 4217: the contract's currency", json_schema_extra={"enum": CURRENCIES})
     received_at: DateTimeIn
-    by: str = Field(default="finance", max_length=100)
+    by: str | None = Field(default=None, min_length=1, max_length=100,
+                           description="Who recorded it: yourself (default); admins and machines may name a person")
 
 
 class PaymentApplied(BaseModel):
@@ -315,9 +316,10 @@ class PaymentApplied(BaseModel):
 
 
 class CompleteIn(Strict):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"by": "li.wei", "note": "order reviewed"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"note": "order reviewed"}]})
 
-    by: str = Field(min_length=1, max_length=100)
+    by: str | None = Field(default=None, min_length=1, max_length=100,
+                           description="Who acts: yourself (default); admins and machines may name a person")
     note: str = ""
     actual_cost: Amount | None = Field(default=None, max_length=40, description="What the step really cost")
     satisfaction: IntIn | None = Field(default=None, ge=1, le=5, description="Customer acceptance: score 1-5")
@@ -332,17 +334,19 @@ class ProgressIn(Strict):
 
 
 class WaiveIn(Strict):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"by": "li.wei", "reason": "not needed for this customer"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "not needed for this customer"}]})
 
-    by: str = Field(min_length=1, max_length=100)
+    by: str | None = Field(default=None, min_length=1, max_length=100,
+                           description="Who acts: yourself (default); admins and machines may name a person")
     reason: str = Field(min_length=1)
 
 
 class TerminateIn(Strict):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "customer cancelled the order", "by": "li.wei"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "customer cancelled the order"}]})
 
     reason: str = Field(min_length=1)
-    by: str = Field(default="", max_length=100)
+    by: str | None = Field(default=None, min_length=1, max_length=100,
+                           description="Who acts: yourself (default); admins and machines may name a person")
 
 
 class OperationOut(BaseModel):
@@ -457,7 +461,8 @@ class TaskOut(BaseModel):
 
 
 class TaskAck(Strict):
-    by: str = Field(min_length=1, max_length=100)
+    by: str | None = Field(default=None, min_length=1, max_length=100,
+                           description="Who acts: yourself (default); admins and machines may name a person")
 
 
 class NotificationOut(BaseModel):

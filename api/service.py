@@ -267,8 +267,15 @@ class ContractService:
         overdue: bool | None,
         limit: int,
         offset: int,
+        viewer=None,
     ) -> schemas.ContractPage:
         query = select(Contract)
+        if viewer is not None:
+            from api.policy import visible_contracts
+
+            visible = visible_contracts(viewer)
+            if visible is not None:
+                query = query.where(visible)
         if status:
             query = query.where(Contract.status == status)
         if owner:

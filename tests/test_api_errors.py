@@ -373,7 +373,7 @@ EXISTING_422 = [
     ("payment-unknown-field", *_pay(note="hi"), ("note",)),
     ("complete-with-open-dependency", "milestones/shipping/complete", {"by": "li.wei"}, ("production_scheduling", "open")),
     ("complete-blank-by", "milestones/order_review/complete", {"by": "   "}, ("by",)),
-    ("complete-missing-by", "milestones/order_review/complete", {}, ("by",)),
+    ("complete-empty-by", "milestones/order_review/complete", {"by": ""}, ("by",)),
     ("progress-101", "milestones/order_review/progress", {"percent": 101}, ("percent", "100")),
     ("progress-minus-1", "milestones/order_review/progress", {"percent": -1}, ("percent", "0")),
     ("progress-fraction", "milestones/order_review/progress", {"percent": 50.5}, ("percent",)),

@@ -136,7 +136,7 @@ async def test_task_inbox_and_ack(api_service, repo):
         assert r.json()["status"] == "acked" and r.json()["acked_by"] == owner and r.json()["acked_at"]
         assert_problem(await c.post(f"/tasks/{first.id}/ack", json={"by": owner}), 409)
         assert_problem(await c.post("/tasks/999999999/ack", json={"by": owner}), 404)
-        assert_problem(await c.post(f"/tasks/{first.id}/ack", json={}), 422)
+        assert_problem(await c.post(f"/tasks/{first.id}/ack", json={"by": ""}), 422)
 
         still_open = (await c.get("/tasks", params={"assignee": owner, "status": "open"})).json()
         assert [t["id"] for t in still_open] == [second.id]

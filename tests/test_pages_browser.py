@@ -19,6 +19,7 @@ import pytest
 
 from core.demo_data import LIVE_PREFIX, seed_history, seed_live
 from models.db import make_engine, make_session_factory
+from tests.helpers import DEMO_PASSWORD
 from tests.conftest import ARTIFACTS, IN_CI
 
 pytestmark = pytest.mark.devserver
@@ -81,19 +82,26 @@ async def shot(page, name: str) -> None:
 
 async def test_a_person_uses_the_dashboard(api_service, browser):
     ids = await seeded(api_service)
-    base = api_service.base_url
+    base = api_service.url  # a browser carries no key: the person logs in
     context = await browser.new_context(viewport={"width": 1360, "height": 900}, locale="en-US")
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
 
-    # 1. Pick who I am (authentication is a later issue: the picker stands in for it).
+    # 1. Log in: a page asked for without a session goes to the login form, and back after it.
+    #    chen.jing heads sales: she sees her department's contracts and the analytics.
     await page.goto(f"{base}/ui/tasks")
-    assert "/ui/login" in page.url  # "my tasks" needs someone
-    await shot(page, "01-pick-user")
-    await page.click("a.person[data-user='li.wei']")
+    assert "/ui/login" in page.url
+    await page.fill("#username", "chen.jing")
+    await page.fill("#password", "wrong password")
+    await page.click("#login-submit")
+    await page.wait_for_selector("#login-error")
+    await shot(page, "01-login")
+    await page.fill("#username", "chen.jing")
+    await page.fill("#password", DEMO_PASSWORD)
+    await page.click("#login-submit")
     await page.wait_for_url("**/ui/tasks")
-    assert await page.get_attribute("#current-user", "data-user") == "li.wei"
+    assert await page.get_attribute("#current-user", "data-user") == "chen.jing"
     await shot(page, "02-my-tasks")
 
     # 2. The contract list, then only the overdue ones.
@@ -162,7 +170,8 @@ async def test_a_person_uses_the_dashboard(api_service, browser):
     csv_href = await page.get_attribute("#csv-link", "href")
     assert csv_href.startswith("/analytics/reports/quarterly.csv")
     await shot(page, "10-quarterly")
-    async with httpx.AsyncClient(base_url=base) as c:
+    cookies = {c["name"]: c["value"] for c in await context.cookies()}
+    async with httpx.AsyncClient(base_url=base, cookies=cookies) as c:  # the same session, outside the browser
         r = await c.get(csv_href)
         assert r.status_code == 200 and "section,metric" in r.text
 
@@ -181,15 +190,33 @@ async def test_pages_without_a_browser(api_service):
         assert 'lang="zh-CN"' in r.text and "合同" in r.text
         r = await c.get("/ui/contracts?lang=en", headers={"accept-language": "zh-CN"})
         assert 'lang="en"' in r.text and r.cookies.get("ui_lang") == "en"
-        r = await c.get("/ui/login?as=sun.li&next=/ui/tasks")
+    async with httpx.AsyncClient(base_url=api_service.url, follow_redirects=False) as anonymous:
+        r = await anonymous.get("/ui/tasks", headers={"accept": "text/html"})
+        assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=/ui/tasks"
+        r = await anonymous.get("/ui/tasks", headers={"accept": "application/json"})
+        assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
+        r = await anonymous.post("/ui/login", data={"username": "sun.li", "password": "nope", "next": "/ui/tasks"})
+        assert r.status_code == 401 and 'id="login-error"' in r.text
+        r = await anonymous.post("/ui/login", data={"username": "sun.li", "password": DEMO_PASSWORD,
+                                                     "next": "/ui/tasks"})
         assert r.status_code == 303 and r.headers["location"] == "/ui/tasks"
-        assert r.cookies.get("ui_user") == "sun.li"
-        r = await c.get("/ui/tasks", cookies={"ui_user": "sun.li"})
+        session = r.cookies.get("ct_session")
+        assert session
+        r = await anonymous.get("/ui/tasks", cookies={"ct_session": session})
         assert r.status_code == 200 and 'data-user="sun.li"' in r.text
-        r = await c.get("/ui/tasks", cookies={"ui_user": "nobody-such"})
+        # The session cookie reads, but never writes through the API (no cross-site request forgery).
+        r = await anonymous.get("/auth/me", cookies={"ct_session": session})
+        assert r.status_code == 200 and r.json()["id"] == "sun.li"
+        r = await anonymous.post("/contracts/x/payments", cookies={"ct_session": session}, json={})
+        assert r.status_code == 401
+        r = await anonymous.get("/ui/tasks", cookies={"ct_session": "forged"}, headers={"accept": "text/html"})
         assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
-        r = await c.get("/ui/login?as=x&next=https://evil.example/")  # never an open redirect
-        assert r.status_code == 200
+        r = await anonymous.post("/ui/login", data={"username": "sun.li", "password": DEMO_PASSWORD,
+                                                     "next": "https://evil.example/"})
+        assert r.status_code == 303 and r.headers["location"] == "/ui/contracts"  # never an open redirect
+        r = await anonymous.get("/ui/logout", cookies={"ct_session": session})
+        assert r.status_code == 303 and 'ct_session=""' in r.headers["set-cookie"]
+    async with httpx.AsyncClient(base_url=api_service.base_url, follow_redirects=False) as c:
         r = await c.get("/ui/analytics?period=2026-Q9")
         assert r.status_code == 422 and 'id="filter-error"' in r.text
         r = await c.get("/ui/contracts/does-not-exist")

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from api import amendment_schemas as s
 from api.amendments import AmendmentService
+from api.policy import stamp
 from api.problems import PROBLEM_JSON
 
 router = APIRouter(prefix="/contracts/{contract_id}", tags=["amendments"])
@@ -28,9 +29,9 @@ ERRORS = {403: _problem, 404: _problem, 409: _problem, 422: _problem, 503: _prob
 
 @router.post("/amendments", status_code=status.HTTP_201_CREATED, response_model=s.AmendmentAccepted,
              responses=ERRORS)
-async def request_amendment(contract_id: ContractId, body: s.AmendmentRequestIn, service: Service):
+async def request_amendment(contract_id: ContractId, body: s.AmendmentRequestIn, service: Service, request: Request):
     """Request a change in writing.  Answers with its impact and the roles that must approve."""
-    return await service.request(contract_id, body)
+    return await service.request(contract_id, stamp(request, body, "requested_by"))
 
 
 @router.get("/amendments", response_model=list[s.AmendmentOut], responses=ERRORS)
@@ -45,21 +46,21 @@ async def get_amendment(contract_id: ContractId, amendment_id: AmendmentId, serv
 
 @router.post("/amendments/{amendment_id}/approve", response_model=s.AmendmentAccepted, responses=ERRORS)
 async def approve_amendment(contract_id: ContractId, amendment_id: AmendmentId, body: s.AmendmentDecisionIn,
-                            service: Service):
+                            service: Service, request: Request):
     """Approve for one role; the last required approval applies the amendment at once."""
-    return await service.decide(contract_id, amendment_id, "approve", body)
+    return await service.decide(contract_id, amendment_id, "approve", stamp(request, body))
 
 
 @router.post("/amendments/{amendment_id}/reject", response_model=s.AmendmentAccepted, responses=ERRORS)
 async def reject_amendment(contract_id: ContractId, amendment_id: AmendmentId, body: s.AmendmentDecisionIn,
-                           service: Service):
-    return await service.decide(contract_id, amendment_id, "reject", body)
+                           service: Service, request: Request):
+    return await service.decide(contract_id, amendment_id, "reject", stamp(request, body))
 
 
 @router.post("/amendments/{amendment_id}/withdraw", response_model=s.AmendmentAccepted, responses=ERRORS)
 async def withdraw_amendment(contract_id: ContractId, amendment_id: AmendmentId, body: s.WithdrawIn,
-                             service: Service):
-    return await service.decide(contract_id, amendment_id, "withdraw", body)
+                             service: Service, request: Request):
+    return await service.decide(contract_id, amendment_id, "withdraw", stamp(request, body))
 
 
 @router.get("/versions", response_model=list[s.VersionOut], responses=ERRORS)

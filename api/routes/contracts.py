@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from api import schemas
 from api.deps import get_contract_service
+from api.policy import principal_of, require_owner_in_reach, stamp
 from api.problems import PROBLEM_JSON
 from api.service import ContractService
 
@@ -26,8 +27,9 @@ ERRORS = {404: _problem, 409: _problem, 422: _problem, 503: _problem}
     response_model=schemas.ContractCreated,
     responses={200: {"model": schemas.ContractCreated, "description": "Same external_id seen before"}, **ERRORS},
 )
-async def create_contract(body: schemas.ContractCreate, service: Service, response: Response):
+async def create_contract(body: schemas.ContractCreate, service: Service, response: Response, request: Request):
     """Register a signed contract and start its workflow (``contract-<id>``)."""
+    require_owner_in_reach(principal_of(request), body.owner)
     created, is_new = await service.create(body)
     if not is_new:
         response.status_code = status.HTTP_200_OK
@@ -36,6 +38,7 @@ async def create_contract(body: schemas.ContractCreate, service: Service, respon
 
 @router.get("", response_model=schemas.ContractPage)
 def list_contracts(
+    request: Request,
     service: Service,
     status_: Annotated[
         Literal["active", "completed", "terminated", "expired"] | None, Query(alias="status")
@@ -46,7 +49,9 @@ def list_contracts(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=schemas.MAX_INT)] = 0,
 ):
-    return service.list(status=status_, owner=owner, customer=customer, overdue=overdue, limit=limit, offset=offset)
+    """The contracts the caller may see (their own and their team's; all for finance, legal, admin)."""
+    return service.list(status=status_, owner=owner, customer=customer, overdue=overdue, limit=limit, offset=offset,
+                        viewer=principal_of(request))
 
 
 @router.get("/{contract_id}", response_model=schemas.ContractOut, responses=ERRORS)
@@ -67,26 +72,29 @@ def contract_events(
 
 
 @router.post("/{contract_id}/payments", response_model=schemas.PaymentApplied, responses=ERRORS)
-async def record_payment(contract_id: ContractId, body: schemas.PaymentIn, service: Service):
+async def record_payment(contract_id: ContractId, body: schemas.PaymentIn, service: Service, request: Request):
     """Record money received.  Idempotent on ``reference``: a repeat answers ``applied: false``."""
-    return await service.record_payment(contract_id, body)
+    return await service.record_payment(contract_id, stamp(request, body))
 
 
 @router.post("/{contract_id}/milestones/{key}/complete", response_model=schemas.OperationOut, responses=ERRORS)
-async def complete_milestone(contract_id: ContractId, key: MilestoneKey, body: schemas.CompleteIn, service: Service):
-    return await service.complete_milestone(contract_id, key, body)
+async def complete_milestone(contract_id: ContractId, key: MilestoneKey, body: schemas.CompleteIn, service: Service,
+                             request: Request):
+    return await service.complete_milestone(contract_id, key, stamp(request, body))
 
 
 @router.post("/{contract_id}/milestones/{key}/progress", response_model=schemas.OperationOut, responses=ERRORS)
-async def report_progress(contract_id: ContractId, key: MilestoneKey, body: schemas.ProgressIn, service: Service):
-    return await service.report_progress(contract_id, key, body)
+async def report_progress(contract_id: ContractId, key: MilestoneKey, body: schemas.ProgressIn, service: Service,
+                          request: Request):
+    return await service.report_progress(contract_id, key, stamp(request, body, "source"))
 
 
 @router.post("/{contract_id}/milestones/{key}/waive", response_model=schemas.OperationOut, responses=ERRORS)
-async def waive_milestone(contract_id: ContractId, key: MilestoneKey, body: schemas.WaiveIn, service: Service):
-    return await service.waive_milestone(contract_id, key, body)
+async def waive_milestone(contract_id: ContractId, key: MilestoneKey, body: schemas.WaiveIn, service: Service,
+                          request: Request):
+    return await service.waive_milestone(contract_id, key, stamp(request, body))
 
 
 @router.post("/{contract_id}/terminate", response_model=schemas.OperationOut, responses=ERRORS)
-async def terminate_contract(contract_id: ContractId, body: schemas.TerminateIn, service: Service):
-    return await service.terminate(contract_id, body)
+async def terminate_contract(contract_id: ContractId, body: schemas.TerminateIn, service: Service, request: Request):
+    return await service.terminate(contract_id, stamp(request, body))

@@ -1,7 +1,7 @@
 """The web dashboard for people: server-rendered Jinja2 pages under ``/ui`` (templates/pages),
 Chinese or English (``?lang=zh|en``, remembered; else Accept-Language).  Kept out of the OpenAPI
-document: these are pages, not API.  Who is looking comes from ``api.pages.current_user`` (today a
-user picked with ``?as=``; the one place where authentication will plug in)."""
+document: these are pages, not API.  People log in at ``/ui/login`` with the same password as
+``POST /auth/token``; the session cookie holds the same access token (api/auth.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 
 from api import analytics as a
+from api import auth
 from api import pages as p
 from api.deps import get_contract_service
 from api.problems import Problem
@@ -40,13 +41,41 @@ def home(ctx: Ctx):
 
 @router.get("/login", name="ui_login")
 def login(request: Request, ctx: Ctx, next: str = "/ui/contracts"):
-    """Pick who you are (until authentication exists).  ``?as=<id>&next=/ui/...`` picks and goes on."""
-    target = next if next.startswith("/ui") else "/ui/contracts"
-    if request.query_params.get("as") and ctx.user is not None:
-        return _redirect(ctx, target)
-    with request.app.state.sessions() as session:
-        people = p.users(session)
-    return p.render(request, ctx, "login.html", people=people, next=target)
+    """The login form."""
+    return p.render(request, ctx, "login.html", next=_safe_next(next), error=None)
+
+
+@router.post("/login", name="ui_login_submit")
+async def login_submit(request: Request, ctx: Ctx):
+    """Check the password, set the session cookie (the access token), go on to ``next``."""
+    form = await request.form()
+    username, password = str(form.get("username", "")), str(form.get("password", ""))
+    target = _safe_next(str(form.get("next", "/ui/contracts")))
+
+    def work():
+        with request.app.state.sessions() as session:
+            return auth.login(session, request.app.state.settings, request.app.state, username, password)
+
+    try:
+        token, expires = await run_in_threadpool(work)
+    except auth.Unauthenticated:
+        return p.render(request, ctx, "login.html", status_code=401, next=target, error=ctx.t("login_failed"))
+    response = _redirect(ctx, target)
+    response.set_cookie(auth.SESSION_COOKIE, token, max_age=request.app.state.settings.access_token_minutes * 60,
+                        httponly=True, samesite="lax", secure=request.url.scheme == "https")
+    return response
+
+
+@router.get("/logout", name="ui_logout")
+def logout(ctx: Ctx):
+    response = _redirect(ctx, "/ui/login")
+    response.delete_cookie(auth.SESSION_COOKIE)
+    return response
+
+
+def _safe_next(target: str) -> str:
+    # Only our own pages: never an open redirect to another site.
+    return target if target.startswith("/ui") and not target.startswith("//") else "/ui/contracts"
 
 
 @router.get("/contracts", name="ui_contracts")
@@ -64,7 +93,7 @@ def contracts(
     f = p.ListFilters(status=status or None, owner=owner or None, customer=customer or None,
                       playbook=playbook or None, overdue=overdue, q=q or None, page=page)
     with request.app.state.sessions() as session:
-        rows, total = p.list_contracts(session, f)
+        rows, total = p.list_contracts(session, f, ctx.principal)
         owners, playbooks = p.owners(session), p.playbooks(session)
     pages = max(1, (total + p.PAGE_SIZE - 1) // p.PAGE_SIZE)
     return p.render(request, ctx, "contracts.html", rows=rows, total=total, f=f, pages=pages, owners=owners,
@@ -103,7 +132,8 @@ def tasks(request: Request, ctx: Ctx):
 def overdue(request: Request, ctx: Ctx, department: str | None = None, owner: str | None = None):
     now = datetime.now(timezone.utc)
     with request.app.state.sessions() as session:
-        board = p.overdue_board(session, department=department or None, owner=owner or None, now=now)
+        board = p.overdue_board(session, department=department or None, owner=owner or None, now=now,
+                                viewer=ctx.principal)
     return p.render(request, ctx, "overdue.html", board=board, department=department or "", owner=owner or "",
                     departments=p.DEPARTMENTS, now=now)
 
