@@ -84,8 +84,9 @@ def fingerprint(query_string: bytes, body: bytes) -> str:
     return hashlib.sha256(query_string + b"\n" + payload).hexdigest()
 
 
-def scope_of(method: str, path: str) -> str:
-    return hashlib.sha256(f"{method} {path}".encode("utf-8", "surrogatepass")).hexdigest()
+def scope_of(method: str, path: str, caller: str = "") -> str:
+    # Keys are the caller's own: another caller sending the same key never sees this one's answer.
+    return hashlib.sha256(f"{caller} {method} {path}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass
@@ -257,7 +258,8 @@ class IdempotencyMiddleware:
         store = KeyStore(app.state.sessions, ttl=settings.idempotency_ttl_seconds,
                          lock=settings.idempotency_lock_seconds)
         method = scope["method"]
-        args = dict(scope=scope_of(method, path), key=key, method=method, path=path,
+        principal = scope.get("state", {}).get("principal")
+        args = dict(scope=scope_of(method, path, principal.id if principal is not None else ""), key=key, method=method, path=path,
                     request_hash=fingerprint(scope.get("query_string", b""), body))
 
         deadline = time.monotonic() + settings.idempotency_wait_seconds

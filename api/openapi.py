@@ -7,7 +7,11 @@ FastAPI's generated document is completed here, in one place, rather than on eve
 * operations with parameters or a body declare 422 (invalid input); with a body, 400 too (a body
   that cannot be decoded);
 * POST and PATCH operations declare the optional ``Idempotency-Key`` header (api/idempotency.py)
-  and its answers: 409 (a request with the key in progress), 422 (key reused for another request).
+  and its answers: 409 (a request with the key in progress), 422 (key reused for another request);
+* security (api/auth.py): a bearer token from ``POST /auth/token`` (OAuth2 password flow, so the
+  /docs "Authorize" button logs in), an API key in ``X-API-Key``, or HTTP Basic with an API key as
+  the password; every operation but the public ones requires one of them and declares 401 and 403
+  (and 404 for a contract the caller may not see).
 """
 
 from __future__ import annotations
@@ -53,9 +57,36 @@ def _problem(description: str) -> dict[str, Any]:
     return {"description": description, "content": {PROBLEM_JSON: {"schema": _REF}}}
 
 
+SECURITY_SCHEMES: dict[str, Any] = {
+    "login": {"type": "oauth2", "description": "A person's access token (log in with user id and password)",
+              "flows": {"password": {"tokenUrl": "/auth/token", "scopes": {}}}},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+               "description": "A service account's API key (ck_...), also accepted as 'Authorization: Bearer'"},
+    "basicApiKey": {"type": "http", "scheme": "basic", "description": "Any user name, an API key as the password"},
+}
+SECURITY = [{"login": []}, {"apiKey": []}, {"basicApiKey": []}]
+
+
+def _public(path: str) -> bool:
+    from api.auth_middleware import is_public
+
+    return is_public(path)
+
+
 def complete(doc: dict[str, Any]) -> dict[str, Any]:
-    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
     schemas["Problem"] = PROBLEM_SCHEMA
+    components["securitySchemes"] = SECURITY_SCHEMES
+    for path, path_item in doc.get("paths", {}).items():
+        for method, op in path_item.items():
+            if not isinstance(op, dict) or "responses" not in op or _public(path):
+                continue
+            op["security"] = SECURITY
+            op["responses"].setdefault("401", _problem("Not authenticated: no or invalid credentials"))
+            op["responses"].setdefault("403", _problem("Not allowed for the caller's roles (the reason says why)"))
+            if "{contract_id}" in path:
+                op["responses"].setdefault("404", _problem("No such contract, or not one the caller may see"))
     for path_item in doc.get("paths", {}).values():
         for method, op in path_item.items():
             if not isinstance(op, dict) or "responses" not in op:

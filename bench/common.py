@@ -402,6 +402,14 @@ class SmtpCatcher:
 
 
 # ------------------------------------------------------------------ the service
+# The benchmarks act as the bootstrap admin: base URLs carry this key (HTTP Basic, sent by httpx).
+BENCH_ADMIN_KEY = "bench-admin-key-" + "0" * 24
+
+
+def with_key(url: str) -> str:
+    return url.replace("http://", f"http://apikey:{BENCH_ADMIN_KEY}@", 1)
+
+
 def bench_settings(database_url: str, address: str, task_queue: str, smtp_port: int, **extra: Any):
     from core.settings import Settings
 
@@ -411,6 +419,8 @@ def bench_settings(database_url: str, address: str, task_queue: str, smtp_port: 
         task_queue=task_queue,
         seed_demo_org=True,
         smtp_port=smtp_port,
+        admin_api_key=BENCH_ADMIN_KEY,
+        jwt_secret="bench-jwt-secret-" + "b" * 32,
         **extra,
     )
 
@@ -450,7 +460,7 @@ async def running_api(settings) -> AsyncIterator[str]:
             task.result()
         await asyncio.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield with_key(f"http://127.0.0.1:{port}")
     finally:
         server.should_exit = True
         await task
@@ -470,6 +480,8 @@ def _env_for(settings) -> dict[str, str]:
         "TASK_QUEUE": settings.task_queue,
         "SMTP_PORT": str(settings.smtp_port),
         "SEED_DEMO_ORG": "1" if settings.seed_demo_org else "0",
+        "ADMIN_API_KEY": settings.admin_api_key or "",
+        "JWT_SECRET": settings.jwt_secret or "",
         "MAX_CACHED_WORKFLOWS": str(settings.max_cached_workflows),
         "MAX_CONCURRENT_ACTIVITIES": str(settings.max_concurrent_activities),
         "PYTHONUNBUFFERED": "1",
@@ -543,7 +555,7 @@ class ApiProcess(ChildProcess):
             _env_for(settings),
             log_path,
         )
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = with_key(f"http://127.0.0.1:{self.port}")
 
     async def wait_ready(self, timeout: float = 60) -> None:
         import httpx

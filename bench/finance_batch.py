@@ -169,6 +169,8 @@ async def run(args: argparse.Namespace) -> dict:
         task_queue=f"bench-{uuid.uuid4().hex[:8]}",
         seed_demo_org=True,
         smtp_port=smtp.port,
+        admin_api_key=ADMIN_KEY,
+        jwt_secret="bench-jwt-secret-" + "b" * 32,
     )
     engine = make_engine(database_url)
     worker = build_worker(env.client, settings, make_session_factory(engine))
@@ -182,7 +184,9 @@ async def run(args: argparse.Namespace) -> dict:
                     serving.result()
                 await asyncio.sleep(0.05)
             try:
-                return await measure(f"http://127.0.0.1:{port}", args)
+                # The finance feed's own credentials would be an integration:finance key; the
+                # bootstrap admin key (HTTP Basic in the URL) also creates the contracts.
+                return await measure(f"http://apikey:{ADMIN_KEY}@127.0.0.1:{port}", args)
             finally:
                 server.should_exit = True
                 await serving
@@ -191,6 +195,9 @@ async def run(args: argparse.Namespace) -> dict:
         smtp.controller.stop()
         await env.shutdown()
         tmp.cleanup()
+
+
+ADMIN_KEY = "bench-admin-key-" + "0" * 24
 
 
 async def measure(base_url: str, args: argparse.Namespace) -> dict:

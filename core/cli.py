@@ -46,6 +46,11 @@ class State:
     api: str
     out: Console
     err: Console
+    token: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
 def _state(ctx: typer.Context) -> State:
@@ -56,9 +61,12 @@ def _state(ctx: typer.Context) -> State:
 def _root(
     ctx: typer.Context,
     api: str = typer.Option(DEFAULT_API, "--api", envvar="CONTRACTS_API", help="Base URL of the contracts API."),
+    token: str = typer.Option(None, "--token", envvar="CONTRACTS_TOKEN",
+                              help="An API key (ck_...) or an access token from POST /auth/token."),
 ) -> None:
     # Consoles are made per invocation: they read the terminal width (COLUMNS) when created.
-    ctx.obj = State(api=api.rstrip("/"), out=Console(highlight=False), err=Console(stderr=True, highlight=False))
+    ctx.obj = State(api=api.rstrip("/"), out=Console(highlight=False), err=Console(stderr=True, highlight=False),
+                    token=token or None)
 
 
 def _fail(st: State, message: str) -> NoReturn:
@@ -127,7 +135,7 @@ def _problem_detail(response: httpx.Response) -> str:
 
 def _request(st: State, method: str, path: str, **kwargs: Any) -> httpx.Response:
     try:
-        with httpx.Client(base_url=st.api, timeout=TIMEOUT) as client:
+        with httpx.Client(base_url=st.api, timeout=TIMEOUT, headers=st.headers) as client:
             response = client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
         _fail(st, f"cannot reach the API at {st.api}: {exc.__class__.__name__}: {exc}")
@@ -506,7 +514,7 @@ async def _post_rows(st: State, rows: list[ImportRow], concurrency: int, progres
 
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=st.api, timeout=TIMEOUT, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=st.api, timeout=TIMEOUT, limits=limits, headers=st.headers) as client:
 
         async def one(r: ImportRow) -> None:
             canonical = json.dumps(r.body, sort_keys=True, ensure_ascii=False).encode()

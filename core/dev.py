@@ -75,6 +75,12 @@ def main() -> None:
         "TEMPORAL_UI_URL": f"http://{args.host if args.host != '0.0.0.0' else 'localhost'}:{args.ui_port}",
         "PYTHONUNBUFFERED": "1",
     }
+    # Dev credentials, kept in the data directory so they survive a restart: a bootstrap admin API key
+    # and the token-signing secret.  People log in as "admin" / "admin" or as a demo person / "demo".
+    env.setdefault("ADMIN_API_KEY", _dev_secret(data / "dev-admin-key", "dev-admin-"))
+    env.setdefault("JWT_SECRET", _dev_secret(data / "dev-jwt-secret", ""))
+    env.setdefault("ADMIN_PASSWORD", "admin")
+    env.setdefault("DOCUMENT_DIR", str(data / "documents"))
     settings = Settings(database_url=env["DATABASE_URL"], temporal_address=env["TEMPORAL_ADDRESS"])
 
     procs: list[subprocess.Popen] = []
@@ -129,7 +135,8 @@ def main() -> None:
 
     # Demo data for the dashboard, once (idempotent), beside the running stack: SEED_DEMO_DATA=0 skips it.
     if Settings.model_validate({"seed_demo_data": os.environ.get("SEED_DEMO_DATA", "1")}).seed_demo_data:
-        threading.Thread(target=_seed_demo_data, args=(env["DATABASE_URL"], f"http://127.0.0.1:{args.api_port}"),
+        threading.Thread(target=_seed_demo_data,
+                         args=(env["DATABASE_URL"], f"http://apikey:{env['ADMIN_API_KEY']}@127.0.0.1:{args.api_port}"),
                          daemon=True).start()
 
     print(
@@ -140,7 +147,10 @@ Contract tracking is running (Ctrl-C stops it all):
   Temporal UI      http://{args.host}:{args.ui_port}        (search: ContractStatus="active", OverdueCount > 0)
   Temporal gRPC    127.0.0.1:{args.temporal_port}         (temporal workflow list --query "ContractStatus='active'")
   Database         {env['DATABASE_URL']}
-Try:  curl -s -X POST localhost:{args.api_port}/contracts -H 'content-type: application/json' -d @examples/goods_sale.json
+Log in (dashboard or API): admin / admin, or a demo person (li.wei, zhang.min, sun.li, liu.yang...) / demo
+  TOKEN=$(curl -s -d username=li.wei -d password=demo localhost:{args.api_port}/auth/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -s -X POST localhost:{args.api_port}/contracts -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d @examples/goods_sale.json
+  Admin API key (dev only, in {data / 'dev-admin-key'}): export CONTRACTS_TOKEN=$(cat {data / 'dev-admin-key'})
 """,
         flush=True,
     )
@@ -150,6 +160,17 @@ Try:  curl -s -X POST localhost:{args.api_port}/contracts -H 'content-type: appl
                 print(f"{p.args[0]} stopped with exit code {p.returncode}; stopping the rest", flush=True)
                 stop()
         time.sleep(1)
+
+
+def _dev_secret(path: Path, prefix: str) -> str:
+    import secrets
+
+    if path.exists():
+        return path.read_text().strip()
+    value = prefix + secrets.token_urlsafe(32)
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
 
 
 def _seed_demo_data(database_url: str, api: str) -> None:

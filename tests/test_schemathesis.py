@@ -53,7 +53,7 @@ import pytest_asyncio
 from core.migrate import upgrade
 from core.settings import Settings
 from models.db import make_engine, make_session_factory
-from tests.conftest import ARTIFACTS, Service, running_api, running_worker
+from tests.conftest import TEST_ADMIN_KEY, ARTIFACTS, Service, running_api, running_worker
 from tests.helpers import contract_request
 
 pytestmark = pytest.mark.devserver
@@ -142,6 +142,9 @@ async def fuzzing_service(dev_env, database_url: str, smtp_port: int):
         smtp_port=smtp_port,
         webhook_dispatch_enabled=False,
         webhook_timeout_seconds=2,
+        admin_api_key=TEST_ADMIN_KEY,
+        jwt_secret="fuzz-jwt-secret-" + "y" * 32,
+        document_dir=str(Path(database_url.removeprefix("sqlite:///")).parent / "documents"),
     )
     async with running_worker(dev_env.client, settings, settings.task_queue):
         async with running_api(settings) as base_url:
@@ -186,7 +189,8 @@ async def real_identifiers(base_url: str) -> dict[str, list]:
     return ids
 
 
-async def run_schemathesis(base_url: str, workdir: Path, ids: dict[str, list], *extra: str) -> tuple[int, str]:
+async def run_schemathesis(service, workdir: Path, ids: dict[str, list], *extra: str) -> tuple[int, str]:
+    base_url = service.url  # the key goes in a header: schemathesis also checks that no credentials = 401
     config = workdir / "schemathesis.toml"
     config.write_text(schemathesis_config(ids))
     report = workdir / "report"
@@ -200,6 +204,7 @@ async def run_schemathesis(base_url: str, workdir: Path, ids: dict[str, list], *
         "--request-timeout", "30",
         "--suppress-health-check", "too_slow",
         "--no-color",
+        "--header", f"Authorization: Bearer {service.settings.admin_api_key}",
         "--report", "junit", "--report-dir", str(report),
         *extra,
     ]
@@ -214,7 +219,7 @@ async def run_schemathesis(base_url: str, workdir: Path, ids: dict[str, list], *
 async def test_schemathesis_finds_no_failures(fuzz_service, tmp_path):
     ids = await real_identifiers(fuzz_service.base_url)
     started = time.monotonic()
-    code, output = await run_schemathesis(fuzz_service.base_url, tmp_path, ids)
+    code, output = await run_schemathesis(fuzz_service, tmp_path, ids)
     elapsed = time.monotonic() - started
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "schemathesis.txt").write_text(output)

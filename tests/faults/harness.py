@@ -122,6 +122,9 @@ class Proc:
         return "\n".join(out)
 
 
+ADMIN_KEY = "faults-admin-key-" + "0" * 24
+
+
 def app_env(database_url: str, temporal_address: str, task_queue: str, smtp_port: int, **extra: Any) -> dict[str, str]:
     """The environment the worker and the API read (core/settings.py), for one isolated stack."""
     env = {k: v for k, v in os.environ.items() if k not in ("SMTP_USERNAME", "SMTP_PASSWORD")}
@@ -146,6 +149,10 @@ def app_env(database_url: str, temporal_address: str, task_queue: str, smtp_port
         RECONCILE_AFTER_SECONDS="5",
         SEED_DEMO_ORG="1",
         PYTHONUNBUFFERED="1",
+        # The script acts as the bootstrap admin (tests/faults/script.py sends this key).
+        ADMIN_API_KEY=ADMIN_KEY,
+        JWT_SECRET="faults-jwt-secret-" + "z" * 32,
+        DOCUMENT_DIR=os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fault-docs-{task_queue}"),
     )
     env.pop("CONTRACTS_FAULT_EXIT_AFTER_DECISION", None)
     env.update({k: str(v) for k, v in extra.items()})
@@ -176,7 +183,8 @@ class Api(Proc):
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def ready(self, timeout: float = 60) -> None:
-        async with httpx.AsyncClient(base_url=self.url, timeout=5) as http:
+        async with httpx.AsyncClient(base_url=self.url, timeout=5,
+                                     headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
             async def up():
                 assert self.alive, f"api exited (rc={self.proc.returncode}):\n{self.tail()}"
                 try:

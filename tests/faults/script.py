@@ -187,7 +187,10 @@ class Stack:
         self.worker.start()
         await self.api.ready()
         await self.worker.ready()
-        self.http = httpx.AsyncClient(base_url=self.api.url, timeout=httpx.Timeout(120.0))
+        from tests.faults.harness import ADMIN_KEY
+
+        self.http = httpx.AsyncClient(base_url=self.api.url, timeout=httpx.Timeout(120.0),
+                                      headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         for key in DEPARTMENTS:
             dept = (await self.call("GET", f"/departments/{key}")).json()
             await self.call("PUT", f"/departments/{key}", {
