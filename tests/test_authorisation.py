@@ -251,3 +251,145 @@ async def test_the_matrix_every_route_every_role(api_service):
                 if got != want:
                     wrong.append(f"{role:9} {method:6} {path:60} want {want} got {r.status_code} {r.text[:120]}")
     assert wrong == [], "\n" + "\n".join(wrong)
+
+
+async def test_a_colleague_cannot_reach_a_contract_by_guessing_its_id(api_service):
+    """Done when: a sales user cannot read, pay, complete or amend a colleague's contract by guessing
+    its id (404), including through list filters, documents, events and search; a finance user can
+    record a payment but not approve scope."""
+    admin = api_service.base_url
+    async with httpx.AsyncClient(base_url=admin, timeout=30) as c:
+        uid = f"colleague.{uuid.uuid4().hex[:6]}"
+        assert (await c.post("/users", json={"id": uid, "name": uid, "email": f"{uid}@example.com",
+                                             "department": "sales"})).status_code == 201
+        assert (await c.post("/auth/password", json={"user_id": uid, "new_password": "a long password"})).status_code == 204
+    li, colleague = await login(api_service.url, "li.wei"), await login(api_service.url, uid, "a long password")
+    fin, legal = await login(api_service.url, "sun.li"), await login(api_service.url, "liu.yang")
+    body = contract_request(datetime.now(timezone.utc))
+    crm_id = body["customer"]["external_id"]
+    async with httpx.AsyncClient(base_url=api_service.url, timeout=30) as c:
+        r = await c.post("/contracts", json=body, headers=li)
+        assert r.status_code == 201, r.text
+        cid = r.json()["id"]
+        # li.wei may not create a contract for someone else
+        r = await c.post("/contracts", json={**contract_request(datetime.now(timezone.utc)), "owner": uid}, headers=li)
+        assert r.status_code == 403 and "for yourself or your team" in r.json()["detail"]
+
+        unknown = "0" * 16
+        for who_id in (cid, unknown):  # a colleague's contract and no contract answer the same
+            for method, path, payload in (
+                ("GET", f"/contracts/{who_id}", None),
+                ("GET", f"/contracts/{who_id}/events", None),
+                ("GET", f"/contracts/{who_id}/documents", None),
+                ("GET", f"/contracts/{who_id}/versions", None),
+                ("GET", f"/contracts/{who_id}/notifications", None),
+                ("GET", f"/contracts/{who_id}/amendments", None),
+                ("POST", f"/contracts/{who_id}/payments", {"reference": "GUESS-1", "amount": "1.00", "currency": "CNY",
+                                                           "received_at": datetime.now(timezone.utc).isoformat()}),
+                ("POST", f"/contracts/{who_id}/milestones/order_review/complete", {}),
+                ("POST", f"/contracts/{who_id}/amendments", {"reason": "x", "changes": [
+                    {"kind": "move_due", "key": "shipping", "shift": "P1D"}]}),
+                ("POST", f"/contracts/{who_id}/terminate", {"reason": "x"}),
+            ):
+                r = await c.request(method, path, json=payload, headers=colleague)
+                assert r.status_code == 404, (method, path, r.status_code, r.text)
+                assert r.json()["detail"] == f"no contract with id {who_id!r}"
+        # ...nor through list filters and search
+        for params in ({"owner": "li.wei"}, {"customer": crm_id}, {"customer": body["customer"]["name"]}, {}):
+            items = (await c.get("/contracts", params={**params, "limit": 500}, headers=colleague)).json()["items"]
+            assert cid not in [x["id"] for x in items], params
+        items = (await c.get("/contracts", params={"customer": crm_id}, headers=li)).json()["items"]
+        assert [x["id"] for x in items] == [cid]
+        # ...nor through the dashboard
+        r = await c.get(f"/ui/contracts/{cid}", headers={**colleague, "accept": "application/json"})
+        assert r.status_code == 404
+        r = await c.get("/ui/contracts", params={"q": cid}, headers=colleague)
+        assert r.status_code == 200 and f'data-id="{cid}"' not in r.text
+        r = await c.get("/ui/contracts", params={"q": cid}, headers=li)
+        assert r.status_code == 200 and f'data-id="{cid}"' in r.text
+
+        # The owner cannot record money: that is finance's job (403 with the reason, on a visible contract).
+        pay = {"reference": f"BANK-{uuid.uuid4().hex[:6]}", "amount": "1000.00", "currency": "CNY",
+               "received_at": datetime.now(timezone.utc).isoformat()}
+        r = await c.post(f"/contracts/{cid}/payments", json=pay, headers=li)
+        assert r.status_code == 403 and r.json()["detail"] == "sales may not record payments"
+        # Finance can; the workflow records who did it.
+        r = await c.post(f"/contracts/{cid}/payments", json=pay, headers=fin)
+        assert r.status_code == 200 and r.json()["applied"] is True, r.text
+        # People act as themselves: naming someone else is refused.
+        r = await c.post(f"/contracts/{cid}/payments", json={**pay, "reference": "BANK-X", "by": "zhou.qiang"},
+                         headers=fin)
+        assert r.status_code == 403 and "cannot act as zhou.qiang" in r.json()["detail"]
+
+        # A scope change (a milestone added) needs legal: finance cannot approve it.
+        r = await c.post(f"/contracts/{cid}/amendments", headers=li, json={"reason": "extra audit", "changes": [
+            {"kind": "add_milestone", "milestone": {"key": "audit", "name": "Audit", "kind": "custom",
+                                                   "owner": "li.wei", "department": "sales", "due_after": "P5D"}}]})
+        assert r.status_code == 201, r.text
+        aid = r.json()["id"]
+        assert r.json()["required_roles"] == ["legal"]
+        r = await c.post(f"/contracts/{cid}/amendments/{aid}/approve", json={"role": "legal"}, headers=fin)
+        assert r.status_code == 403, r.text
+        assert (await c.get(f"/contracts/{cid}/amendments/{aid}", headers=li)).json()["status"] == "pending"
+        r = await c.post(f"/contracts/{cid}/amendments/{aid}/approve", json={"role": "legal"}, headers=legal)
+        assert r.status_code == 200 and r.json()["status"] == "applied", r.text
+
+        # Each change carries the actor's identity into the workflow's event log.
+        for _ in range(50):
+            events = (await c.get(f"/contracts/{cid}/events", headers=li)).json()
+            actors = {e["type"]: e["actor"] for e in events}
+            if "amendment.applied" in actors:
+                break
+            await asyncio.sleep(0.2)
+        assert actors["payment.received"] == "sun.li"
+        assert actors["amendment.requested"] == "li.wei"
+        assert actors["amendment.approved"] == "liu.yang"
+
+
+async def test_idempotency_keys_belong_to_their_caller(api_service):
+    """Two callers sending the same Idempotency-Key each get their own answer (never the other's)."""
+    li, boss = await login(api_service.url, "li.wei"), await login(api_service.url, "zhang.min")
+    key = f"same-key-{uuid.uuid4().hex}"
+    async with httpx.AsyncClient(base_url=api_service.url, timeout=30) as c:
+        r1 = await c.post("/contracts", json=contract_request(datetime.now(timezone.utc)),
+                          headers={**li, "Idempotency-Key": key})
+        r2 = await c.post("/contracts", json=contract_request(datetime.now(timezone.utc), owner="zhang.min"),
+                          headers={**boss, "Idempotency-Key": key})
+        assert r1.status_code == 201 and r2.status_code == 201, (r1.text, r2.text)
+        assert r1.json()["id"] != r2.json()["id"]
+        assert "idempotent-replayed" not in r2.headers
+
+
+async def test_api_keys_are_shown_once_and_revoked_at_once(api_service):
+    async with httpx.AsyncClient(base_url=api_service.base_url, timeout=30) as admin:
+        r = await admin.post("/api-keys", json={"name": "erp", "roles": ["integration:erp"]})
+        assert r.status_code == 201
+        key, key_id = r.json()["key"], r.json()["id"]
+        assert key.startswith(f"ck_{key_id}_")
+        listed = (await admin.get("/api-keys")).json()
+        assert key_id in [k["id"] for k in listed] and "key" not in listed[0]
+        assert (await admin.post("/api-keys", json={"name": "x", "roles": ["superuser"]})).status_code == 422
+    async with httpx.AsyncClient(base_url=api_service.url, timeout=30) as c:
+        for headers in ({"authorization": f"Bearer {key}"}, {"x-api-key": key}):
+            me = await c.get("/auth/me", headers=headers)
+            assert me.status_code == 200 and me.json()["roles"] == ["integration:erp"], me.text
+        r = await c.get("/contracts", headers={"x-api-key": key})
+        assert r.status_code == 403
+        async with httpx.AsyncClient(base_url=api_service.base_url, timeout=30) as admin:
+            assert (await admin.post(f"/api-keys/{key_id}/revoke")).status_code == 200
+        r = await c.get("/auth/me", headers={"x-api-key": key})
+        assert r.status_code == 401 and r.json()["detail"] == "unknown or revoked API key"
+
+
+def test_production_settings_refuse_default_credentials():
+    from pydantic import ValidationError
+
+    from core.settings import Settings
+
+    with pytest.raises(ValidationError, match="JWT_SECRET"):
+        Settings(environment="production")
+    with pytest.raises(ValidationError, match="demo organisation"):
+        Settings(environment="production", jwt_secret="s" * 40, seed_demo_org=True)
+    with pytest.raises(ValidationError, match="default ADMIN_PASSWORD"):
+        Settings(environment="production", jwt_secret="s" * 40, admin_password="admin")
+    Settings(environment="production", jwt_secret="s" * 40, admin_password="a real one, long enough")
