@@ -83,6 +83,12 @@ def database_unavailable(exc: BaseException) -> bool:
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
+        if request.url.path.startswith("/ui") and "text/html" in request.headers.get("accept", ""):
+            # A person in the dashboard (e.g. refused a page: 403/404) gets a page, not JSON.
+            from api import pages
+
+            return pages.render(request, pages.ui_context(request), "error.html", status_code=exc.status,
+                                message=exc.detail)
         return problem_response(exc.status, exc.detail, request.url.path, slug=exc.slug, errors=exc.errors, **exc.extra)
 
     @app.exception_handler(RequestValidationError)

@@ -214,6 +214,14 @@ async def test_pages_without_a_browser(api_service):
         r = await anonymous.post("/ui/login", data={"username": "sun.li", "password": DEMO_PASSWORD,
                                                      "next": "https://evil.example/"})
         assert r.status_code == 303 and r.headers["location"] == "/ui/contracts"  # never an open redirect
+        # A sales person is refused the analytics with a page saying why, and sees no link to them.
+        r = await anonymous.post("/ui/login", data={"username": "li.wei", "password": DEMO_PASSWORD})
+        li = r.cookies.get("ct_session")
+        r = await anonymous.get("/ui/analytics", cookies={"ct_session": li}, headers={"accept": "text/html"})
+        assert r.status_code == 403 and r.headers["content-type"].startswith("text/html")
+        assert "may not read analytics" in r.text
+        r = await anonymous.get("/ui/contracts", cookies={"ct_session": li})
+        assert r.status_code == 200 and 'href="/ui/analytics"' not in r.text
         r = await anonymous.get("/ui/logout", cookies={"ct_session": session})
         assert r.status_code == 303 and 'ct_session=""' in r.headers["set-cookie"]
     async with httpx.AsyncClient(base_url=api_service.base_url, follow_redirects=False) as c:
