@@ -130,7 +130,7 @@ class IntegrationService:
         self.concurrency = concurrency
 
     # ================================================================== finance
-    async def finance_payments(self, body: s.FinancePaymentsIn) -> s.FinancePaymentsOut:
+    async def finance_payments(self, body: s.FinancePaymentsIn, actor: str | None = None) -> s.FinancePaymentsOut:
         _check_size(len(body.lines))
         lines = body.lines
         index, recorded = await asyncio.to_thread(self._finance_lookup, lines)
@@ -166,7 +166,9 @@ class IntegrationService:
                                           matched_by=how, reason="not processed")
             groups[row.id].append(i)
 
-        by = f"bank-statement:{body.statement_id}"[:100] if body.statement_id else "bank-statement"
+        # Who posted the statement (the finance feed's key, or a finance person): the audit trail and
+        # the workflow's payment events name the same caller.
+        by = actor or (f"bank-statement:{body.statement_id}"[:100] if body.statement_id else "bank-statement")
 
         async def apply(indexes: list[int]) -> None:
             # One workflow update per contract (and per MAX_PAYMENTS_PER_BATCH lines), in order.
@@ -321,7 +323,8 @@ class IntegrationService:
         return False
 
     # ================================================================== ERP
-    async def erp_progress(self, body: s.ErpProgressIn) -> s.ErpProgressOut:
+    async def erp_progress(self, body: s.ErpProgressIn, actor: str | None = None) -> s.ErpProgressOut:
+        actor = actor or ERP_ACTOR
         _check_size(len(body.lines))
         lines = body.lines
         by_order = await asyncio.to_thread(self._erp_lookup, lines)
@@ -363,7 +366,7 @@ class IntegrationService:
             groups[target[0].id].append(i)
 
         async def apply(i: int) -> None:
-            results[i] = await self._apply_erp_line(lines[i], results[i])
+            results[i] = await self._apply_erp_line(lines[i], results[i], actor)
 
         await self._run_groups(groups, apply)
         final = [r for r in results if r is not None]
@@ -378,18 +381,19 @@ class IntegrationService:
                     found[row.erp_order_no].append(row)
         return found
 
-    async def _apply_erp_line(self, line: s.ErpProgressLineIn, pending: s.ErpLineResult) -> s.ErpLineResult:
+    async def _apply_erp_line(self, line: s.ErpProgressLineIn, pending: s.ErpLineResult,
+                              actor: str = ERP_ACTOR) -> s.ErpLineResult:
         cid = pending.contract_id
         assert cid is not None
         base = pending.model_dump(include={"index", "erp_order_no", "milestone", "event_id", "contract_id"})
         try:
             if line.complete:
                 op = await self.contracts.complete_milestone(
-                    cid, line.milestone, schemas.CompleteIn(by=ERP_ACTOR, note=line.message)
+                    cid, line.milestone, schemas.CompleteIn(by=actor, note=line.message)
                 )
             else:
                 op = await self.contracts.report_progress(
-                    cid, line.milestone, schemas.ProgressIn(percent=line.percent, message=line.message, source=ERP_ACTOR)
+                    cid, line.milestone, schemas.ProgressIn(percent=line.percent, message=line.message, source=actor)
                 )
         except Problem as p:
             if p.status == 409:

@@ -310,7 +310,13 @@ async def erp_scenario(service) -> None:
             {"erp_order_no": order, "milestone": "shipping", "percent": 100, "complete": True},  # dependency open
             {"erp_order_no": order, "milestone": "shipping", "percent": 5, "event_id": "e1"},  # event id reused
         ]
-        first, _ = await post(c, ERP, {"lines": lines})
+        # The ERP posts with its own API key (integration:erp); the workflow records that key as the actor.
+        r = await c.post("/api-keys", json={"name": "erp", "roles": ["integration:erp"]})
+        assert r.status_code == 201, r.text
+        erp_key, erp_actor = r.json()["key"], f"key:{r.json()['id']}"
+        erp = httpx.AsyncClient(base_url=service.url, timeout=60, headers={"Authorization": f"Bearer {erp_key}"})
+        assert (await erp.get(f"/contracts/{cid}")).status_code == 404  # it sees no contract, only its endpoint
+        first, _ = await post(erp, ERP, {"lines": lines})
         outcomes = [r["outcome"] for r in first["lines"]]
         assert outcomes == ["applied", "applied", "applied", "duplicate", "unmatched", "rejected", "rejected",
                             "rejected", "rejected", "rejected"], first
@@ -325,13 +331,14 @@ async def erp_scenario(service) -> None:
         assert first["totals"] == {"lines": 10, "applied": 3, "duplicate": 1, "unmatched": 1, "rejected": 5}
 
         # The whole batch redelivered: nothing changes, the applied lines come back as duplicates.
-        second, _ = await post(c, ERP, {"lines": lines})
+        second, _ = await post(erp, ERP, {"lines": lines})
+        await erp.aclose()
         assert [r["outcome"] for r in second["lines"]] == ["duplicate"] * 4 + outcomes[4:], second
         assert "superseded" in second["lines"][0]["reason"]
 
         state = (await c.get(f"/contracts/{cid}")).json()
         ms = {m["key"]: m for m in state["milestones"]}
-        assert ms["order_review"]["status"] == "done" and ms["order_review"]["completed_by"] == "erp"
+        assert ms["order_review"]["status"] == "done" and ms["order_review"]["completed_by"] == erp_actor
         assert ms["production_scheduling"]["status"] == "in_progress"
         assert ms["production_scheduling"]["progress"] == 30
         assert ms["shipping"]["status"] == "pending" and ms["shipping"]["progress"] == 0

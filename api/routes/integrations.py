@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from api import integration_schemas as s
 from api.deps import get_contract_service
 from api.integrations import IntegrationService
+from api.policy import principal_of
 from api.problems import PROBLEM_JSON
 
 router = APIRouter(prefix="/integrations", tags=["integrations"])
@@ -34,21 +35,21 @@ Service = Annotated[IntegrationService, Depends(get_integration_service)]
 
 
 @router.post("/finance/payments", response_model=s.FinancePaymentsOut, responses=ERRORS)
-async def finance_payments(body: s.FinancePaymentsIn, service: Service):
+async def finance_payments(body: s.FinancePaymentsIn, service: Service, request: Request):
     """A bank statement (or any batch of received payments), each line matched to its contract.
 
     Matching: ``contract_id``; else ``contract_number`` (the contract's ``external_id``); else a
     contract number or contract id found as a token in ``reference``.  Each line is recorded as the
     payment reference ``bank:<line_id>``: posting a line again answers ``duplicate``.
     """
-    return await service.finance_payments(body)
+    return await service.finance_payments(body, principal_of(request).id)
 
 
 @router.post("/erp/progress", response_model=s.ErpProgressOut, responses=ERRORS)
-async def erp_progress(body: s.ErpProgressIn, service: Service):
+async def erp_progress(body: s.ErpProgressIn, service: Service, request: Request):
     """Delivery progress from the ERP, matched on the contract's ``erp_order_no``.
 
     ``complete: true`` completes the milestone (by ``erp``).  A report equal to the one already
     recorded, or a completion of a milestone already done, answers ``duplicate``.
     """
-    return await service.erp_progress(body)
+    return await service.erp_progress(body, principal_of(request).id)
