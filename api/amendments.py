@@ -112,6 +112,10 @@ class AmendmentService:
             doc = session.get(Document, document_id)
             if doc is None or doc.contract_id != contract_id:
                 raise Problem(404, f"contract {contract_id} has no document {document_id!r}", slug="document-not-found")
+            if doc.content is None:  # an upload: its bytes are in the blob store, served by download_document
+                url = f"/contracts/{contract_id}/documents/{document_id}/download"
+                raise Problem(404, f"document {document_id!r} was uploaded: download it from {url}",
+                              slug="document-not-found", download_url=url)
             session.expunge(doc)
             return doc
 
@@ -252,6 +256,6 @@ def _doc_out(d: Document) -> s.DocumentOut:
     return s.DocumentOut(
         id=d.id, kind=d.kind, version=d.version, title=d.title, filename=d.filename, media_type=d.media_type,
         size=d.size, sha256=d.sha256, created_at=d.created_at,
-        download_url=f"/contracts/{d.contract_id}/documents/{d.id}/content",
+        download_url=f"/contracts/{d.contract_id}/documents/{d.id}/download",  # uploads too (api/documents.py)
     )
 

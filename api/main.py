@@ -10,18 +10,21 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import guards, idempotency, openapi, problems
+from api import audit, guards, idempotency, openapi, problems
 from api.auth_middleware import AuthMiddleware
 from api.policy import authorize
 from api.routes import amendments, contracts, meta, org, tasks
 from api.routes import auth as auth_routes
 from api.routes import analytics as analytics_routes
+from api.routes import audit as audit_routes
+from api.routes import documents as documents_routes
 from api.routes import pages as pages_routes
 from api.routes import integrations as integrations_routes
 from api.routes import webhooks as webhooks_routes
 from api.service import ContractService
 from core.seed import seed_demo_org_once
 from core.settings import Settings, get_settings
+from core.storage import blob_store
 from core.temporal import connect
 from models.db import make_engine, make_session_factory
 
@@ -36,6 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.database_url)
         app.state.settings = settings
         app.state.sessions = make_session_factory(engine)
+        app.state.blobs = blob_store(settings)  # uploaded documents' bytes (core/storage.py)
+        audit.watch(app.state.sessions)  # database writes made while serving a request leave an audit entry
         if settings.seed_demo_org:
             added = await asyncio.to_thread(seed_demo_org_once, app.state.sessions, settings.demo_password,
                                             settings.admin_password or "admin")
@@ -72,8 +77,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(integrations_routes.router)
     app.include_router(webhooks_routes.router)
     app.include_router(analytics_routes.router)
+    app.include_router(documents_routes.router)
+    app.include_router(audit_routes.router)
     app.include_router(pages_routes.router)  # the dashboard, /ui (not in the OpenAPI document)
     app.mount("/static", StaticFiles(directory=pages_routes.p.STATIC_DIR), name="static")
+    audit.install(app)  # inside idempotency (a replay is not audited again) and inside AuthMiddleware
     idempotency.install(app)  # Idempotency-Key on POST/PATCH
     app.add_middleware(AuthMiddleware)  # outside idempotency: a stored response is only replayed to a caller
     guards.install(app)  # outermost of the two: NUL / lone surrogates refused (422) before anything

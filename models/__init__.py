@@ -1,5 +1,7 @@
+from models.audit import AuditEntry
 from models.auth import ApiKey
 from models.base import Base
+from models.communication import Communication
 from models.contract import Contract, ContractEvent, Customer, Installment, Milestone, Payment
 from models.document import Document
 from models.idempotency import IdempotencyKey
@@ -9,7 +11,9 @@ from models.webhook import WebhookDelivery, WebhookSubscription
 
 __all__ = [
     "ApiKey",
+    "AuditEntry",
     "Base",
+    "Communication",
     "Contract",
     "ContractEvent",
     "Customer",

@@ -27,6 +27,7 @@ from core.migrate import upgrade
 from core.settings import Settings
 from core.temporal import find_binary
 from models.db import make_engine, make_session_factory
+from tests.audit_recorder import WriteRecorder
 from workflows import search_attributes as sa
 
 PG_ADMIN_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
@@ -182,13 +183,14 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def running_api(settings: Settings):
-    """The real app on a real port, served by uvicorn in this event loop."""
+async def running_api(settings: Settings, wrap=None):
+    """The real app on a real port, served by uvicorn in this event loop (``wrap``: around the app)."""
     from api.main import create_app
 
     port = free_port()
     # A long keep-alive: a pooled test client never races the server closing an idle connection.
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+    app = create_app(settings)
+    config = uvicorn.Config(wrap(app) if wrap else app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
                             timeout_keep_alive=120)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -274,14 +276,19 @@ async def running_service(dev_env, database_url: str, smtp_port: int = 1025):
     )
     from core.webhooks.dispatcher import running_dispatcher
 
+    recorder = WriteRecorder()  # every write served leaves exactly one audit entry (tests/audit_recorder.py)
     engine = make_engine(database_url)
     # As worker.py runs it: the worker and, beside it, the webhook dispatcher.
     async with running_worker(dev_env.client, settings, task_queue), running_dispatcher(
         make_session_factory(engine), settings
     ):
-        async with running_api(settings) as base_url:
+        async with running_api(settings, wrap=recorder.wrap) as base_url:
             yield Service(base_url, dev_env.client, settings)
     engine.dispose()
+    import shutil
+
+    shutil.rmtree(settings.document_dir, ignore_errors=True)  # uploaded files (tests upload 20 MB PDFs)
+    recorder.check(database_url)
 
 
 @pytest_asyncio.fixture(scope="session")
