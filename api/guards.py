@@ -38,6 +38,15 @@ def _bad_json(value: Any) -> bool:
     return False
 
 
+def _is_multipart(scope) -> bool:
+    # Uploads (documents) stream through untouched: their form fields are checked by their route,
+    # and a 25 MB file is not buffered here just to find it is not JSON.
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.lower().startswith(b"multipart/")
+    return False
+
+
 class TextGuardMiddleware:
     def __init__(self, app) -> None:
         self.app = app
@@ -51,7 +60,7 @@ class TextGuardMiddleware:
             where = "path"
         elif b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
             where = "query"
-        if where is None and scope["method"] in _BODY_METHODS:
+        if where is None and scope["method"] in _BODY_METHODS and not _is_multipart(scope):
             body, receive = await _buffer(receive)
             if body is None:
                 return  # the client left
