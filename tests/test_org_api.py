@@ -152,7 +152,12 @@ async def test_contract_notifications(api_service, repo):
         r = await c.post("/contracts", json=contract_request(datetime.now(timezone.utc)))
         assert r.status_code == 201, r.text
         cid = r.json()["id"]
-        assert (await c.get(f"/contracts/{cid}/notifications")).json() == []
+        # The contract's own reminders may land any moment (order review's P7D reminder is due at
+        # once): this test looks only at the shipping notices it records itself.
+        def shipping(rows: list[dict]) -> list[dict]:
+            return [n for n in rows if ":milestone:shipping:" in n["key"]]
+
+        assert shipping((await c.get(f"/contracts/{cid}/notifications")).json()) == []
 
         def decide(level: int, recipient: str, role: str, channel: str) -> str:
             key = f"{cid}:milestone:shipping:level{level}:{recipient}:{channel}"
@@ -170,7 +175,7 @@ async def test_contract_notifications(api_service, repo):
             org.mark_notification_sent(session, k1)
             org.mark_notification_failed(session, k2, "connection refused")
 
-        rows = (await c.get(f"/contracts/{cid}/notifications")).json()
+        rows = shipping((await c.get(f"/contracts/{cid}/notifications")).json())
         assert [(n["key"], n["status"]) for n in rows] == [(k1, "sent"), (k2, "failed")]
         assert rows[0]["sent_at"] and rows[1]["error"] == "connection refused" and rows[1]["attempts"] == 1
         assert rows[1]["role"] == "manager" and rows[1]["level"] == 1
