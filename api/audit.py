@@ -98,21 +98,17 @@ def auditable(ctx: RequestContext | None) -> bool:
             and ctx.route not in NOT_AUDITED)
 
 
-# Two private notes ride on the request's context (RequestContext has no fields for them).
 def request_key(ctx: RequestContext) -> str:
     """The server's id for the request served (the caller's X-Request-ID may repeat)."""
-    key = ctx.__dict__.get("audit_key")
-    if key is None:
-        key = ctx.__dict__.setdefault("audit_key", uuid.uuid4().hex)
-    return key
+    return ctx.audit_key
 
 
 def _pending(ctx: RequestContext) -> bool:
-    return bool(ctx.__dict__.get("audit_pending"))
+    return ctx.audit_pending
 
 
 def _set_pending(ctx: RequestContext, value: bool) -> None:
-    ctx.__dict__["audit_pending"] = value
+    ctx.audit_pending = value
 
 
 # ---------------------------------------------------------------- digests

@@ -14,6 +14,7 @@ deactivation takes effect at once.
 from __future__ import annotations
 
 import contextvars
+import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -108,6 +109,10 @@ class RequestContext:
     path_params: dict[str, str] = field(default_factory=dict)
     on_behalf_of: str | None = None
     audited: bool = False
+    # The server's own id for this request (the caller's X-Request-ID may repeat): the audit
+    # entry's unique key; and whether a transaction holding the entry is being committed.
+    audit_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    audit_pending: bool = False
 
 
 # Set by the request-context middleware for each request; mutable so a dependency running in a

@@ -45,10 +45,11 @@ from sqlalchemy.pool import NullPool
 
 from core.migrate import upgrade
 from tests.conftest import ARTIFACTS, drop_pg_database, new_pg_database
-from tests.faults.harness import DevServer, TcpProxy, until
+from tests.faults.harness import ADMIN_KEY, DevServer, TcpProxy, until
 from tests.faults.script import Outcome, Stack, collect, compare, deliveries, payment_duplicates
 
 pytestmark = [pytest.mark.faults, pytest.mark.devserver, pytest.mark.postgres]
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}  # the stacks run with this bootstrap admin key
 
 N_CONTRACTS = int(os.environ.get("FAULTS_CONTRACTS", "200"))
 N_SUBSET = int(os.environ.get("FAULTS_SUBSET", "25"))
@@ -325,7 +326,7 @@ async def _during_outage(stack: Stack, client, cut_at: float, extra: str) -> dic
 
     seen: dict = {}
     await asyncio.sleep(2.0)
-    async with httpx.AsyncClient(base_url=stack.api.url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=stack.api.url, timeout=30, headers=ADMIN_HEADERS) as http:
         r = await http.get("/contracts", params={"limit": 5})
         seen["list_status"], seen["list_type"] = r.status_code, r.headers.get("content-type")
         seen["list_body"] = r.json().get("type") if r.headers.get("content-type") == "application/problem+json" else None
@@ -464,7 +465,7 @@ async def test_transient_errors_retry_with_backoff_permanent_ones_fail_once_and_
         await asyncio.sleep(8.0)  # a retry of a permanent failure, if any, would come now
         notes = {k: v for k, v in rows().items() if v[3] in cids.values()}
         by_contract = {name: {k: v for k, v in notes.items() if v[3] == cid} for name, cid in cids.items()}
-        async with httpx.AsyncClient(base_url=stack.api.url, timeout=30) as api:
+        async with httpx.AsyncClient(base_url=stack.api.url, timeout=30, headers=ADMIN_HEADERS) as api:
             tasks = (await api.get("/tasks", params={"assignee": OPERATOR, "status": "open"})).json()
             subs = {sid: (await api.get(f"/webhooks/{sid}/deliveries", params={"limit": 500})).json()["items"]
                     for sid in (stack.subscription_id, gone)}
