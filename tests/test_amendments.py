@@ -315,3 +315,26 @@ async def test_a_late_approval_is_reminded_escalated_and_stops_when_decided(ts_e
         assert len([m for _, m in _mails(mailbox, cid) if ":approval:" in m["X-Contracts-Notification"]]) == 3
         assert len(_mails(mailbox, cid)) >= sent
         await save_history(handle, "approval_escalated_then_approved")
+
+
+async def test_an_amendment_delivered_with_the_first_task_sees_the_due_dates(ts_env, env_settings):
+    """Regression: an update that arrives with the workflow's first task runs before run() has
+    refreshed anything.  A move by a shift was refused "has no date yet" (found in a full run,
+    once; here made certain by starting the worker only after the update was sent)."""
+    import asyncio
+
+    tq = f"first-{uuid.uuid4().hex[:6]}"
+    spec = make_spec(await ts_env.get_current_time())
+    handle = await start_contract(ts_env.client, spec, tq)  # no worker yet: the first task waits
+    update = asyncio.create_task(handle.execute_update(ContractWorkflow.request_amendment, _request(
+        AmendmentChange("move_due", key="shipping", shift="P5D"))))
+    await asyncio.sleep(1.0)
+    assert not update.done()
+    async with running_worker(ts_env.client, env_settings, tq):
+        result = await asyncio.wait_for(update, 60)
+        st = await state_of(handle)
+        await save_history(handle, "amendment_with_the_first_task")
+    assert result.amendment.status == "pending"
+    moved = {x.key: x for x in result.amendment.impact.items}["shipping"]
+    assert moved.change == "moved" and moved.shift_seconds == 5 * 86400
+    assert all(m.due_at is not None for m in st.milestones if m.due.after is None)

@@ -123,6 +123,12 @@ class ContractWorkflow:
         self._simulating = False  # assessing an amendment on a copy: no side effects
         self._documenting = False
         self._renewing = False
+        if input.carried is None and workflow.patched("dates-at-start-v1"):
+            # Due dates from the first moment: an update delivered with the workflow's first task
+            # (before run() refreshes) must see them -- an amendment moving a date by a shift was
+            # refused "has no date yet".  Dates only: statuses and events wait for run().
+            for x in [*self.state.milestones, *self.state.installments]:
+                x.due_at, x.due_estimated = self._due(x.due)
         if input.carried is None:
             # Here, not in run(): an update delivered with the workflow's first task (the worker
             # was down when the contract was registered) runs before run() starts, and the log
