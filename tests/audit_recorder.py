@@ -9,7 +9,8 @@ service stops and reads ``audit_log``:
     request id;
   * a write that failed has at most one (it changed nothing, or it changed the database before
     failing: a contract recorded while Temporal was down);
-  * no entry lacks a request: a read (GET) or an unknown request id has none.
+  * no entry lacks a request: a read (GET) or an unknown request id has none;
+  * the entry names the caller the service authenticated (its ``actor``).
 
 Requests sharing an ``X-Request-ID`` are counted together.
 """
@@ -34,6 +35,7 @@ class Served:
     path: str
     status: int | None = None
     replayed: bool = False
+    actor: str | None = None  # who the service authenticated (AuthMiddleware's principal)
 
 
 class WriteRecorder:
@@ -63,7 +65,11 @@ class WriteRecorder:
                     note.replayed = any(k.lower() == b"idempotent-replayed" for k, _v in message.get("headers", []))
                 await send(message)
 
-            await app(scope, receive, noting)
+            try:
+                await app(scope, receive, noting)
+            finally:
+                principal = scope.get("state", {}).get("principal")
+                note.actor = principal.id if principal is not None else None
 
         return recorded
 
@@ -71,13 +77,15 @@ class WriteRecorder:
         engine = make_engine(database_url)
         try:
             with engine.connect() as conn:
-                rows = conn.execute(text("SELECT request_id, action FROM audit_log")).all()
+                rows = conn.execute(text("SELECT request_id, action, actor FROM audit_log")).all()
         finally:
             engine.dispose()
         entries = Counter(r[0] for r in rows)
         actions: dict[str, list[str]] = {}
-        for rid, action in rows:
+        actors: dict[str, set[str]] = {}
+        for rid, action, actor in rows:
             actions.setdefault(rid, []).append(action)
+            actors.setdefault(rid, set()).add(actor)
         ok: Counter = Counter()
         failed: Counter = Counter()
         what: dict[str, str] = {}
@@ -90,6 +98,10 @@ class WriteRecorder:
             else:
                 failed[s.request_id] += 1
         found = []
+        for s in self.served:
+            if ok[s.request_id] and s.actor is not None and actors.get(s.request_id, {s.actor}) != {s.actor}:
+                found.append(f"{what[s.request_id]} (request {s.request_id}): audit actor "
+                             f"{sorted(actors[s.request_id])}, the caller was {s.actor}")
         for rid in sorted(set(ok) | set(entries)):
             n, want = entries[rid], ok[rid]
             if n < want:
