@@ -24,11 +24,12 @@ import csv
 import io
 import re
 import threading
-from time import monotonic
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
+from time import monotonic
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -38,7 +39,6 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
-    and_,
     case,
     cast,
     func,
@@ -354,16 +354,13 @@ def _days(d: str, later, earlier):
     """later - earlier in (fractional) days."""
     if d == "sqlite":
         return func.julianday(later) - func.julianday(earlier)
-    # date_part gives double precision (EXTRACT gives numeric since PostgreSQL 14: several times slower).
-    return (func.date_part("epoch", later) - func.date_part("epoch", earlier)) / 86400.0
+    # date_part gives double precision (EXTRACT gives numeric since PostgreSQL 14: several times
+    # slower); one date_part of the interval rather than two of the timestamps: the same microseconds.
+    return func.date_part("epoch", later - earlier) / 86400.0
 
 
 def _ts(value: datetime):
     return literal(value, UTCDateTime())
-
-
-def _greatest(d: str, a, b):
-    return func.max(a, b) if d == "sqlite" else func.greatest(a, b)
 
 
 def _least(d: str, a, b):
@@ -422,8 +419,10 @@ def _contract_scope(f: Filters, *, owner: bool) -> list:
     return conds
 
 
-def _milestone_scope(f: Filters, m=M) -> list:
-    conds = [m.c.status != "waived"]
+def _milestone_scope(f: Filters, m=M, *, waived: bool = True) -> list:
+    """Department and owner filters; waived milestones left out (``waived=False``: the statement
+    already asks for another status)."""
+    conds = [m.c.status != "waived"] if waived else []
     if f.department:
         conds.append(m.c.department == f.department)
     if f.owner:
@@ -443,77 +442,90 @@ def _open_until(d: str, as_of: datetime):
     return _least(d, _ts(as_of), func.coalesce(_closed_at(), _ts(as_of)))
 
 
-def _fell_due(d: str, f: Filters) -> list:
-    """Milestones that fell due in the period, before as_of, and were still owed then: completed,
-    or open while their contract was open."""
-    return [
-        M.c.due_at.is_not(None),
-        M.c.due_at < f.as_of,
-        *_in_period(M.c.due_at, f),
-        or_(M.c.completed_at.is_not(None), M.c.due_at < _open_until(d, f.as_of)),
-    ]
+def _due_window(f: Filters) -> list:
+    """Milestones due in the period, before as_of.
+
+    Of these, the ones that *fell due* (were still owed then) are the completed ones and the open
+    ones whose contract was still open at their due date.  The queries take them in parts that
+    each range-scan an index without a lookup per row: completed (``completed_at`` set; before
+    as_of, or after it) and open (``completed_at`` null: the partial index of open milestones),
+    where only the open ones, and those completed after as_of, need their contract's closing."""
+    return [M.c.due_at < f.as_of, *_in_period(M.c.due_at, f)]
+
+
+def _sum_days(d: str, later, earlier, where):
+    """The sum of later - earlier in days over the rows where ``where`` holds (an aggregate)."""
+    if d == "sqlite":
+        return func.sum(func.julianday(later) - func.julianday(earlier)).filter(where)
+    # Summed as an interval (exact microseconds), turned into days once per group.
+    return func.date_part("epoch", func.sum(later - earlier).filter(where)) / 86400.0
 
 
 def _needs_contracts(f: Filters) -> bool:
     return bool(f.customer or f.playbook)
 
 
+def _scoped(stmt: Select, scope: list) -> Select:
+    """A milestone statement restricted to the contracts in scope (customer, playbook), if any."""
+    return stmt.join(C, C.c.id == M.c.contract_id).where(*scope) if scope else stmt
+
+
+def _per_stage(make) -> Any:
+    """UNION ALL of ``make(kind)`` restricted to each stage: each part range-scans an index led by
+    ``kind`` (no hashing or sorting of the whole period by stage; on PostgreSQL the parts run in
+    parallel workers).  Kinds are the API's MilestoneKind values: STAGE_ORDER lists them all."""
+    return union_all(*[make(kind).where(M.c.kind == kind) for kind in STAGE_ORDER])
+
+
 def _stats(conn: Connection, base: Select, value: str, groups: tuple[str, ...] = (),
-           ps: tuple[float, ...] = (0.5, 0.9), sums: tuple[str, ...] = (),
-           domain: list[str] | None = None) -> list[dict[str, Any]]:
+           ps: tuple[float, ...] = (0.5, 0.9), extra=None, domain: list[str] | None = None,
+           not_null: bool = False) -> list[dict[str, Any]]:
     """count, avg and percentiles (linear interpolation, as percentile_cont) of ``value`` per group,
-    and the sums of the ``sums`` columns, in one statement.  Rows whose value is NULL are left out.
+    and the aggregates ``extra(v)`` over the rows (v: ``base`` as a subquery), in one statement.
+    Rows whose value is NULL are left out (``not_null``: the value never is, count rows).
 
     ``domain``: the values the single group column can take.  On PostgreSQL the statement is then a
     UNION ALL of one aggregate per value, each range-scanning an index led by the group column:
-    no sort of the whole period by group first (measured: about five times less CPU)."""
+    no sort of the whole period by group first (measured: about five times less CPU), and the
+    parts run in parallel workers."""
+    extra = extra or (lambda v: [])
     v = base.subquery("v")
     x = v.c[value]
     gcols = [v.c[g] for g in groups]
+    wanted = literal_column("ARRAY[" + ", ".join(repr(float(p)) for p in ps) + "]::float8[]")
+    pcts = [func.percentile_cont(wanted).within_group(x).label("pcts")] if ps else []
+    n = func.count() if not_null else func.count(x)
     if conn.dialect.name == "postgresql" and domain and len(groups) == 1:
-        wanted = literal_column("ARRAY[" + ", ".join(repr(float(p)) for p in ps) + "]::float8[]")
         g = v.c[groups[0]]
         parts = [
-            select(literal(value_, String()).label(groups[0]), func.count(x).label("n"),
-                   cast(func.avg(x), Float).label("avg"), *[func.sum(v.c[c]).label(c) for c in sums],
-                   func.percentile_cont(wanted).within_group(x).label("pcts"))
+            select(literal(value_, String()).label(groups[0]), n.label("n"), cast(func.avg(x), Float).label("avg"),
+                   *extra(v), *pcts)
             .where(g == value_)
             for value_ in domain
         ]
-        rows = [dict(row._mapping) for row in conn.execute(union_all(*parts))]
-        rows = [r for r in rows if r["n"]]
-        for row in rows:
-            pcts = row.pop("pcts") or [None] * len(ps)
-            for p, value_ in zip(ps, pcts):
-                row[f"p{round(p * 100)}"] = None if value_ is None else float(value_)
-        return rows
-    if conn.dialect.name == "postgresql":
+        stmt = union_all(*parts)
+        gcols = []
+    elif conn.dialect.name == "postgresql":
         # Groups are sorted for the ordered-set aggregate: byte order is enough, and much cheaper.
         gcols = [g.collate("C").label(g.name) if isinstance(g.type, String) else g for g in gcols]
         # One ordered-set aggregate for all the percentiles: one sort per group.
-        wanted = literal_column("ARRAY[" + ", ".join(repr(float(p)) for p in ps) + "]::float8[]")
-        cols = [*gcols, func.count(x).label("n"), cast(func.avg(x), Float).label("avg"),
-                *[func.sum(v.c[c]).label(c) for c in sums],
-                func.percentile_cont(wanted).within_group(x).label("pcts")]
-        stmt = select(*cols)  # the aggregates skip NULLs
+        stmt = select(*gcols, n.label("n"), cast(func.avg(x), Float).label("avg"), *extra(v),
+                      *pcts)  # the aggregates skip NULLs
     else:
         part = gcols or None
         r = select(
-            *gcols,
-            x.label("x"),
-            *[v.c[c] for c in sums],
+            *v.c,
             (func.row_number().over(partition_by=part, order_by=x) - 1).label("rn"),
-            func.count().over(partition_by=part).label("n"),
+            func.count().over(partition_by=part).label("cnt"),
         ).where(x.is_not(None)).subquery("r")
         rgcols = [r.c[g] for g in groups]
-        n = func.max(r.c.n)
-        cols = [*rgcols, func.count(r.c.x).label("n"), cast(func.avg(r.c.x), Float).label("avg"),
-                *[func.sum(r.c[c]).label(c) for c in sums]]
+        cnt = func.max(r.c.cnt)
+        cols = [*rgcols, func.count(r.c[value]).label("n"), cast(func.avg(r.c[value]), Float).label("avg"), *extra(r)]
         for p in ps:
-            pos = p * (n - 1)
+            pos = p * (cnt - 1)
             lo = cast(pos, Integer)
-            lo_val = func.max(case((r.c.rn == cast(p * (r.c.n - 1), Integer), r.c.x)))
-            hi_val = func.max(case((r.c.rn == cast(p * (r.c.n - 1), Integer) + 1, r.c.x)))
+            lo_val = func.max(case((r.c.rn == cast(p * (r.c.cnt - 1), Integer), r.c[value])))
+            hi_val = func.max(case((r.c.rn == cast(p * (r.c.cnt - 1), Integer) + 1, r.c[value])))
             cols.append(cast(lo_val + (pos - lo) * (func.coalesce(hi_val, lo_val) - lo_val), Float)
                         .label(f"p{round(p * 100)}"))
         stmt = select(*cols)
@@ -521,12 +533,13 @@ def _stats(conn: Connection, base: Select, value: str, groups: tuple[str, ...] =
     if gcols:
         stmt = stmt.group_by(*gcols)
     rows = [dict(row._mapping) for row in conn.execute(stmt)]
-    if conn.dialect.name == "postgresql":
-        for row in rows:  # percentile_cont(ARRAY[...]) answered an array
-            pcts = row.pop("pcts") or [None] * len(ps)
-            for p, value in zip(ps, pcts):
-                row[f"p{round(p * 100)}"] = None if value is None else float(value)
-    return rows
+    for row in rows:
+        if conn.dialect.name == "postgresql" and ps:  # percentile_cont(ARRAY[...]) answered an array
+            for p, value_ in zip(ps, row.pop("pcts") or [None] * len(ps)):
+                row[f"p{round(p * 100)}"] = None if value_ is None else float(value_)
+        for p in (0.5, 0.9):
+            row.setdefault(f"p{round(p * 100)}", None)  # not asked for
+    return [row for row in rows if row["n"]] if domain else rows
 
 
 def _distribution(row: dict[str, Any] | None) -> dict[str, Any]:
@@ -535,17 +548,23 @@ def _distribution(row: dict[str, Any] | None) -> dict[str, Any]:
     return {"count": int(row["n"]), "avg_days": row["avg"], "p50_days": row["p50"], "p90_days": row["p90"]}
 
 
-def _prefer_hash(conn: Connection, on: bool) -> None:
-    """Group a period's rows by hashing rather than sorting them (PostgreSQL): the planner prices
-    the correlated closed_at lookup of open items too high and sorts; hashing costs half (measured)."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text(f"SET LOCAL enable_sort = {'off' if on else 'on'}"))
-
-
-def _c(d: str, col):
-    """A text column grouped or sorted on: byte order on PostgreSQL (much cheaper than the
-    database collation; only equality matters here, and ties are broken the same way on SQLite)."""
-    return col.collate("C") if d == "postgresql" else col
+@contextmanager
+def _planner(conn: Connection, **settings: bool):
+    """PostgreSQL planner settings for one statement (SET LOCAL, put back after it), where the
+    planner's estimates lead it to a plan measured slower.  ``enable_seqscan=False``: the money
+    metrics join contracts (currency, scope) by hashing them from the narrow
+    ``ix_contracts_id_analytics`` (index-only) rather than from the whole contracts table (measured:
+    the hash is built in half the time)."""
+    if conn.dialect.name != "postgresql" or not settings:
+        yield
+        return
+    for name, on in settings.items():
+        conn.execute(text(f"SET LOCAL {name} = {'on' if on else 'off'}"))
+    try:
+        yield
+    finally:
+        for name in settings:
+            conn.execute(text(f"SET LOCAL {name} = on"))
 
 
 def _stage_key(stage: str) -> tuple[int, str]:
@@ -558,20 +577,23 @@ def filters_out(f: Filters) -> FiltersOut:
 
 
 # ---------------------------------------------------------------- metrics
-def cycle(conn: Connection, f: Filters) -> CycleOut:
+def cycle(conn: Connection, f: Filters, *, detail: bool = True) -> CycleOut:
     """Fulfilment cycle of the contracts settled in the period: days from ``effective_at`` to
     ``settled_at``, the ``received_at`` of the payment that brought the running total (payments in
-    ``received_at`` order) to the contract amount (kept by the projection)."""
+    ``received_at`` order) to the contract amount (kept by the projection).  ``detail=False``: the
+    overall figures only (no playbooks, no histogram: what the quarterly report shows)."""
     d = conn.dialect.name
     base = (
         select(C.c.playbook, cast(_days(d, C.c.settled_at, C.c.effective_at), Float).label("days"))
         .where(C.c.settled_at.is_not(None), *_in_period(C.c.settled_at, f), *_contract_scope(f, owner=True))
     )
-    overall = _stats(conn, base, "days")
-    by_playbook = _stats(conn, base, "days", ("playbook",))
-    v = base.subquery("v")
-    bar = _floor(d, v.c.days / CYCLE_HISTOGRAM_DAYS).label("bar")
-    bars = conn.execute(select(bar, func.count().label("n")).group_by(bar).order_by(bar)).all()
+    overall = _stats(conn, base, "days", not_null=True)
+    by_playbook, bars = [], []
+    if detail:
+        by_playbook = _stats(conn, base, "days", ("playbook",), not_null=True)
+        v = base.subquery("v")
+        bar = _floor(d, v.c.days / CYCLE_HISTOGRAM_DAYS).label("bar")
+        bars = conn.execute(select(bar, func.count().label("n")).group_by(bar).order_by(bar)).all()
     return CycleOut(
         filters=filters_out(f),
         overall=DistributionOut(**_distribution(overall[0] if overall else None)),
@@ -584,43 +606,58 @@ def cycle(conn: Connection, f: Filters) -> CycleOut:
     )
 
 
-def stages(conn: Connection, f: Filters) -> StagesOut:
+def stages(conn: Connection, f: Filters, *, percentiles: bool = True) -> StagesOut:
     """Per stage (milestone kind), for milestones completed (``done``) in the period: stage time =
     ``completed_at`` - ``started_at`` (the latest ``completed_at`` of an earlier milestone, by
     position, of the same contract, or the contract's ``effective_at`` for the first; kept by the
     projection), 0 if negative; on-time = ``completed_at <= due_at``.  Late rate: of the
     milestones that fell due in the period (before as_of), those completed after ``due_at`` or
-    still open.  Waived milestones are left out."""
+    still open.  Waived milestones are left out.  ``percentiles=False``: no p50/p90 (the quarterly
+    report shows averages and rates only; the percentile sorts are the largest part of the cost)."""
     d = conn.dialect.name
     base = (
         select(
             M.c.kind,
-            cast(_greatest(d, _days(d, M.c.completed_at, func.coalesce(M.c.started_at, M.c.completed_at)), 0.0),
-                 Float).label("days"),
-            case((M.c.completed_at <= M.c.due_at, 1), else_=0).label("on_time"),
-            case((M.c.due_at.is_not(None), 1), else_=0).label("with_due"),
+            # completed_at - started_at, 0 if negative: computed by the database on the row (a
+            # generated column, migration 0010), read from the (kind, completed_at) index.
+            M.c.stage_days.label("days"),
+            M.c.completed_at,
+            M.c.due_at,
         )
         .where(M.c.status == "done", M.c.completed_at.is_not(None), *_in_period(M.c.completed_at, f),
-               *_milestone_scope(f))
+               *_milestone_scope(f, waived=False))
     )
     if _needs_contracts(f):
         base = base.join(C, C.c.id == M.c.contract_id).where(*_contract_scope(f, owner=False))
-    # Kinds are the API's MilestoneKind values (schemas.MilestoneKind): STAGE_ORDER lists them all.
-    times = {row["kind"]: row for row in _stats(conn, base, "days", ("kind",), sums=("on_time", "with_due"),
-                                                domain=STAGE_ORDER)}
 
-    due_q = select(
-        M.c.kind,
-        func.count().label("due"),
-        func.sum(case((or_(M.c.completed_at.is_(None), M.c.completed_at > M.c.due_at), 1), else_=0)).label("late"),
-    ).where(*_fell_due(d, f), *_milestone_scope(f))
-    if _needs_contracts(f):
-        due_q = due_q.join(C, C.c.id == M.c.contract_id).where(*_contract_scope(f, owner=False))
-    _prefer_hash(conn, True)
-    try:
-        dues = {row.kind: row for row in conn.execute(due_q.group_by(M.c.kind))}
-    finally:
-        _prefer_hash(conn, False)
+    def counts(v):
+        return [func.count().filter(v.c.completed_at <= v.c.due_at).label("on_time"),
+                func.count(v.c.due_at).label("with_due")]
+
+    # Kinds are the API's MilestoneKind values (schemas.MilestoneKind): STAGE_ORDER lists them all.
+    times = {row["kind"]: row for row in _stats(conn, base, "days", ("kind",), extra=counts, domain=STAGE_ORDER,
+                                                not_null=True, ps=(0.5, 0.9) if percentiles else ())}
+
+    # Fell due in the period: the completed ones (late if completed after the due date), per stage
+    # over the (kind, due_at) index; and the open ones (all late), from the partial index of open
+    # milestones, owed while their contract was open.
+    scope = _contract_scope(f, owner=False) if _needs_contracts(f) else []
+    completed = _per_stage(lambda kind: _scoped(
+        select(literal(kind, String()).label("kind"), func.count().label("due"),
+               func.count().filter(M.c.completed_at > M.c.due_at).label("late"))
+        .where(*_due_window(f), M.c.completed_at.is_not(None), *_milestone_scope(f)), scope))
+    still_open = _scoped(
+        select(M.c.kind, func.count().label("due"), func.count().label("late"))
+        .where(*_due_window(f), M.c.completed_at.is_(None), M.c.due_at < _open_until(d, f.as_of),
+               *_milestone_scope(f)), scope).group_by(M.c.kind)
+    dues: dict[str, list[int]] = {}
+    for q in (completed, still_open):
+        for row in conn.execute(q):
+            if not row.due:
+                continue  # a stage with nothing due (the per-stage parts answer a row each)
+            acc = dues.setdefault(row.kind, [0, 0])
+            acc[0] += int(row.due)
+            acc[1] += int(row.late or 0)
 
     out = []
     for kind in sorted(set(times) | set(dues), key=_stage_key):
@@ -628,8 +665,7 @@ def stages(conn: Connection, f: Filters) -> StagesOut:
         dist = _distribution(t)
         n_on_time = int(t["on_time"] or 0) if t else 0
         n_with_due = int(t["with_due"] or 0) if t else 0
-        n_due = int(du.due) if du else 0
-        n_late = int(du.late or 0) if du else 0
+        n_due, n_late = du or (0, 0)
         out.append(StageOut(
             stage=kind, completed=dist["count"], avg_days=dist["avg_days"], p50_days=dist["p50_days"],
             p90_days=dist["p90_days"], on_time=n_on_time, with_due_date=n_with_due,
@@ -644,14 +680,17 @@ def stages(conn: Connection, f: Filters) -> StagesOut:
 
 
 def _owed_at(d: str, as_of: datetime):
-    """What an installment still owed at ``as_of``: nothing if settled by then, amount - paid if
-    still open now, the whole amount if settled after as_of (partial payments of such an
-    installment before as_of are not known to the read model: see docs/analytics.md)."""
-    return case(
-        (and_(I.c.paid_at.is_not(None), I.c.paid_at <= as_of), 0),
-        (I.c.paid_at.is_(None), _units(d, I.c.amount) - _units(d, I.c.paid)),
-        else_=_units(d, I.c.amount),
-    )
+    """The installments still owed at ``as_of`` (due date set), with what each owed then: amount -
+    paid if still open now, the whole amount if settled after as_of (partial payments of such an
+    installment before as_of are not known to the read model: see docs/analytics.md); settled by
+    as_of: not there.  Two index-only ranges of ``ix_installments_paid_at`` (open; settled after
+    as_of) rather than one bitmap scan of the table for both."""
+    return union_all(
+        select(I.c.contract_id, I.c.due_at, (_units(d, I.c.amount) - _units(d, I.c.paid)).label("owed"))
+        .where(I.c.paid_at.is_(None), I.c.due_at.is_not(None)),
+        select(I.c.contract_id, I.c.due_at, _units(d, I.c.amount).label("owed"))
+        .where(I.c.paid_at > as_of, I.c.due_at.is_not(None)),
+    ).subquery("o")
 
 
 def receivables(conn: Connection, f: Filters) -> ReceivablesOut:
@@ -660,44 +699,35 @@ def receivables(conn: Connection, f: Filters) -> ReceivablesOut:
     billed = amounts of the installments that fell due in the period (up to as_of)."""
     d = conn.dialect.name
     as_of = f.as_of
-    owed = _owed_at(d, as_of)
-    age = _days(d, _ts(as_of), I.c.due_at)
+    o = _owed_at(d, as_of)
+    # Days past due as_of - due_at <= N  <=>  due_at >= as_of - N days: compared on the timestamps.
     bucket = case(
-        (I.c.due_at > as_of, "not_due"),
-        (age <= 30, "0-30"),
-        (age <= 60, "31-60"),
-        (age <= 90, "61-90"),
-        else_="90+",
+        (o.c.due_at > as_of, "not_due"),
+        *[(o.c.due_at >= as_of - timedelta(days=upper), label) for label, _, upper in AGEING_BUCKETS
+          if upper is not None],
+        else_=AGEING_BUCKETS[-1][0],
     ).label("bucket")
     scope = _contract_scope(f, owner=True)
-    base = (
-        select(C.c.currency, owed.label("owed"), bucket)
-        .select_from(I.join(C, C.c.id == I.c.contract_id))
-        .where(I.c.due_at.is_not(None), or_(I.c.paid_at.is_(None), I.c.paid_at > as_of), *scope)
-    )
-    v = base.offset(0).subquery("o")  # each row's owed amount and bucket computed once
-    _prefer_hash(conn, True)
-    try:
+    with _planner(conn, enable_seqscan=False):
         rows = conn.execute(
-            select(v.c.currency, v.c.bucket, func.sum(v.c.owed).label("owed"),
-                   func.sum(case((v.c.owed > 0, 1), else_=0)).label("n"))
-            .group_by(v.c.currency, v.c.bucket)
+            select(C.c.currency, bucket, func.sum(o.c.owed).label("owed"), func.count().filter(o.c.owed > 0).label("n"))
+            .select_from(o.join(C, C.c.id == o.c.contract_id))
+            .where(*scope)
+            .group_by(C.c.currency, bucket)
         ).all()
-    finally:
-        _prefer_hash(conn, False)
-    billed_rows = conn.execute(
-        select(C.c.currency, func.sum(_units(d, I.c.amount)).label("billed"))
-        .select_from(I.join(C, C.c.id == I.c.contract_id))
-        .where(I.c.due_at.is_not(None), I.c.due_at <= as_of, *_in_period(I.c.due_at, f), *scope)
-        .group_by(C.c.currency)
-    ).all()
+        billed_rows = conn.execute(
+            select(C.c.currency, func.sum(_units(d, I.c.amount)).label("billed"))
+            .select_from(I.join(C, C.c.id == I.c.contract_id))
+            .where(I.c.due_at.is_not(None), I.c.due_at <= as_of, *_in_period(I.c.due_at, f), *scope)
+            .group_by(C.c.currency)
+        ).all()
     billed = {row.currency: row.billed for row in billed_rows}
-    period_days = None
-    if f.start is not None:
-        period_days = (as_of - f.start).total_seconds() / 86400
     by_currency: dict[str, dict[str, tuple[Any, int]]] = {}
     for row in rows:
         by_currency.setdefault(row.currency, {})[row.bucket] = (row.owed, int(row.n or 0))
+    period_days = None
+    if f.start is not None:
+        period_days = (as_of - f.start).total_seconds() / 86400
     out = []
     for currency in sorted(set(by_currency) | set(billed)):
         buckets = by_currency.get(currency, {})
@@ -737,7 +767,9 @@ def costs(conn: Connection, f: Filters) -> CostsOut:
         .group_by(C.c.currency, M.c.kind)
     )
     per: dict[str, list] = {}
-    for row in conn.execute(stmt):
+    with _planner(conn, enable_seqscan=False):
+        result = conn.execute(stmt).all()
+    for row in result:
         per.setdefault(row.currency, []).append(row)
     out = []
     for currency in sorted(per):
@@ -784,64 +816,61 @@ def bottlenecks(conn: Connection, f: Filters) -> BottlenecksOut:
     delay; with the owner whose milestones hold the largest part of it."""
     d = conn.dialect.name
     as_of = f.as_of
-    end = case((and_(M.c.completed_at.is_not(None), M.c.completed_at < as_of), M.c.completed_at),
-               else_=_open_until(d, as_of))
-    delay = _greatest(d, _days(d, end, M.c.due_at), 0.0)
-    base = (
-        select(
-            M.c.kind, M.c.owner,
-            cast(delay, Float).label("delay"),
-            case((or_(M.c.completed_at.is_(None), M.c.completed_at >= as_of), 1), else_=0).label("open"),
-        )
-        .where(*_fell_due(d, f), *_milestone_scope(f))
+    scope = _contract_scope(f, owner=False) if _needs_contracts(f) else []
+    # Completed by as_of: delay = completion - due date, no lookup; per stage, a range of the
+    # (kind, due_at) index.
+    late = M.c.completed_at > M.c.due_at
+    done = _per_stage(lambda kind: _scoped(
+        select(literal(kind, String()).label("kind"), M.c.owner, func.count().label("due"),
+               func.count().filter(late).label("late"), literal(0).label("open_late"),
+               _sum_days(d, M.c.completed_at, M.c.due_at, late).label("delay"))
+        .where(*_due_window(f), M.c.completed_at < as_of, *_milestone_scope(f)), scope).group_by(M.c.owner))
+    # Still owed at as_of: their delay runs to as_of, or to the contract's closing if earlier (few
+    # rows: each looks its contract up).  Completed after as_of (a past period): per stage, the
+    # planner takes the shorter range, the stage's due dates in the period or the completions
+    # since as_of (none when as_of is now); open: the partial index of open milestones, counted
+    # while their contract was open.
+    until = _open_until(d, as_of)
+    later = [_scoped(select(M.c.kind, M.c.owner, M.c.due_at, until.label("until"))
+                     .where(*_due_window(f), M.c.completed_at >= as_of, *_milestone_scope(f), M.c.kind == kind), scope)
+             for kind in STAGE_ORDER]
+    still_open = _scoped(select(M.c.kind, M.c.owner, M.c.due_at, until.label("until"))
+                         .where(*_due_window(f), M.c.completed_at.is_(None), M.c.due_at < until, *_milestone_scope(f)),
+                         scope)
+    owed = union_all(*later, still_open).subquery("owed")
+    late_owed = owed.c.until > owed.c.due_at
+    still = (
+        select(owed.c.kind, owed.c.owner, func.count().label("due"), func.count().filter(late_owed).label("late"),
+               func.count().filter(late_owed).label("open_late"),
+               _sum_days(d, owed.c.until, owed.c.due_at, late_owed).label("delay"))
+        .group_by(owed.c.kind, owed.c.owner)
     )
-    if _needs_contracts(f):
-        base = base.join(C, C.c.id == M.c.contract_id).where(*_contract_scope(f, owner=False))
-    # OFFSET 0 keeps the subquery whole: each row's delay is computed once, not once per aggregate.
-    v = base.offset(0).subquery("v")
-    late = case((v.c.delay > 0, 1), else_=0)
-    kind, owner = _c(d, v.c.kind), _c(d, v.c.owner)
-    per_owner = (
-        select(
-            kind.label("kind"), owner.label("owner"),
-            func.count().label("due"),
-            func.sum(late).label("late"),
-            func.sum(late * v.c.open).label("open_late"),
-            func.sum(v.c.delay).label("delay"),
-        )
-        .group_by(kind, owner)
-        .subquery("o")
-    )
-    ranked = select(
-        per_owner,
-        func.row_number().over(partition_by=per_owner.c.kind,
-                               order_by=(per_owner.c.delay.desc(), per_owner.c.owner)).label("rk"),
-    ).subquery("k")
-    stmt = select(
-        ranked.c.kind,
-        func.sum(ranked.c.due).label("due"),
-        func.sum(ranked.c.late).label("late"),
-        func.sum(ranked.c.open_late).label("open_late"),
-        cast(func.sum(ranked.c.delay), Float).label("delay"),
-        func.max(case((ranked.c.rk == 1, ranked.c.owner))).label("top_owner"),
-        cast(func.max(case((ranked.c.rk == 1, ranked.c.delay))), Float).label("top_delay"),
-    ).group_by(ranked.c.kind)
-    _prefer_hash(conn, True)
-    try:
-        rows = sorted(conn.execute(stmt).all(), key=lambda r: (-(r.delay or 0.0), _stage_key(r.kind)))
-    finally:
-        _prefer_hash(conn, False)
+    # Per stage and owner: summed here over the two parts (a few rows each).
+    per: dict[str, dict[str, list[float]]] = {}
+    for stmt in (done, still):
+        for r in conn.execute(stmt):
+            acc = per.setdefault(r.kind, {}).setdefault(r.owner, [0, 0, 0, 0.0])
+            acc[0] += int(r.due)
+            acc[1] += int(r.late or 0)
+            acc[2] += int(r.open_late or 0)
+            acc[3] += float(r.delay or 0.0)
+    rows = []
+    for kind, owners in per.items():
+        total = sum(o[3] for o in owners.values())
+        # Whose queue: the largest delay; ties: the first owner id (byte order).
+        top_owner, top = min(owners.items(), key=lambda kv: (-kv[1][3], kv[0].encode()))
+        rows.append((kind, sum(o[0] for o in owners.values()), sum(o[1] for o in owners.values()),
+                     sum(o[2] for o in owners.values()), total, top_owner, top[3]))
+    rows.sort(key=lambda r: (-r[4], _stage_key(r[0])))
     out = []
-    for rank, r in enumerate(rows, start=1):
-        total = float(r.delay or 0.0)
-        due, late = int(r.due), int(r.late or 0)
+    for rank, (kind, due, n_late, open_late, total, top_owner, top_delay) in enumerate(rows, start=1):
         has_delay = total > 0
         out.append(BottleneckOut(
-            rank=rank, stage=r.kind, due=due, late=late, open_late=int(r.open_late or 0), total_delay_days=total,
-            mean_delay_days=total / due if due else None, mean_delay_late_days=total / late if late else None,
-            top_owner=r.top_owner if has_delay else None,
-            top_owner_delay_days=float(r.top_delay) if has_delay else None,
-            top_owner_share=float(r.top_delay) / total if has_delay else None,
+            rank=rank, stage=kind, due=due, late=n_late, open_late=open_late, total_delay_days=total,
+            mean_delay_days=total / due if due else None, mean_delay_late_days=total / n_late if n_late else None,
+            top_owner=top_owner if has_delay else None,
+            top_owner_delay_days=top_delay if has_delay else None,
+            top_owner_share=top_delay / total if has_delay else None,
         ))
     return BottlenecksOut(filters=filters_out(f), stages=out)
 
@@ -872,8 +901,10 @@ class QuarterMetrics:
 
 
 def quarter_metrics(conn: Connection, f: Filters) -> QuarterMetrics:
-    return QuarterMetrics(f, signed(conn, f), cycle(conn, f), stages(conn, f), receivables(conn, f), costs(conn, f),
-                          satisfaction(conn, f), bottlenecks(conn, f))
+    """Each metric of one quarter, with only the figures the report shows (no stage percentiles,
+    no cycle per playbook or histogram)."""
+    return QuarterMetrics(f, signed(conn, f), cycle(conn, f, detail=False), stages(conn, f, percentiles=False),
+                          receivables(conn, f), costs(conn, f), satisfaction(conn, f), bottlenecks(conn, f))
 
 
 def quarter_filters(f: Filters, quarter: str, tz: ZoneInfo) -> tuple[Filters, Filters]:
@@ -1001,14 +1032,14 @@ class AnalyticsService:
         self._reports: dict[tuple, tuple[float, QuarterlyReportOut]] = {}
         self._lock = threading.Lock()
 
-    def run(self, fn, *args):
+    def run(self, fn, *args, parallel: bool = True):
         with self.sessions() as session:
             conn = session.connection()
             if conn.dialect.name == "postgresql":
-                # These are short aggregate queries: JIT compilation costs more than it saves (measured).
-                conn.execute(text("SET LOCAL jit = off"))
-                # Percentiles sort a period's rows: in memory, not in temporary files.
-                conn.execute(text("SET LOCAL work_mem = '64MB'"))
+                # These are short aggregate queries: JIT compilation costs more than it saves
+                # (measured); percentiles sort a period's rows: in memory, not in temporary files.
+                conn.execute(text("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'"
+                                  + ("" if parallel else "; SET LOCAL max_parallel_workers_per_gather = 0")))
             return fn(conn, *args)
 
     def cycle(self, f: Filters) -> CycleOut:
@@ -1039,7 +1070,9 @@ class AnalyticsService:
             if hit is not None and monotonic() - hit[0] < self.REPORT_TTL_SECONDS:
                 return hit[1]
         with ThreadPoolExecutor(2) as pool:
-            mc, mp = pool.map(lambda x: self.run(quarter_metrics, x), (cur_f, prev_f))
+            # Two connections keep two cores busy: parallel query workers on top of them only add
+            # start-up and contention (measured: a third more wall time).
+            mc, mp = pool.map(lambda x: self.run(quarter_metrics, x, parallel=False), (cur_f, prev_f))
         report = assemble_report(mc, mp)
         if key is not None:
             with self._lock:

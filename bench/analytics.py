@@ -114,6 +114,19 @@ def existing_counts() -> dict[str, int] | None:
         conn.close()
 
 
+def _has_stage_days() -> bool:
+    import psycopg2
+
+    conn = psycopg2.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={DB_NAME}")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'milestones' "
+                        "AND column_name = 'stage_days'")
+            return cur.fetchone() is not None
+    finally:
+        conn.close()
+
+
 def seed(n: int) -> dict[str, Any]:
     import psycopg2
 
@@ -339,6 +352,12 @@ def main() -> int:
         from core.migrate import upgrade
 
         upgrade(database_url())  # new indexes, if any
+        if not _has_stage_days():
+            # Seeded while migration 0010 was still a placeholder: the version says done, the
+            # generated column is not there.  Seed again.
+            print("  milestones.stage_days missing (migration 0010): seeding again ...", flush=True)
+            seeding = seed(args.contracts)
+            counts = seeding["counts"]
 
     client, engine = make_client()
     print(f"measuring ({args.repeat} calls each after a warm-up; load average {os.getloadavg()[0]:.2f}) ...",

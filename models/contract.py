@@ -11,8 +11,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Computed, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import FunctionElement
 
 from models.base import Base
 from models.types import Money, UTCDateTime
@@ -83,18 +85,45 @@ class Contract(Base):
     )
 
 
+class StageDays(FunctionElement):
+    """A completed milestone's stage time in days: completed_at - started_at (or 0 without a
+    start), 0 if negative; NULL while not completed.  The ``milestones.stage_days`` generated
+    column (migration 0010): analytics read it rather than computing it for every row."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(StageDays, "postgresql")
+def _stage_days_pg(element, compiler, **kw):
+    return ("CASE WHEN completed_at IS NOT NULL THEN date_part('epoch', greatest(completed_at - "
+            "coalesce(started_at, completed_at), interval '0')) / 86400.0 END")
+
+
+@compiles(StageDays)
+def _stage_days_default(element, compiler, **kw):
+    return ("CASE WHEN completed_at IS NOT NULL THEN max(julianday(completed_at) - "
+            "julianday(coalesce(started_at, completed_at)), 0.0) END")
+
+
 class Milestone(Base):
     __tablename__ = "milestones"
     __table_args__ = (
         Index("ix_milestones_status_due", "status", "due_at"),
-        # analytics (migration 0007)
+        # analytics (migrations 0007, 0010)
         Index("ix_milestones_completed_at", "completed_at",
               postgresql_include=["kind", "status", "started_at", "due_at", "owner", "department", "contract_id",
                                   "planned_cost", "actual_cost", "satisfaction"]),
         Index("ix_milestones_kind_completed_at", "kind", "completed_at",
-              postgresql_include=["status", "started_at", "due_at", "owner", "department", "contract_id"]),
-        Index("ix_milestones_due_at", "due_at",
-              postgresql_include=["kind", "status", "completed_at", "owner", "department", "contract_id"]),
+              postgresql_include=["status", "stage_days", "due_at", "owner", "department", "contract_id",
+                                  "satisfaction"]),
+        # Due per stage (migration 0010; replaces 0007's ix_milestones_due_at): one range per stage.
+        Index("ix_milestones_kind_due_at", "kind", "due_at",
+              postgresql_include=["status", "completed_at", "owner", "department", "contract_id"]),
+        # Open milestones by due date (few): the late ones are found without reading the completed.
+        Index("ix_milestones_open_due", "due_at",
+              postgresql_include=["kind", "status", "owner", "department", "contract_id"],
+              postgresql_where=text("completed_at IS NULL"), sqlite_where=text("completed_at IS NULL")),
     )
 
     contract_id: Mapped[str] = mapped_column(ForeignKey("contracts.id", ondelete="CASCADE"), primary_key=True)
@@ -121,6 +150,8 @@ class Milestone(Base):
     # When the stage started: the latest completion of an earlier milestone (by position), else
     # the contract's effective date; kept by the projection, read by the stage-time analytics.
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # completed_at - started_at in days (StageDays), computed by the database (migration 0010).
+    stage_days: Mapped[float | None] = mapped_column(Float, Computed(StageDays(), persisted=True))
 
     contract: Mapped[Contract] = relationship(back_populates="milestones")
 

@@ -584,6 +584,40 @@ def test_migration_0007_backfills_stage_starts_and_settlements(request, tmp_path
                 drop_pg_database(*pg)
 
 
+def test_the_database_keeps_each_stage_time(loaded):
+    """milestones.stage_days (a generated column, migration 0010): completed_at - started_at in
+    days, 0 if negative, NULL while not completed; written by every insert and update."""
+    from sqlalchemy import select, update
+
+    from models import Milestone
+
+    sessions, rows = loaded
+    with sessions() as session:
+        kept = {(c, k): v for c, k, v in session.execute(
+            select(Milestone.contract_id, Milestone.key, Milestone.stage_days))}
+    checked = 0
+    for r in rows:
+        for m in r.milestones:
+            value = kept[(r.contract["id"], m["key"])]
+            if m["completed_at"] is None:
+                assert value is None
+                continue
+            start = m["started_at"] or m["completed_at"]
+            assert close(value, max(0.0, days(m["completed_at"], start))), (r.contract["id"], m["key"])
+            checked += 1
+    assert checked > 1000
+    # Written on update too: a stage completed before its start counts 0; reopened, nothing.
+    cid, key = next((r.contract["id"], m["key"]) for r in rows for m in r.milestones if m["completed_at"])
+    with sessions.begin() as session:
+        where = (Milestone.contract_id == cid) & (Milestone.key == key)
+        session.execute(update(Milestone).where(where).values(started_at=NOW, completed_at=NOW - timedelta(days=2)))
+        assert session.execute(select(Milestone.stage_days).where(where)).scalar_one() == 0
+        session.execute(update(Milestone).where(where).values(completed_at=NOW + timedelta(days=1, hours=12)))
+        assert close(session.execute(select(Milestone.stage_days).where(where)).scalar_one(), 1.5)
+        session.execute(update(Milestone).where(where).values(completed_at=None))
+        assert session.execute(select(Milestone.stage_days).where(where)).scalar_one() is None
+
+
 def test_models_and_migration_agree_on_the_analytics_schema(database_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -596,8 +630,11 @@ def test_models_and_migration_agree_on_the_analytics_schema(database_url):
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     finally:
         engine.dispose()
-    mine = [d for d in diff if any(w in repr(d) for w in ("started_at", "settled_at", "ix_milestones_completed_at",
-                                                           "ix_milestones_due_at", "ix_milestones_kind_completed_at", "ix_installments_", "ix_payments_",
+    mine = [d for d in diff if any(w in repr(d) for w in ("started_at", "settled_at", "stage_days",
+                                                           "ix_milestones_completed_at", "ix_milestones_due_at",
+                                                           "ix_milestones_kind_completed_at", "ix_milestones_open_due",
+                                                           "ix_milestones_kind_due_at",
+                                                           "ix_installments_", "ix_payments_",
                                                            "ix_contracts_effective_at", "ix_contracts_settled_at",
                                                            "ix_contracts_id_analytics"))]
     assert mine == []
