@@ -110,6 +110,7 @@ def _apply_snapshot(session: Session, contract: Contract, state: ContractState) 
             planned_cost=Decimal(m.planned_cost) if m.planned_cost is not None else None,
             actual_cost=Decimal(m.actual_cost) if m.actual_cost is not None else None,
             satisfaction=m.satisfaction,
+            currency=state.spec.currency,
             started_at=started,
         )
         for pos, (m, started) in enumerate(zip(state.milestones, _stage_starts(state)))
@@ -121,6 +122,7 @@ def _apply_snapshot(session: Session, contract: Contract, state: ContractState) 
             position=pos,
             amount=Decimal(i.amount),
             paid=Decimal(i.paid),
+            currency=state.spec.currency,
             status=i.status,
             due_at=i.due_at,
             due_estimated=i.due_estimated,

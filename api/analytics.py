@@ -551,10 +551,11 @@ def _distribution(row: dict[str, Any] | None) -> dict[str, Any]:
 @contextmanager
 def _planner(conn: Connection, **settings: bool):
     """PostgreSQL planner settings for one statement (SET LOCAL, put back after it), where the
-    planner's estimates lead it to a plan measured slower.  ``enable_seqscan=False``: the money
-    metrics join contracts (currency, scope) by hashing them from the narrow
-    ``ix_contracts_id_analytics`` (index-only) rather than from the whole contracts table (measured:
-    the hash is built in half the time)."""
+    planner's estimates lead it to a plan measured slower.  ``enable_seqscan=False``: when a
+    customer/playbook/owner filter makes the money metrics join contracts, they hash them from the
+    narrow ``ix_contracts_id_analytics`` (index-only) rather than from the whole contracts table
+    (measured: the hash is built in half the time); without one they read the item's own currency
+    from an index-only range (migration 0012) and the setting keeps it that way."""
     if conn.dialect.name != "postgresql" or not settings:
         yield
         return
@@ -686,9 +687,10 @@ def _owed_at(d: str, as_of: datetime):
     as_of: not there.  Two index-only ranges of ``ix_installments_paid_at`` (open; settled after
     as_of) rather than one bitmap scan of the table for both."""
     return union_all(
-        select(I.c.contract_id, I.c.due_at, (_units(d, I.c.amount) - _units(d, I.c.paid)).label("owed"))
+        select(I.c.contract_id, I.c.currency, I.c.due_at,
+               (_units(d, I.c.amount) - _units(d, I.c.paid)).label("owed"))
         .where(I.c.paid_at.is_(None), I.c.due_at.is_not(None)),
-        select(I.c.contract_id, I.c.due_at, _units(d, I.c.amount).label("owed"))
+        select(I.c.contract_id, I.c.currency, I.c.due_at, _units(d, I.c.amount).label("owed"))
         .where(I.c.paid_at > as_of, I.c.due_at.is_not(None)),
     ).subquery("o")
 
@@ -707,19 +709,23 @@ def receivables(conn: Connection, f: Filters) -> ReceivablesOut:
           if upper is not None],
         else_=AGEING_BUCKETS[-1][0],
     ).label("bucket")
+    # Items carry their contract's currency: contracts are joined only for a customer, playbook
+    # or owner filter.
     scope = _contract_scope(f, owner=True)
+    owed_from = o.join(C, C.c.id == o.c.contract_id) if scope else o
+    billed_from = I.join(C, C.c.id == I.c.contract_id) if scope else I
     with _planner(conn, enable_seqscan=False):
         rows = conn.execute(
-            select(C.c.currency, bucket, func.sum(o.c.owed).label("owed"), func.count().filter(o.c.owed > 0).label("n"))
-            .select_from(o.join(C, C.c.id == o.c.contract_id))
+            select(o.c.currency, bucket, func.sum(o.c.owed).label("owed"), func.count().filter(o.c.owed > 0).label("n"))
+            .select_from(owed_from)
             .where(*scope)
-            .group_by(C.c.currency, bucket)
+            .group_by(o.c.currency, bucket)
         ).all()
         billed_rows = conn.execute(
-            select(C.c.currency, func.sum(_units(d, I.c.amount)).label("billed"))
-            .select_from(I.join(C, C.c.id == I.c.contract_id))
+            select(I.c.currency, func.sum(_units(d, I.c.amount)).label("billed"))
+            .select_from(billed_from)
             .where(I.c.due_at.is_not(None), I.c.due_at <= as_of, *_in_period(I.c.due_at, f), *scope)
-            .group_by(C.c.currency)
+            .group_by(I.c.currency)
         ).all()
     billed = {row.currency: row.billed for row in billed_rows}
     by_currency: dict[str, dict[str, tuple[Any, int]]] = {}
@@ -753,18 +759,19 @@ def costs(conn: Connection, f: Filters) -> CostsOut:
     planned and an actual cost: sum(actual) / sum(planned) - 1."""
     d = conn.dialect.name
     planned, actual = _units(d, M.c.planned_cost), _units(d, M.c.actual_cost)
+    scope = _contract_scope(f, owner=False)  # contracts joined only for these filters
     stmt = (
         select(
-            C.c.currency, M.c.kind,
+            M.c.currency, M.c.kind,
             func.count().label("n"),
             func.sum(planned).label("planned"),
             func.sum(actual).label("actual"),
             func.sum(case((actual > planned, 1), else_=0)).label("over"),
         )
-        .select_from(M.join(C, C.c.id == M.c.contract_id))
+        .select_from(M.join(C, C.c.id == M.c.contract_id) if scope else M)
         .where(M.c.planned_cost.is_not(None), M.c.actual_cost.is_not(None), *_in_period(M.c.completed_at, f),
-               M.c.completed_at.is_not(None), *_milestone_scope(f), *_contract_scope(f, owner=False))
-        .group_by(C.c.currency, M.c.kind)
+               M.c.completed_at.is_not(None), *_milestone_scope(f), *scope)
+        .group_by(M.c.currency, M.c.kind)
     )
     per: dict[str, list] = {}
     with _planner(conn, enable_seqscan=False):

@@ -49,9 +49,9 @@ COLUMNS = {
                   "updated_at", "closed_at", "close_reason", "settled_at"],
     "milestones": ["contract_id", "key", "position", "name", "kind", "owner", "department", "standard", "due_rule",
                    "depends_on", "due_at", "due_estimated", "status", "progress", "completed_at", "completed_by",
-                   "overdue_since", "planned_cost", "actual_cost", "satisfaction", "started_at"],
+                   "overdue_since", "planned_cost", "actual_cost", "satisfaction", "started_at", "currency"],
     "installments": ["contract_id", "key", "position", "amount", "paid", "status", "due_at", "due_estimated",
-                     "paid_at"],
+                     "paid_at", "currency"],
     "payments": ["contract_id", "reference", "amount", "currency", "received_at", "recorded_at", "recorded_by",
                  "allocations", "excess"],
 }

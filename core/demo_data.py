@@ -353,8 +353,8 @@ def generate(
             milestones, installments, payments = _goods(b, amount, owner, amend)
             title = f"{rng.choice(PRODUCTS)} 供货合同 / supply of {rng.randint(2, 120)} units"
             playbook, end_at = "goods_sale", effective_at + timedelta(days=365)
-        for p in payments:
-            p["currency"] = currency
+        for item in (*payments, *milestones, *installments):  # items carry the contract's currency
+            item["currency"] = currency
         paid = sum((p["amount"] for p in payments), Decimal(0))
         settled_at, running = None, Decimal(0)
         for p in sorted(payments, key=lambda p: (p["received_at"], p["reference"])):  # as the projection does

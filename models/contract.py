@@ -113,7 +113,7 @@ class Milestone(Base):
         # analytics (migrations 0007, 0010)
         Index("ix_milestones_completed_at", "completed_at",
               postgresql_include=["kind", "status", "started_at", "due_at", "owner", "department", "contract_id",
-                                  "planned_cost", "actual_cost", "satisfaction"]),
+                                  "planned_cost", "actual_cost", "satisfaction", "currency"]),
         Index("ix_milestones_kind_completed_at", "kind", "completed_at",
               postgresql_include=["status", "stage_days", "due_at", "owner", "department", "contract_id",
                                   "satisfaction"]),
@@ -147,6 +147,9 @@ class Milestone(Base):
     planned_cost: Mapped[Decimal | None] = mapped_column(Money())
     actual_cost: Mapped[Decimal | None] = mapped_column(Money())
     satisfaction: Mapped[int | None] = mapped_column(Integer)
+    # The contract's currency (fixed at creation), copied so the cost analytics group by it
+    # without joining contracts (migration 0012).
+    currency: Mapped[str] = mapped_column(String(3))
     # When the stage started: the latest completion of an earlier milestone (by position), else
     # the contract's effective date; kept by the projection, read by the stage-time analytics.
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -158,9 +161,11 @@ class Milestone(Base):
 
 class Installment(Base):
     __tablename__ = "installments"
-    __table_args__ = (  # analytics (migration 0007)
-        Index("ix_installments_due_at", "due_at", postgresql_include=["contract_id", "amount", "paid", "paid_at"]),
-        Index("ix_installments_paid_at", "paid_at", postgresql_include=["contract_id", "amount", "paid", "due_at"]),
+    __table_args__ = (  # analytics (migrations 0007, 0012)
+        Index("ix_installments_due_at", "due_at",
+              postgresql_include=["contract_id", "amount", "paid", "paid_at", "currency"]),
+        Index("ix_installments_paid_at", "paid_at",
+              postgresql_include=["contract_id", "amount", "paid", "due_at", "currency"]),
     )
 
     contract_id: Mapped[str] = mapped_column(ForeignKey("contracts.id", ondelete="CASCADE"), primary_key=True)
@@ -168,6 +173,9 @@ class Installment(Base):
     position: Mapped[int] = mapped_column(Integer)
     amount: Mapped[Decimal] = mapped_column(Money())
     paid: Mapped[Decimal] = mapped_column(Money())
+    # The contract's currency (fixed at creation), copied so the money analytics group by it
+    # without joining contracts (migration 0012).
+    currency: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(20))
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     due_estimated: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -388,7 +388,7 @@ def test_percentiles_and_ageing_boundaries_on_a_small_hand_made_set(sessions):
         r.installments[:] = [{"contract_id": r.contract["id"], "key": "x", "position": 0, "amount": Decimal("25.00"),
                               "paid": Decimal(0), "status": "overdue",
                               "due_at": NOW - timedelta(days=[30, 30.5, 60, 90][k]), "due_estimated": False,
-                              "paid_at": None}]
+                              "paid_at": None, "currency": r.contract["currency"]}]
         made.append(r)
     reproject(made)
     with sessions.begin() as session:
@@ -534,7 +534,8 @@ def test_the_service_computes_reports_in_parallel_and_keeps_closed_quarters(load
 
 def test_migration_0007_backfills_stage_starts_and_settlements(request, tmp_path):
     """A database projected before 0007 gets started_at and settled_at computed by the migration,
-    equal to what the projection keeps (on SQLite and PostgreSQL)."""
+    equal to what the projection keeps, and (0012) each item the currency of its contract (on
+    SQLite and PostgreSQL)."""
     from core.migrate import upgrade
     from sqlalchemy import insert, select
 
@@ -562,8 +563,8 @@ def test_migration_0007_backfills_stage_starts_and_settlements(request, tmp_path
                     strip = lambda d, *keys: {k: v for k, v in d.items() if k not in keys}  # noqa: E731
                     for model, items in (
                         (Contract, [strip({**r.contract, "customer_id": ids[r.customer[1]]}, "settled_at") for r in rows]),
-                        (Milestone, [strip(m, "started_at") for r in rows for m in r.milestones]),
-                        (Installment, [i for r in rows for i in r.installments]),
+                        (Milestone, [strip(m, "started_at", "currency") for r in rows for m in r.milestones]),
+                        (Installment, [strip(i, "currency") for r in rows for i in r.installments]),
                         (Payment, [p for r in rows for p in r.payments]),
                     ):
                         session.execute(insert(model.__table__), items)
@@ -572,12 +573,17 @@ def test_migration_0007_backfills_stage_starts_and_settlements(request, tmp_path
                     started = dict(((c, k), v) for c, k, v in conn.execute(
                         select(Milestone.contract_id, Milestone.key, Milestone.started_at)))
                     settled = dict(conn.execute(select(Contract.id, Contract.settled_at)).all())
+                    currencies = {model.__tablename__: dict(((c, k), v) for c, k, v in conn.execute(
+                        select(model.contract_id, model.key, model.currency))) for model in (Milestone, Installment)}
             finally:
                 engine.dispose()
             for r in rows:
                 assert settled[r.contract["id"]] == r.contract["settled_at"], r.contract["id"]
                 for m in r.milestones:
                     assert started[(r.contract["id"], m["key"])] == m["started_at"], (r.contract["id"], m["key"])
+                for table, items in (("milestones", r.milestones), ("installments", r.installments)):
+                    for item in items:
+                        assert currencies[table][(r.contract["id"], item["key"])] == r.contract["currency"]
     finally:
         for _, _, pg in urls:
             if pg:

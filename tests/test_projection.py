@@ -60,6 +60,9 @@ def test_projection_is_idempotent_and_never_goes_backwards(sessions):
         assert seqs == [1, 2, 3]
         assert session.execute(select(func.count()).select_from(Milestone)).scalar_one() == 6
         assert session.execute(select(func.count()).select_from(Installment)).scalar_one() == 2
+        # Items carry their contract's currency (migration 0012: the money analytics group by it).
+        for model in (Milestone, Installment):
+            assert set(session.execute(select(model.currency)).scalars()) == {spec.currency}
         payment = session.execute(select(Payment)).scalar_one()
         assert payment.amount == Decimal("10.05") and payment.allocations == {"deposit": "10.05"}
 
