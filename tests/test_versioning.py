@@ -73,6 +73,6 @@ def test_the_contract_workflows_patches_are_documented():
     found = set()
     for path in (root / "workflows").glob("*.py"):
         found |= set(re.findall(r'workflow\.(?:patched|deprecate_patch)\("([^"]+)"\)', path.read_text()))
-    assert {"notifications-v1", "progress-dedupe-v1", "quiet-cancelled-escalation-v1", "dates-at-start-v1"} <= found
+    assert {"notifications-v1", "progress-dedupe-v1", "quiet-cancelled-escalation-v1"} <= found
     doc = (root / "docs" / "versioning.md").read_text()
     assert sorted(p for p in found if f"`{p}`" not in doc) == []

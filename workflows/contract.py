@@ -123,12 +123,9 @@ class ContractWorkflow:
         self._simulating = False  # assessing an amendment on a copy: no side effects
         self._documenting = False
         self._renewing = False
-        if input.carried is None and workflow.patched("dates-at-start-v1"):
-            # Due dates from the first moment: an update delivered with the workflow's first task
-            # (before run() refreshes) must see them -- an amendment moving a date by a shift was
-            # refused "has no date yet".  Dates only: statuses and events wait for run().
-            for x in [*self.state.milestones, *self.state.installments]:
-                x.due_at, x.due_estimated = self._due(x.due)
+        # run() has not begun: an update delivered with the workflow's first task runs before it
+        # (see _dated_for_first_task).
+        self._run_started = False
         if input.carried is None:
             # Here, not in run(): an update delivered with the workflow's first task (the worker
             # was down when the contract was registered) runs before run() starts, and the log
@@ -151,6 +148,7 @@ class ContractWorkflow:
     # ------------------------------------------------------------------ main
     @workflow.run
     async def run(self, input: ContractWorkflowInput) -> ContractState:
+        self._run_started = True
         self._refresh()
         projector = asyncio.create_task(self._projector())
         notifier = asyncio.create_task(self._notifier()) if self._notify else None
@@ -269,6 +267,7 @@ class ContractWorkflow:
         existing = self._amendment_or_none(r.amendment_id)
         if existing is not None:
             return AmendmentResult(existing, self.state.contract_version, created=False)
+        self._date_for_first_task()
         self._check_request(r)
         return self._apply_request(r)
 
@@ -279,6 +278,7 @@ class ContractWorkflow:
 
     @workflow.update
     def decide_amendment(self, d: DecideAmendmentInput) -> AmendmentResult:
+        self._date_for_first_task()
         self._check_decision(d)
         return self._apply_decision(d)
 
@@ -528,7 +528,7 @@ class ContractWorkflow:
             raise invalid("say who requests the amendment ('requested_by')")
         if not r.reason or not r.reason.strip():
             raise invalid("an amendment needs a written reason")
-        amendments.check(s, r.changes, workflow.now())
+        amendments.check(self._dated_for_first_task(), r.changes, workflow.now())
 
     def _apply_request(self, r: RequestAmendmentInput) -> AmendmentResult:
         s = self.state
@@ -679,9 +679,36 @@ class ContractWorkflow:
         if d.decision == "approve" and self._missing_roles(a) == [d.role]:
             # The last approval applies the change: it must still fit the contract as it is now.
             try:
-                amendments.check(s, a.changes, workflow.now())
+                amendments.check(self._dated_for_first_task(), a.changes, workflow.now())
             except Exception as exc:  # noqa: BLE001 - reported as a conflict with the reason
                 raise conflict(f"the contract changed since amendment {a.id!r} was requested: {exc}")
+
+    # An update delivered with the workflow's first task (the contract was registered while no
+    # worker ran, or an amendment came right after creation) runs before run() has computed any
+    # due date: moving a date by a shift was refused "has no date yet".  Such an update now sees
+    # the dates run() is about to compute.  Only before run() starts, so every history written
+    # before this change (where that update was refused, and so is not in the history) replays
+    # unchanged; no patch marker is needed.
+    def _dated_for_first_task(self) -> ContractState:
+        """The state to check against: itself, or before run() a dated copy (a validator must
+        not change the state)."""
+        if self._run_started:
+            return self.state
+        before = self.state
+        dated = copy.deepcopy(before)
+        self.state, self._simulating = dated, True
+        try:
+            for x in [*dated.milestones, *dated.installments]:
+                x.due_at, x.due_estimated = self._due(x.due)
+        finally:
+            self.state, self._simulating = before, False
+        return dated
+
+    def _date_for_first_task(self) -> None:
+        """In the handler (which may change the state): date the open items before run() does."""
+        if not self._run_started:
+            for x in [*self.state.milestones, *self.state.installments]:
+                x.due_at, x.due_estimated = self._due(x.due)
 
     def _missing_roles(self, a: AmendmentState) -> list[str]:
         done = {x.role for x in a.decisions if x.decision == "approved"}
