@@ -247,6 +247,22 @@ def test_ui_url_for_people_is_the_published_ui_port(services):
 
 
 # ------------------------------------------------------------------ the image
+def test_production_settings_and_shared_documents(services):
+    """The app runs as production (no dev credentials: core/settings.py refuses them), with the
+    secrets required from the environment, and every API replica shares the documents volume."""
+    import yaml as _yaml
+
+    compose = _yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    for name in ("api", "worker"):
+        raw = services[name]["environment"]
+        assert raw["ENVIRONMENT"] == "production", name
+        assert raw["JWT_SECRET"].startswith("${JWT_SECRET:?"), name  # compose refuses to start without it
+        assert "SEED_DEMO_ORG" not in raw and "SEED_DEMO_DATA" not in raw, name
+    assert "documents:/data/documents" in services["api"]["volumes"]
+    assert services["api"]["environment"]["DOCUMENT_DIR"] == "/data/documents"
+    assert "documents" in compose["volumes"]
+
+
 def test_dockerfile_installs_the_project():
     text = DOCKERFILE.read_text(encoding="utf-8")
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
