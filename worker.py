@@ -49,6 +49,10 @@ def build_worker(
         max_concurrent_activities=settings.max_concurrent_activities,
         # Bounded sticky cache: worker memory stays flat however many contracts are open.
         max_cached_workflows=settings.max_cached_workflows,
+        # Bounded workflow-task intake: under a backlog the tasks wait on the server rather than in
+        # this process, where they outlived their 10 s timeout and were replayed again and again
+        # (docs/capacity.md, finding 2; seen as "workflow task duration exceeded" in the fault tests).
+        max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
         # Pollers follow the load, so a burst of new contracts does not queue behind 5 pollers.
         workflow_task_poller_behavior=PollerBehaviorAutoscaling(),
         activity_task_poller_behavior=PollerBehaviorAutoscaling(),

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     # Worker tuning: cached workflows bound worker memory; pollers scale with load.
     max_cached_workflows: int = 2000
     max_concurrent_activities: int = 50
+    max_concurrent_workflow_tasks: int = 10
 
     @model_validator(mode="after")
     def _no_dev_credentials_in_production(self) -> "Settings":
