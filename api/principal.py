@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from models import Department, User
@@ -77,24 +77,14 @@ def principal_for_user(session: Session, user: User) -> Principal:
 
 
 def _team_of(session: Session, user_id: str) -> set[str]:
-    rows = session.execute(select(User.id, User.manager_id, User.department)).all()
-    reports: dict[str, list[str]] = {}
-    by_department: dict[str, list[str]] = {}
-    for uid, manager_id, department in rows:
-        if manager_id:
-            reports.setdefault(manager_id, []).append(uid)
-        if department:
-            by_department.setdefault(department, []).append(uid)
-    headed = session.execute(select(Department.key).where(Department.head_id == user_id)).scalars().all()
-    todo = [m for key in headed for m in by_department.get(key, [])] + reports.get(user_id, [])
-    team: set[str] = set()
-    while todo:
-        uid = todo.pop()
-        if uid in team or uid == user_id:
-            continue
-        team.add(uid)
-        todo.extend(reports.get(uid, []))
-    return team
+    """Reports (recursively) and members of the departments the user heads, with their reports.
+    One recursive query: this runs on every request a person makes, so the organisation is not
+    loaded row by row (UNION, not UNION ALL: a reporting cycle ends the recursion)."""
+    headed = select(Department.key).where(Department.head_id == user_id)
+    seed = select(User.id).where(or_(User.manager_id == user_id, User.department.in_(headed)))
+    team = seed.cte("team", recursive=True)
+    team = team.union(select(User.id).join(team, User.manager_id == team.c.id))
+    return set(session.execute(select(team.c.id)).scalars()) - {user_id}
 
 
 @dataclass
