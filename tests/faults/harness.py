@@ -434,6 +434,8 @@ class Observer:
         self._task: asyncio.Task | None = None
         self._tick = asyncio.Event()
         self.errors = 0
+        self.last_ok: float | None = None  # when a poll last succeeded (a stale view looks like a stall)
+        self.last_error = ""
 
     def _poll(self) -> tuple[dict, dict]:
         with self.engine.connect() as conn:
@@ -449,8 +451,10 @@ class Observer:
         while True:
             try:
                 self.events, self.notifications = await asyncio.to_thread(self._poll)
-            except Exception:  # noqa: BLE001 - keep observing
+                self.last_ok = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - keep observing
                 self.errors += 1
+                self.last_error = repr(exc)[:300]
             self._tick.set()
             self._tick = asyncio.Event()
             await asyncio.sleep(self.interval)
@@ -466,13 +470,23 @@ class Observer:
                 await self._task
         self.engine.dispose()
 
-    async def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    async def wait(self, predicate: Callable[[], bool], timeout: float, what: str, cid: str | None = None) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
+                                     + (self.describe(cid) if cid else ""))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._tick.wait(), timeout=5)
+
+    def describe(self, cid: str) -> str:
+        """What the database held for the contract when a wait gave up: the failure message must
+        be enough to tell "never sent" from "sent to someone else" or "still failing"."""
+        notes = sorted(f"{k} = {st}" for k, st in self.notifications.get(cid, {}).items())
+        age = f"{time.monotonic() - self.last_ok:.1f}s ago" if self.last_ok else "never"
+        return (f"\n  observer: last good poll {age}, {self.errors} failed polls {self.last_error}"
+                + "\n  events: " + ", ".join(sorted(self.events.get(cid, ())))
+                + "\n  notifications:\n    " + "\n    ".join(notes or ["(none)"]))
 
     def has_event(self, cid: str, type_: str) -> bool:
         return type_ in self.events.get(cid, ())

@@ -19,6 +19,7 @@ a child it cancelled itself as failed).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import time
@@ -63,7 +64,7 @@ ESCALATION = [
     {"after": "PT3S", "to": ["owner"], "cc": ["manager"], "channels": ["email", "webhook"]},
 ]
 FAR = "PT10M"  # items completed or paid early: far enough that no timer competes
-STEP_TIMEOUT = 600.0  # one scripted wait: generous (killed activities time out first; CI machines are small)
+STEP_TIMEOUT = float(os.environ.get("FAULTS_STEP_TIMEOUT", "600"))  # one scripted wait: generous (killed activities time out first; CI machines are small)
 
 
 # ====================================================================== the plan
@@ -249,7 +250,7 @@ class Stack:
         self.cids[p.index] = cid
         await SCRIPTS[p.shape](self, p, cid)
         closed = f"contract.{p.final_status}"
-        await self.observer.wait(lambda: self.observer.has_event(cid, closed), STEP_TIMEOUT, f"{cid} {closed}")
+        await self.wait_for(lambda: self.observer.has_event(cid, closed), f"{cid} {closed}", cid)
         self.done.add(p.index)
 
     async def run_script(self, indices: list[int], stagger: float = 0.1) -> float:
@@ -268,11 +269,47 @@ class Stack:
         prefix = f"{cid}:{item_type}:{key}:"
         wanted = [f":escalation1:{owner}:email", f":escalation2:{owner}:email",
                   f":escalation2:dept:{department}:webhook"]
-        await self.observer.wait(lambda: self.observer.sent(cid, prefix, wanted), STEP_TIMEOUT,
-                                 f"{prefix} escalations sent")
+        await self.wait_for(lambda: self.observer.sent(cid, prefix, wanted), f"{prefix} escalations sent", cid)
+
+    async def wait_for(self, predicate: Callable[[], bool], what: str, cid: str) -> None:
+        """One scripted wait; a timeout says what the database and the workflow held."""
+        try:
+            await self.observer.wait(predicate, STEP_TIMEOUT, what, cid=cid)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}{await self.workflow_facts(cid)}") from None
+
+    async def workflow_facts(self, cid: str) -> str:
+        """The contract workflow's pending work, for a failure message; its history and its
+        escalation children's are saved under test-artifacts/ for the post-mortem."""
+        from tests.conftest import ARTIFACTS
+
+        lines = []
+        try:
+            handle = self.client.get_workflow_handle(f"contract-{cid}")
+            d = await handle.describe()
+            raw = d.raw_description
+            wft = raw.pending_workflow_task
+            lines.append(f"workflow: {d.status.name if d.status else '?'}, history {d.history_length} events, "
+                         f"pending workflow task: {'state %s attempt %s' % (wft.state, wft.attempt) if wft.attempt else 'none'}")
+            lines.append("pending activities: " + repr([
+                f"{a.activity_type.name} attempt {a.attempt} state {a.state} last failure {a.last_failure.message!r}"
+                for a in raw.pending_activities] or "none"))
+            lines.append("pending children: " + repr([c.workflow_id for c in raw.pending_children] or "none"))
+            ARTIFACTS.mkdir(exist_ok=True)
+            out = ARTIFACTS / f"faults-stuck-{self.name}-{cid}.json"
+            out.write_text((await handle.fetch_history()).to_json())
+            lines.append(f"history saved to {out}")
+            async for w in self.client.list_workflows(f"WorkflowId STARTS_WITH 'contract-{cid}/'"):
+                child = self.client.get_workflow_handle(w.id, run_id=w.run_id)
+                path = ARTIFACTS / f"faults-stuck-{self.name}-{w.id.replace('/', '_')}.json"
+                path.write_text((await child.fetch_history()).to_json())
+                lines.append(f"child {w.id}: {w.status.name if w.status else '?'}, history saved to {path}")
+        except Exception as exc:  # noqa: BLE001 - diagnostics only
+            lines.append(f"(could not describe the workflow: {exc!r})")
+        return "".join(f"\n  {line}" for line in lines)
 
     async def event(self, cid: str, type_: str) -> None:
-        await self.observer.wait(lambda: self.observer.has_event(cid, type_), STEP_TIMEOUT, f"{cid} {type_}")
+        await self.wait_for(lambda: self.observer.has_event(cid, type_), f"{cid} {type_}", cid)
 
     async def complete(self, cid: str, key: str, by: str) -> None:
         await self.call("POST", f"/contracts/{cid}/milestones/{key}/complete", {"by": by, "note": "done"},
