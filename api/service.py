@@ -16,7 +16,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -25,7 +25,7 @@ from api.builder import SpecError, build_spec
 from api.problems import Problem
 from core.org import default_assignee
 from core.starter import start_contract_workflow
-from core.temporal import execute_update_retrying
+from core.temporal import UpdateLost, execute_update_retrying
 from core.serde import from_jsonable
 from core.settings import Settings
 from models import Contract, ContractEvent, Customer
@@ -382,9 +382,18 @@ class ContractService:
             if isinstance(cause, ApplicationError) and cause.type in _STATUS_FOR_TYPE:
                 raise Problem(_STATUS_FOR_TYPE[cause.type], cause.message, slug=cause.type.lower())
             raise
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            # The connection to Temporal broke while we waited: the outcome is unknown.  Every
+            # update is safe to send again (payments by reference; a repeated completion is a 409).
+            raise Problem(503, "the connection to Temporal broke before the outcome was known; send the request "
+                               "again (a payment is recognised by its reference)", slug="temporal-unavailable")
+        except UpdateLost as exc:
+            # Not applied (Temporal lost it while a worker restarted, again and again): retry it.
+            raise Problem(503, f"the request was not applied ({exc}); send it again", slug="temporal-unavailable")
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
-                # The workflow closed between our read of the row and the update.
+                # The workflow closed between our read of the row and the update (a lost update on
+                # a running workflow is re-sent by execute_update_retrying, never reported here).
                 raise Problem(409, "contract is closed; it can no longer change", slug="contract-closed")
             raise Problem(503, f"Temporal is unreachable: {exc.message}", slug="temporal-unavailable")
 

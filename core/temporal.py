@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -10,6 +11,8 @@ from pathlib import Path
 from temporalio.client import Client
 
 from core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 async def connect(settings: Settings) -> Client:
@@ -50,15 +53,69 @@ def is_transient_update_rejection(exc: BaseException) -> bool:
     )
 
 
-async def execute_update_retrying(handle, update, arg, *, attempts: int = 6):
-    """``handle.execute_update`` that re-sends an update the server refused while the run was
-    continuing as new (see :func:`is_transient_update_rejection`), with a short backoff."""
-    import asyncio
+def _timed_out_waiting(exc: BaseException) -> bool:
+    """The server's deadline ran out before the update's outcome was known (not our own
+    cancellation: that must propagate)."""
+    from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+    from temporalio.service import RPCError
 
+    return isinstance(exc, WorkflowUpdateRPCTimeoutOrCancelledError) and isinstance(exc.__cause__, RPCError)
+
+
+class UpdateLost(Exception):
+    """Temporal lost an update before applying it, and re-sending it did not get through either."""
+
+
+async def update_was_lost(handle, exc: BaseException) -> bool:
+    """NOT_FOUND for an update on a workflow that is still running: the update is not in the run's
+    registry, so it was never applied.  It happens when a worker dies while reporting the task
+    that carried it: the server cannot tell whether that write landed, reloads the workflow, and
+    an update it had not yet made durable is gone ("update ... not found" when the client polls
+    for its outcome).  NOT_FOUND for a closed workflow means what it says."""
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError, RPCStatusCode
+
+    if not (isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND):
+        return False
+    try:
+        return (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+    except RPCError:
+        return False
+
+
+async def execute_update_retrying(handle, update, arg, *, attempts: int = 6):
+    """``handle.execute_update``, re-sent when Temporal refused or lost it without applying it.
+
+    * refused while the run was continuing as new (:func:`is_transient_update_rejection`):
+      re-sent as a new update;
+    * lost (:func:`update_was_lost`): re-sent under the *same* update id, so that if the first
+      send did land after all, the server answers with its outcome instead of applying it twice;
+    * the server gave up waiting for the outcome ("context deadline exceeded", e.g. while no
+      worker is up): asked once more under the same id, which attaches to the same update.
+
+    Never reports a lost update as anything but lost (:class:`UpdateLost`): before this, the API
+    turned it into "409 contract is closed", and a caller that retried took the 409 for "already
+    done" while the milestone was never completed (the fault tests' rare stall)."""
+    import asyncio
+    import uuid
+
+    update_id = uuid.uuid4().hex
+    timeouts = 0  # each costs the server's whole deadline: after a second one the caller hears 503
     for attempt in range(attempts):
         try:
-            return await handle.execute_update(update, arg)
+            return await handle.execute_update(update, arg, id=update_id)
         except Exception as exc:
-            if attempt == attempts - 1 or not is_transient_update_rejection(exc):
+            if is_transient_update_rejection(exc):
+                update_id = uuid.uuid4().hex  # not accepted: a new update
+            elif _timed_out_waiting(exc) and timeouts < 1:
+                timeouts += 1  # the server stopped waiting (no worker yet): once more, same update
+            elif await update_was_lost(handle, exc):
+                log.warning("update %s on %s was lost by Temporal before it was applied; re-sending it",
+                            update_id, handle.id)
+                if attempt == attempts - 1:
+                    raise UpdateLost(f"Temporal lost the update {update_id} {attempts} times") from exc
+            else:
+                raise
+            if attempt == attempts - 1:
                 raise
             await asyncio.sleep(0.05 * 2**attempt)

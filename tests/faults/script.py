@@ -312,8 +312,11 @@ class Stack:
         await self.wait_for(lambda: self.observer.has_event(cid, type_), f"{cid} {type_}", cid)
 
     async def complete(self, cid: str, key: str, by: str) -> None:
-        await self.call("POST", f"/contracts/{cid}/milestones/{key}/complete", {"by": by, "note": "done"},
-                        conflict_ok_on_retry=True)
+        r = await self.call("POST", f"/contracts/{cid}/milestones/{key}/complete", {"by": by, "note": "done"},
+                            conflict_ok_on_retry=True)
+        if r.status_code == 409:  # a retry: the 409 must mean "already done", nothing else
+            m = next(m for m in (await self.call("GET", f"/contracts/{cid}")).json()["milestones"] if m["key"] == key)
+            assert m["status"] == "done", f"{cid}: a retried completion of {key} answered {r.text}, yet it is {m['status']}"
 
     async def pay(self, cid: str, reference: str, amount: str, *, expect_applied: bool | None = None) -> dict:
         r = await self.call("POST", f"/contracts/{cid}/payments", {
@@ -343,8 +346,12 @@ class Stack:
                     await asyncio.sleep(1.0)
         aid = existing["id"]
         for by, role in approvals:
-            await self.call("POST", f"/contracts/{cid}/amendments/{aid}/approve",
-                            {"by": by, "role": role, "comment": f"ok {k}"}, conflict_ok_on_retry=True)
+            r = await self.call("POST", f"/contracts/{cid}/amendments/{aid}/approve",
+                                {"by": by, "role": role, "comment": f"ok {k}"}, conflict_ok_on_retry=True)
+            if r.status_code == 409:  # a retry: the 409 must mean "already approved", nothing else
+                a = (await self.call("GET", f"/contracts/{cid}/amendments/{aid}")).json()
+                assert any(d["by"] == by and d["role"] == role and d["decision"] == "approved"
+                           for d in a["decisions"]), f"{cid}: a retried approval answered {r.text}, yet: {a}"
         await self.event(cid, "document.created")
 
 
