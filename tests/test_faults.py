@@ -187,9 +187,20 @@ async def test_worker_killed_at_random_moments_ends_like_the_golden_run(dev_env,
     }
     report("worker_kills", counts)
     assert len(kills) == N_KILLS and all(k["in_flight"] > 0 for k in kills), kills
+    if diffs:
+        await save_histories(dev_env.client, [o.cid for k, o in outcomes.items()
+                                            if (o.state, o.db, o.notifications) != (gold[k].state, gold[k].db, gold[k].notifications)][:10], "kills")
     assert not diffs, "\n".join(diffs[:20])
     assert not d.problems, d.problems
     assert d.duplicates == 0 and dup_payments == 0
+
+
+async def save_histories(client, cids: list[str], name: str) -> None:
+    """The histories of contracts that ended unlike the golden run, for the post-mortem."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    for cid in cids:
+        history = await client.get_workflow_handle(f"contract-{cid}").fetch_history()
+        (ARTIFACTS / f"faults-mismatch-{name}-{cid}.json").write_text(history.to_json())
 
 
 # ====================================================================== Temporal restart

@@ -465,6 +465,8 @@ class Outcome:
     notifications: list  # normalized rows
     payments_refs: list[str]
     racy: int = 0  # racy events left out of the comparison
+    cid: str = ""
+    log: list = field(default_factory=list)  # every event as "seq:type" (racy ones too), for a failure message
 
 
 async def final_state(client, cid: str):
@@ -536,7 +538,8 @@ def outcome(rows: dict, state, cid: str) -> Outcome:
     }
     notes = sorted([n(k), s, role, recipient, channel] for k, s, role, recipient, channel in rows["notifications"])
     return Outcome(normal_state(state), db, len(rows["events"]), notes, [p.reference for p in state.payments],
-                   sum(1 for _s, t, data in rows["events"] if racy(t, data)))
+                   sum(1 for _s, t, data in rows["events"] if racy(t, data)), cid,
+                   [f"{seq}:{t}" for seq, t, _data in rows["events"]])
 
 
 async def collect(stack: Stack, db_url: str, timeout: float = 240.0) -> dict[int, Outcome]:
@@ -696,8 +699,9 @@ def compare(golden: dict[int, Outcome], faulty: dict[int, Outcome]) -> list[str]
             if a != b:
                 if isinstance(a, dict):
                     keys = [x for x in a if a.get(x) != b.get(x)]
-                    diffs.append(f"contract #{k} ({plan(k).shape}) {part}: " + "; ".join(
-                        f"{x}: golden={a.get(x)!r} faulty={b.get(x)!r}" for x in keys))
+                    diffs.append(f"contract #{k} ({plan(k).shape}, {f.cid}) {part}: " + "; ".join(
+                        f"{x}: golden={a.get(x)!r} faulty={b.get(x)!r}" for x in keys)
+                        + (f"; whole logs: golden={g.log} faulty={f.log}" if "events" in keys else ""))
                 else:
-                    diffs.append(f"contract #{k} ({plan(k).shape}) {part}: golden={a!r} faulty={b!r}")
+                    diffs.append(f"contract #{k} ({plan(k).shape}, {f.cid}) {part}: golden={a!r} faulty={b!r}")
     return diffs
