@@ -376,7 +376,8 @@ class ContractService:
         handle = self.client.get_workflow_handle(row.workflow_id)
         try:
             # Re-sent if the run was continuing as new at that instant (not accepted, so safe).
-            return await execute_update_retrying(handle, update, arg)
+            return await execute_update_retrying(handle, update, arg,
+                                                 rpc_timeout=timedelta(seconds=self.settings.update_timeout_seconds))
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             if isinstance(cause, ApplicationError) and cause.type in _STATUS_FOR_TYPE:

@@ -18,6 +18,10 @@ class Settings(BaseSettings):
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
     task_queue: str = "contracts"
+    # How long the API waits for a workflow to answer an update (payment, completion, approval...)
+    # before it asks Temporal once more and then answers 503: no worker up means a retryable 503
+    # within about twice this, not a request hanging until the client gives up.
+    update_timeout_seconds: float = 30.0
     # Where the Temporal Web UI is, for links shown to people.
     temporal_ui_url: str = "http://localhost:8233"
     # Calendar dates (effective_date: 2026-03-01) are read in this zone.

@@ -83,7 +83,7 @@ async def update_was_lost(handle, exc: BaseException) -> bool:
         return False
 
 
-async def execute_update_retrying(handle, update, arg, *, attempts: int = 6):
+async def execute_update_retrying(handle, update, arg, *, attempts: int = 6, rpc_timeout=None):
     """``handle.execute_update``, re-sent when Temporal refused or lost it without applying it.
 
     * refused while the run was continuing as new (:func:`is_transient_update_rejection`):
@@ -103,7 +103,7 @@ async def execute_update_retrying(handle, update, arg, *, attempts: int = 6):
     timeouts = 0  # each costs the server's whole deadline: after a second one the caller hears 503
     for attempt in range(attempts):
         try:
-            return await handle.execute_update(update, arg, id=update_id)
+            return await handle.execute_update(update, arg, id=update_id, rpc_timeout=rpc_timeout)
         except Exception as exc:
             if is_transient_update_rejection(exc):
                 update_id = uuid.uuid4().hex  # not accepted: a new update

@@ -15,7 +15,7 @@ is real too: the time-skipping server, the worker, the workflow.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from temporalio.service import RPCError, RPCStatusCode
@@ -50,12 +50,12 @@ class LosesTheFirstSends:
         self.ids: list[str] = []
         self.id = handle.id
 
-    async def execute_update(self, update, arg, *, id: str):
+    async def execute_update(self, update, arg, *, id: str, rpc_timeout=None):
         self.ids.append(id)
         if len(self.ids) <= self.lose:
             await self._handle.get_update_handle(f"never-sent-{uuid.uuid4().hex}").result()
             raise AssertionError("the server found an update that was never sent")
-        return await self._handle.execute_update(update, arg, id=id)
+        return await self._handle.execute_update(update, arg, id=id, rpc_timeout=rpc_timeout)
 
     async def describe(self):
         return await self._handle.describe()
@@ -103,3 +103,41 @@ async def test_a_lost_update_is_sent_again_under_the_same_id_and_applied_once(ts
             await execute_update_retrying(closed, ContractWorkflow.record_payment,
                                           PaymentInput("BANK-2", "1.00", "CNY", now))
         assert gone.value.status == RPCStatusCode.NOT_FOUND and len(closed.ids) == 1
+
+
+@pytest.mark.devserver
+async def test_no_worker_means_a_prompt_retryable_answer_not_a_hanging_request(dev_env, settings, task_queue):
+    """No worker polls the contract's queue: the update is asked for twice (same id), each wait
+    bounded by the API's update timeout, then the caller hears "timed out" (the API: 503)."""
+    import time
+
+    from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+
+    now = datetime.now(timezone.utc)
+    handle = await start_contract(dev_env.client, make_spec(now), task_queue)  # nobody polls this queue
+    sends: list[str] = []
+
+    class Recording:
+        id = handle.id
+
+        async def execute_update(self, update, arg, *, id: str, rpc_timeout=None):
+            sends.append(id)
+            return await handle.execute_update(update, arg, id=id, rpc_timeout=rpc_timeout)
+
+        async def describe(self):
+            return await handle.describe()
+
+    started = time.monotonic()
+    with pytest.raises(WorkflowUpdateRPCTimeoutOrCancelledError):
+        await execute_update_retrying(Recording(), ContractWorkflow.record_payment,
+                                      PaymentInput("BANK-9", "1.00", "CNY", now), rpc_timeout=timedelta(seconds=1))
+    elapsed = time.monotonic() - started
+    assert len(sends) == 2 and len(set(sends)) == 1, sends
+    assert elapsed < 10, f"the caller waited {elapsed:.1f}s"
+
+    # A worker comes up: the update the caller gave up on is applied once, under its id.
+    async with running_worker(dev_env.client, settings, task_queue):
+        result = await handle.execute_update(ContractWorkflow.record_payment,
+                                             PaymentInput("BANK-9", "1.00", "CNY", now), id=sends[0])
+        st = await state_of(handle)
+    assert [p.reference for p in st.payments] == ["BANK-9"] and result.outstanding
