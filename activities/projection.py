@@ -8,6 +8,7 @@ Idempotent by construction, so a retried or replayed activity writes nothing twi
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -20,6 +21,8 @@ from core.serde import to_jsonable
 from models import Contract, ContractEvent, Installment, Milestone, Payment
 from models.repository import new_contract_row
 from workflows.types import ContractState, ProjectionInput
+
+log = logging.getLogger(__name__)
 
 
 class ProjectionActivities:
@@ -65,7 +68,24 @@ def _insert_events(session: Session, contract_id: str, input: ProjectionInput) -
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(ContractEvent).values(rows).on_conflict_do_nothing(index_elements=["contract_id", "seq"])
-    return session.execute(stmt).rowcount or 0
+    written = session.execute(stmt).rowcount or 0
+    if written < len(rows):
+        _check_same_events(session, contract_id, rows)
+    return written
+
+
+def _check_same_events(session: Session, contract_id: str, rows: list[dict]) -> None:
+    """A retry finds its events already written: they must be the same events.  A different event
+    under the same number means the workflow's event numbering diverged from what an earlier
+    execution wrote (the log keeps the first; the newer one is lost): say so loudly."""
+    seqs = [r["seq"] for r in rows]
+    stored = dict(session.execute(
+        select(ContractEvent.seq, ContractEvent.type).where(
+            ContractEvent.contract_id == contract_id, ContractEvent.seq.in_(seqs))
+    ).all())
+    clashes = [(r["seq"], stored[r["seq"]], r["type"]) for r in rows if stored.get(r["seq"], r["type"]) != r["type"]]
+    if clashes:
+        log.error("event log of contract %s diverged: (seq, stored, now) %s", contract_id, clashes)
 
 
 def _apply_snapshot(session: Session, contract: Contract, state: ContractState) -> None:
