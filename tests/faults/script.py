@@ -238,8 +238,12 @@ class Stack:
                     raise AssertionError(f"{method} {path} -> {r.status_code} {r.text}")
                 self.retries[str(r.status_code)] += 1
             if not retry or time.monotonic() > deadline:
+                facts = ""
+                if retry and (m := re.match(r"/contracts/([0-9a-f]+)/", path)):
+                    facts = await self.workflow_facts(m.group(1))  # what kept the contract from answering
                 raise StillFailing(f"{method} {path}: still failing after {timeout:.0f}s "
-                                     f"({r.status_code if r is not None else 'no answer'})")
+                                   f"({r.status_code if r is not None else 'no answer'}: "
+                                   f"{r.text[:300] if r is not None else ''}){facts}")
             await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------ the script
