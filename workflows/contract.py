@@ -1200,9 +1200,18 @@ class ContractWorkflow:
     def _on_resolved(self, item_type: str, key: str) -> None:
         """An item was resolved: its escalation stops at once and notifies nobody after this."""
         task = self._escalations.pop(f"{item_type}:{key}", None)
-        if task is not None and not task.done():
+        if task is None:
+            return
+        # Whether the child is still running at this instant is a matter of timing (asyncio task
+        # state), which a live execution and a later replay can see differently; an event emitted
+        # on it could shift every later event number.  Since this patch the event says "the chase
+        # of this item ended because it was resolved", whatever the child was doing.
+        always = workflow.patched("escalation-stopped-always-v1")
+        running = not task.done()
+        if running:
             task.cancel()
             self._stopping.append(task)  # awaited before the contract closes
+        if running or always:
             self._emit("escalation.stopped", {"item_type": item_type, "key": key})
 
     async def _escalate(self, item_type: str, item) -> None:
