@@ -10,10 +10,12 @@ on timing: a run with faults must end exactly as the run without them.
 
 What may legitimately differ between two runs, and is left out of the comparison: timestamps,
 due dates (relative ones follow the actual completion time), the workflow's event counter, and
-two events emitted only if the escalation child had not yet *returned* when its item was
-resolved (after it had sent everything), a race in any run: ``escalation.stopped``, and
-``escalation.failed`` with "Child Workflow execution cancelled" (the contract workflow reports
-a child it cancelled itself as failed).
+two events that depended on whether the escalation child had already *returned* when its item
+was resolved (after it had sent everything), a race in any run: ``escalation.stopped`` (emitted
+whenever an escalation existed since the ``escalation-stopped-always-v1`` patch, so no longer
+racy for new runs; still left out) and ``escalation.failed`` with "Child Workflow execution
+cancelled" (before ``quiet-cancelled-escalation-v1`` the workflow reported a child it cancelled
+itself as failed).
 """
 
 from __future__ import annotations
