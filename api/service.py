@@ -384,10 +384,12 @@ class ContractService:
                 raise Problem(_STATUS_FOR_TYPE[cause.type], cause.message, slug=cause.type.lower())
             raise
         except WorkflowUpdateRPCTimeoutOrCancelledError:
-            # The connection to Temporal broke while we waited: the outcome is unknown.  Every
-            # update is safe to send again (payments by reference; a repeated completion is a 409).
-            raise Problem(503, "the connection to Temporal broke before the outcome was known; send the request "
-                               "again (a payment is recognised by its reference)", slug="temporal-unavailable")
+            # No answer in time (no worker up, or the connection to Temporal broke): the outcome is
+            # unknown, and the update may still be applied when a worker comes back.  Every update
+            # is safe to send again (payments by reference; a repeated completion is a 409).
+            raise Problem(503, "the contract did not answer in time (is a worker running?); the request may still "
+                               "be applied: send it again, a payment is recognised by its reference",
+                          slug="temporal-unavailable")
         except UpdateLost as exc:
             # Not applied (Temporal lost it while a worker restarted, again and again): retry it.
             raise Problem(503, f"the request was not applied ({exc}); send it again", slug="temporal-unavailable")
