@@ -241,6 +241,21 @@ def mailbox():
     box.controller.stop()
 
 
+@pytest.fixture
+def settings(sqlite_session_url, mailbox) -> Settings:
+    """Settings for a test that runs its own worker: the session's SQLite file, the test mailbox."""
+    return Settings(database_url=sqlite_session_url, smtp_port=mailbox.port)
+
+
+@pytest.fixture
+async def task_queue():
+    """A task queue of the test's own; the workflows it started are ended afterwards."""
+    from tests.helpers import end_started_workflows
+
+    yield f"tq-{uuid.uuid4().hex[:8]}"
+    await end_started_workflows()
+
+
 # The test service's bootstrap admin key.  ``Service.base_url`` carries it as HTTP Basic
 # credentials (httpx sends a URL's user info), so a test acts as an admin unless it logs in as a
 # person (tests/helpers.py ``login``); ``Service.url`` is the bare address.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import timedelta
 from decimal import Decimal
 
@@ -13,9 +12,8 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from core.settings import Settings
 from tests.conftest import running_worker
-from tests.helpers import end_started_workflows, save_history, complete, contract_request, make_spec, monthly_installments, pay, start_contract, state_of
+from tests.helpers import save_history, complete, contract_request, make_spec, monthly_installments, pay, start_contract, state_of
 from workflows import search_attributes as sa
 from workflows.contract import ContractWorkflow
 from workflows.types import (
@@ -32,17 +30,6 @@ from workflows.types import (
     TerminateInput,
     WaiveMilestoneInput,
 )
-
-
-@pytest.fixture
-def settings(sqlite_session_url, mailbox) -> Settings:
-    return Settings(database_url=sqlite_session_url, smtp_port=mailbox.port)
-
-
-@pytest.fixture
-async def task_queue():
-    yield f"tq-{uuid.uuid4().hex[:8]}"
-    await end_started_workflows()
 
 
 async def _updates_in_history(handle) -> int:

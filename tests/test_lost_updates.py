@@ -20,23 +20,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.settings import Settings
 from core.temporal import UpdateLost, execute_update_retrying, update_was_lost
 from tests.conftest import running_worker
-from tests.helpers import end_started_workflows, make_spec, start_contract, state_of
+from tests.helpers import make_spec, start_contract, state_of
 from workflows.contract import ContractWorkflow
 from workflows.types import CompleteMilestoneInput, PaymentInput, TerminateInput
-
-
-@pytest.fixture
-def settings(sqlite_session_url, mailbox) -> Settings:
-    return Settings(database_url=sqlite_session_url, smtp_port=mailbox.port)
-
-
-@pytest.fixture
-async def task_queue():
-    yield f"tq-{uuid.uuid4().hex[:8]}"
-    await end_started_workflows()
 
 
 class LosesTheFirstSends:
