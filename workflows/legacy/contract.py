@@ -1,4 +1,17 @@
-"""ContractWorkflow: one signed contract, alive from signature until completed, terminated or expired.
+"""The contract workflow as it ran before the lean engine (patch ``lean-engine-v1``): FROZEN.
+
+Every contract started before that patch replays and runs on this code until its next
+continue-as-new, which carries it onto the lean engine (workflows/contract/).  Nothing here may
+change: a change would make those histories non-deterministic (tests/test_replay.py replays the
+saved ones).  ``ContractWorkflow`` builds a ``LegacyContract`` when its first task carries no
+``lean-engine-v1`` marker and hands it every handler.  Delete this package once
+``temporal workflow list --query "ExecutionStatus='Running'"`` shows no run started before the
+patch (docs/versioning.md).
+
+What follows is the original module's text, unchanged but for the class name, the missing
+decorators (the handlers are registered on ``ContractWorkflow``) and its imports.
+
+Original docstring — ContractWorkflow: one signed contract, alive from signature until completed, terminated or expired.
 
 It holds the contract's live state (milestones, installments, payments), guards every due
 date with a durable timer, takes the outside world in through updates (validated before
@@ -16,18 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, CancelledError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from core.durations import add_duration, to_timedelta
     from core.money import MoneyError, parse_amount
-    from workflows import amendments
+    from workflows.legacy import amendments
     from workflows import search_attributes as sa
     from workflows.escalation import EscalationWorkflow, escalation_workflow_id
     from workflows.errors import conflict, invalid, not_found
@@ -58,6 +71,7 @@ with workflow.unsafe.imports_passed_through():
         ContractEvent,
         ContractSpec,
         ContractState,
+        ContractWorkflowInput,
         BusinessDueRequest,
         DueRule,
         EscalationInput,
@@ -81,25 +95,7 @@ MAX_PAYMENTS_PER_BATCH = 200
 RESOLVED = (DONE, WAIVED)
 
 
-@dataclass
-class ContractWorkflowInput:
-    spec: ContractSpec
-    # Set when this run continues an earlier one: the whole state, and the events the
-    # earlier run had not yet written to the database.
-    carried: ContractState | None = None
-    pending_events: list[ContractEvent] = field(default_factory=list)
-    pending_notifications: list[NotifyRequest] = field(default_factory=list)
-    # Tests set this to force continue-as-new early; 0 means "when Temporal suggests it".
-    continue_as_new_after_events: int = 0
-
-
-def workflow_id_for(contract_id: str) -> str:
-    return f"contract-{contract_id}"
-
-
-@workflow.defn
-class ContractWorkflow:
-    @workflow.init
+class LegacyContract:
     def __init__(self, input: ContractWorkflowInput) -> None:
         self._input = input
         if input.carried is not None:
@@ -146,7 +142,6 @@ class ContractWorkflow:
             )
 
     # ------------------------------------------------------------------ main
-    @workflow.run
     async def run(self, input: ContractWorkflowInput) -> ContractState:
         self._run_started = True
         self._refresh()
@@ -190,21 +185,17 @@ class ContractWorkflow:
         return self.state
 
     # ------------------------------------------------------------------ query
-    @workflow.query
     def state_query(self) -> ContractState:
         return self.state
 
     # ------------------------------------------------------------------ updates
-    @workflow.update
     def record_payment(self, p: PaymentInput) -> PaymentResult:
         self._check_payment(p)
         return self._apply_payment(p)
 
-    @record_payment.validator
     def _validate_payment(self, p: PaymentInput) -> None:
         self._check_payment(p)
 
-    @workflow.update
     def record_payments(self, batch: PaymentBatchInput) -> list[PaymentOutcome]:
         """A statement's lines for this contract in one round trip: each applied, found already
         recorded, or refused on its own (one bad line does not refuse the others)."""
@@ -219,50 +210,40 @@ class ContractWorkflow:
             outcomes.append(PaymentOutcome(p.reference, r.applied, r.outstanding, r.credit, r.allocations))
         return outcomes
 
-    @record_payments.validator
     def _validate_payments(self, batch: PaymentBatchInput) -> None:
         if self.state.status != ACTIVE:
             raise conflict(f"contract is {self.state.status}; payments can no longer be recorded")
         if not batch.payments or len(batch.payments) > MAX_PAYMENTS_PER_BATCH:
             raise invalid(f"a payment batch holds 1 to {MAX_PAYMENTS_PER_BATCH} payments")
 
-    @workflow.update
     def complete_milestone(self, c: CompleteMilestoneInput) -> OperationResult:
         self._check_complete(c)
         return self._apply_complete(c)
 
-    @complete_milestone.validator
     def _validate_complete(self, c: CompleteMilestoneInput) -> None:
         self._check_complete(c)
 
-    @workflow.update
     def report_progress(self, p: ProgressInput) -> OperationResult:
         self._check_progress(p)
         return self._apply_progress(p)
 
-    @report_progress.validator
     def _validate_progress(self, p: ProgressInput) -> None:
         self._check_progress(p)
 
-    @workflow.update
     def waive_milestone(self, w: WaiveMilestoneInput) -> OperationResult:
         self._check_waive(w)
         return self._apply_waive(w)
 
-    @waive_milestone.validator
     def _validate_waive(self, w: WaiveMilestoneInput) -> None:
         self._check_waive(w)
 
-    @workflow.update
     def terminate(self, t: TerminateInput) -> OperationResult:
         self._check_terminate(t)
         return self._apply_terminate(t)
 
-    @terminate.validator
     def _validate_terminate(self, t: TerminateInput) -> None:
         self._check_terminate(t)
 
-    @workflow.update
     def request_amendment(self, r: RequestAmendmentInput) -> AmendmentResult:
         existing = self._amendment_or_none(r.amendment_id)
         if existing is not None:
@@ -271,41 +252,33 @@ class ContractWorkflow:
         self._check_request(r)
         return self._apply_request(r)
 
-    @request_amendment.validator
     def _validate_request(self, r: RequestAmendmentInput) -> None:
         if self._amendment_or_none(r.amendment_id) is None:
             self._check_request(r)
 
-    @workflow.update
     def decide_amendment(self, d: DecideAmendmentInput) -> AmendmentResult:
         self._date_for_first_task()
         self._check_decision(d)
         return self._apply_decision(d)
 
-    @decide_amendment.validator
     def _validate_decision(self, d: DecideAmendmentInput) -> None:
         self._check_decision(d)
 
     # ------------------------------------------------------------------ signals
     # The same operations for senders that cannot wait for an answer.  A signal cannot be
     # refused, so an invalid one is recorded as ``signal.rejected`` and changes nothing.
-    @workflow.signal
     def record_payment_signal(self, p: PaymentInput) -> None:
         self._signal("record_payment", p, self._check_payment, self._apply_payment)
 
-    @workflow.signal
     def complete_milestone_signal(self, c: CompleteMilestoneInput) -> None:
         self._signal("complete_milestone", c, self._check_complete, self._apply_complete)
 
-    @workflow.signal
     def report_progress_signal(self, p: ProgressInput) -> None:
         self._signal("report_progress", p, self._check_progress, self._apply_progress)
 
-    @workflow.signal
     def waive_milestone_signal(self, w: WaiveMilestoneInput) -> None:
         self._signal("waive_milestone", w, self._check_waive, self._apply_waive)
 
-    @workflow.signal
     def terminate_signal(self, t: TerminateInput) -> None:
         self._signal("terminate", t, self._check_terminate, self._apply_terminate)
 
@@ -1388,20 +1361,6 @@ def _initial_state(spec: ContractSpec) -> ContractState:
         i.amount = _fmt(Decimal(i.amount), places)
         i.paid = _fmt(Decimal(0), places)
     return state
-
-
-def initial_search_attributes(spec: ContractSpec) -> TypedSearchAttributes:
-    """What the starter sets when it starts the workflow, so a new contract is findable at once."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(sa.CONTRACT_ID, spec.contract_id),
-            SearchAttributePair(sa.CUSTOMER_NAME, spec.customer_name),
-            SearchAttributePair(sa.CONTRACT_STATUS, ACTIVE),
-            SearchAttributePair(sa.OWNER, spec.owner),
-            SearchAttributePair(sa.OVERDUE_COUNT, 0),
-            SearchAttributePair(sa.OUTSTANDING_AMOUNT, float(Decimal(spec.amount))),
-        ]
-    )
 
 
 def _as_delta(text: str) -> timedelta:
