@@ -17,6 +17,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from core.durations import add_duration
+    from workflows.activities import notify
     from workflows.types import EscalationInput, NotifyRequest
 
 
@@ -42,7 +43,7 @@ class EscalationWorkflow:
                 await workflow.sleep(delay)
             days = max(0, (workflow.now() - e.due_at).days)
             await workflow.execute_activity(
-                "notify",
+                notify,
                 NotifyRequest(
                     contract_id=e.contract_id,
                     kind="escalation",

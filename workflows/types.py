@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 MILESTONE_KINDS = (
     "order_review",
@@ -23,13 +24,50 @@ MILESTONE_KINDS = (
     "custom",
 )
 
-# Contract statuses.  ``active`` from signature; the three others are final.
-ACTIVE, COMPLETED, TERMINATED, EXPIRED = "active", "completed", "terminated", "expired"
+class ContractStatus(StrEnum):
+    """``active`` from signature; the three others are final."""
 
-# Milestone statuses.
-PENDING, IN_PROGRESS, DONE, OVERDUE, WAIVED = "pending", "in_progress", "done", "overdue", "waived"
-# Installment statuses (plus PENDING and OVERDUE).
-PARTIALLY_PAID, PAID = "partially_paid", "paid"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    TERMINATED = "terminated"
+    EXPIRED = "expired"
+
+
+class MilestoneStatus(StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"  # progress reported
+    DONE = "done"
+    OVERDUE = "overdue"
+    WAIVED = "waived"
+
+
+class InstallmentStatus(StrEnum):
+    PENDING = "pending"
+    PARTIALLY_PAID = "partially_paid"
+    PAID = "paid"
+    OVERDUE = "overdue"
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    OVERDUE = "overdue"
+    DONE = "done"
+
+
+class AmendmentStatus(StrEnum):
+    PENDING = "pending"
+    APPLIED = "applied"
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+
+
+# The names earlier code (and the frozen legacy engine) uses.  StrEnum members are strings:
+# they compare, hash and serialise as their value, so histories read and write the same.
+ACTIVE, COMPLETED, TERMINATED, EXPIRED = (ContractStatus.ACTIVE, ContractStatus.COMPLETED,
+                                          ContractStatus.TERMINATED, ContractStatus.EXPIRED)
+PENDING, IN_PROGRESS, DONE, OVERDUE, WAIVED = (MilestoneStatus.PENDING, MilestoneStatus.IN_PROGRESS,
+                                               MilestoneStatus.DONE, MilestoneStatus.OVERDUE, MilestoneStatus.WAIVED)
+PARTIALLY_PAID, PAID = InstallmentStatus.PARTIALLY_PAID, InstallmentStatus.PAID
 
 
 @dataclass
@@ -360,8 +398,9 @@ class AmendmentState:
     requested_at: datetime
     required_roles: list[str]
     approvers: dict[str, str]
-    impact: AmendmentImpact
-    status: str = "pending"  # pending, applied, rejected, withdrawn
+    # None once the amendment is decided: its impact is kept in the read model (amendments table)
+    impact: AmendmentImpact | None = None
+    status: AmendmentStatus = AmendmentStatus.PENDING
     decisions: list[ApprovalRecord] = field(default_factory=list)
     decided_at: datetime | None = None
     contract_version: int | None = None  # the version it produced, when applied
@@ -417,7 +456,7 @@ class ApprovalState:
     owner: str  # the person asked to approve
     department: str
     due_at: datetime
-    status: str = PENDING  # pending, overdue, done
+    status: ApprovalStatus = ApprovalStatus.PENDING
     due_estimated: bool = False
     overdue_since: datetime | None = None
     reminders: list[str] | None = None
@@ -448,7 +487,7 @@ class MilestoneState:
     standard: str
     due: DueRule
     depends_on: list[str]
-    status: str = PENDING
+    status: MilestoneStatus = MilestoneStatus.PENDING
     due_at: datetime | None = None
     due_estimated: bool = False  # waits on an open predecessor: no timer yet
     progress: int = 0
@@ -461,6 +500,9 @@ class MilestoneState:
     planned_cost: str | None = None
     actual_cost: str | None = None
     satisfaction: int | None = None
+    # Reminders due before this instant are not sent: a hand-off (or notice) already told the
+    # owner the date when the milestone became theirs.
+    reminders_from: datetime | None = None
 
 
 @dataclass
@@ -469,7 +511,7 @@ class InstallmentState:
     amount: str
     due: DueRule
     paid: str = "0"
-    status: str = PENDING
+    status: InstallmentStatus = InstallmentStatus.PENDING
     due_at: datetime | None = None
     due_estimated: bool = False
     paid_at: datetime | None = None
@@ -506,7 +548,7 @@ class ContractEvent:
 @dataclass
 class ContractState:
     spec: ContractSpec
-    status: str = ACTIVE
+    status: ContractStatus = ContractStatus.ACTIVE
     milestones: list[MilestoneState] = field(default_factory=list)
     installments: list[InstallmentState] = field(default_factory=list)
     payments: list[PaymentRecord] = field(default_factory=list)
@@ -586,3 +628,112 @@ class ProjectionInput:
     state: ContractState
     events: list[ContractEvent]
     workflow_id: str
+
+
+@dataclass
+class ContractOutcome:
+    """What a contract's workflow returns when it closes: the verdict, not the whole state (which
+    stays queryable with ``state_query`` and is in the read model).  Its fields are named as in
+    ``ContractState``, so a result the legacy engine returned (a whole state) reads as one too."""
+
+    status: ContractStatus = ContractStatus.ACTIVE
+    closed_at: datetime | None = None
+    close_reason: str = ""
+    paid_total: str = "0"
+    outstanding: str = "0"
+    credit: str = "0"
+    overdue_count: int = 0
+    version: int = 0
+    contract_version: int = 1
+    run: int = 1
+
+    @classmethod
+    def of(cls, s: ContractState) -> ContractOutcome:
+        return cls(s.status, s.closed_at, s.close_reason, s.paid_total, s.outstanding, s.credit, s.overdue_count,
+                   s.version, s.contract_version, s.run)
+
+
+@dataclass
+class ContractWorkflowInput:
+    spec: ContractSpec
+    # Set when this run continues an earlier one: the whole state, and the events (and, from the
+    # legacy engine, the notices) the earlier run had not yet handed on.
+    carried: ContractState | None = None
+    pending_events: list[ContractEvent] = field(default_factory=list)
+    pending_notifications: list[NotifyRequest] = field(default_factory=list)
+    # Tests set this to force continue-as-new early; 0 means "when Temporal suggests it".
+    continue_as_new_after_events: int = 0
+
+
+# ---- the projection delta (lean engine) ------------------------------------------------------
+
+
+@dataclass
+class ContractFacts:
+    """The contract row's columns the workflow owns, as of ``ProjectionDelta.version``."""
+
+    status: ContractStatus
+    amount: str
+    end_at: datetime
+    paid_total: str
+    outstanding: str
+    credit: str
+    overdue_count: int
+    next_due_at: datetime | None = None
+    closed_at: datetime | None = None
+    close_reason: str = ""
+    settled_at: datetime | None = None  # when the running total of payments reached the amount
+
+
+@dataclass
+class MilestoneRow:
+    position: int
+    milestone: MilestoneState
+    started_at: datetime | None = None  # the stage's start, for the stage-time analytics
+
+
+@dataclass
+class InstallmentRow:
+    position: int
+    installment: InstallmentState
+
+
+@dataclass
+class ScheduledNotice:
+    """One notice for the notification outbox: sent by the dispatcher at ``send_at``, once per key."""
+
+    key: str
+    send_at: datetime
+    request: NotifyRequest
+
+
+@dataclass
+class ReminderPlan:
+    """Every reminder an item still wants; the outbox cancels its other unsent reminders."""
+
+    item_type: str
+    item_key: str
+    notices: list[ScheduledNotice] = field(default_factory=list)
+
+
+@dataclass
+class ProjectionDelta:
+    """What changed since the last projection: the contract's facts, the items that changed, new
+    payments, events and notices.  Written by the ``project_delta`` local activity in one
+    transaction; idempotent (events by seq, notices by key, the rest guarded by ``version``)."""
+
+    contract_id: str
+    workflow_id: str
+    version: int
+    facts: ContractFacts
+    milestones: list[MilestoneRow] = field(default_factory=list)
+    removed_milestones: list[str] = field(default_factory=list)
+    installments: list[InstallmentRow] = field(default_factory=list)
+    removed_installments: list[str] = field(default_factory=list)
+    payments: list[PaymentRecord] = field(default_factory=list)
+    events: list[ContractEvent] = field(default_factory=list)
+    notices: list[ScheduledNotice] = field(default_factory=list)
+    reminders: list[ReminderPlan] = field(default_factory=list)
+    amendments: list[AmendmentState] = field(default_factory=list)  # changed, with their impact
+    # The spec, in the first delta of a run only: to write the contract's row if it is missing.
+    spec: ContractSpec | None = None
