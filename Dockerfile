@@ -11,7 +11,10 @@ WORKDIR /app
 # The whole project: pyproject.toml (packages.find include list + the top-level worker.py
 # module) and the files run from the working directory (alembic.ini, worker.py).
 COPY . .
+# PYTHONDONTWRITEBYTECODE only stops *writing* .pyc files: compile them here, once, so no process
+# compiles the project's source at start (the worker imports workflows/ and core/ from /app).
 RUN pip install --no-cache-dir . \
+    && python -m compileall -q /app \
     && useradd --create-home --uid 10001 app \
     && mkdir -p /app/data \
     && chown app:app /app/data

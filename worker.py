@@ -1,4 +1,5 @@
-"""The worker: runs contract workflows and their activities on the task queue.
+"""The worker: runs contract workflows and their activities on the task queue, and beside them the
+notification outbox and the webhook dispatchers.
 
     python worker.py          # reads DATABASE_URL, TEMPORAL_ADDRESS, ... from the environment
 """
@@ -6,19 +7,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import PollerBehaviorAutoscaling, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.calendar import business_due_activity
 from activities.documents import DocumentActivities
 from activities.notify import NotifyActivities
 from activities.projection import ProjectionActivities
 from activities.renewal import RenewalActivities
+from core.outbox import Clock, running_outbox, wall_clock
 from core.settings import Settings, get_settings
 from core.temporal import connect, hard_exit
 from core.webhooks.dispatcher import running_dispatcher
@@ -28,14 +33,23 @@ from workflows.escalation import EscalationWorkflow
 
 WORKFLOWS = [ContractWorkflow, EscalationWorkflow]
 
+# The workflow modules and the pure helpers they use are imported once per worker, not once per
+# workflow instance: they keep no mutable module state.  Re-importing them for every new instance
+# (and compiling them, without .pyc files) was half the worker's CPU while contracts were created,
+# and a copy of the modules per cached workflow (docs/benchmarks.md, findings 1 and 5).
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows", "core")
+)
+
 
 def build_worker(
-    client: Client, settings: Settings, session_factory: sessionmaker[Session], *, task_queue: str | None = None
+    client: Client, settings: Settings, session_factory: sessionmaker[Session], *, task_queue: str | None = None,
+    on_notices: Callable[[], None] | None = None,
 ) -> Worker:
     # Configure the ORM now: activities run in threads that Temporal may interrupt (cancellation),
     # and an interruption during SQLAlchemy's lazy mapper set-up would break it for the process.
     configure_mappers()
-    projection = ProjectionActivities(session_factory)
+    projection = ProjectionActivities(session_factory, on_notices)
     notify = NotifyActivities(session_factory, settings)
     documents = DocumentActivities(session_factory)
     renewals = RenewalActivities(client, session_factory)
@@ -43,10 +57,12 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[projection.project_contract, notify.notify, business_due_activity, documents.store_agreement,
-                    renewals.start_renewal],
+        workflow_runner=WORKFLOW_RUNNER,
+        activities=[projection.project_delta, projection.project_contract, notify.notify, business_due_activity,
+                    documents.store_agreement, renewals.start_renewal],
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
+        max_concurrent_local_activities=settings.max_concurrent_activities,
         # Bounded sticky cache: worker memory stays flat however many contracts are open.
         max_cached_workflows=settings.max_cached_workflows,
         # Bounded workflow-task intake: under a backlog the tasks wait on the server rather than in
@@ -59,18 +75,33 @@ def build_worker(
     )
 
 
+@contextlib.asynccontextmanager
+async def running_worker(client: Client, settings: Settings, sessions: sessionmaker[Session], *,
+                         task_queue: str | None = None, clock: Clock = wall_clock,
+                         webhooks: bool = True) -> AsyncIterator[Worker]:
+    """The worker with what runs beside it: the notification outbox's dispatcher (woken by the
+    projection when it queues a notice due now) and, unless ``webhooks`` is off, the webhook one.
+    ``clock`` is the outbox's idea of now (tests on the time-skipping server pass its clock)."""
+    deliver = NotifyActivities(sessions, settings).deliver
+    async with running_outbox(sessions, settings, deliver, clock) as outbox:
+        worker = build_worker(client, settings, sessions, task_queue=task_queue,
+                              on_notices=outbox.wake if outbox is not None else None)
+        async with worker, contextlib.AsyncExitStack() as stack:
+            if webhooks:
+                await stack.enter_async_context(running_dispatcher(sessions, settings))
+            yield worker
+
+
 async def run(settings: Settings) -> None:
     client = await connect(settings)
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
-    worker = build_worker(client, settings, sessions)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     logging.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
-    # Outgoing webhook subscriptions are dispatched from the event log alongside the worker.
-    async with worker, running_dispatcher(sessions, settings):
+    async with running_worker(client, settings, sessions):
         await stop.wait()
     engine.dispose()
 

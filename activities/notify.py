@@ -41,6 +41,13 @@ class NotifyActivities:
 
     @activity.defn(name="notify")
     def notify(self, r: NotifyRequest) -> dict[str, int]:
+        """The escalation chain's notices (EscalationWorkflow); the contract's own go through the
+        notification outbox (core/outbox.py), which calls :meth:`deliver` the same way."""
+        return self.deliver(r)
+
+    def deliver(self, r: NotifyRequest) -> dict[str, int]:
+        """Send ``r`` to each recipient on each channel, once per (recipient, channel).  Raises
+        ``TransientDeliveryError`` for what may succeed later; permanent failures are recorded."""
         counts = {"sent": 0, "skipped": 0, "failed": 0}
         with self._sessions() as session:
             to = self._people(session, r, r.to)
@@ -212,7 +219,8 @@ class NotifyActivities:
                 "amount": r.amount,
                 "currency": r.currency,
                 "cc": [u.name for u in cc],
-                "link": f"{self._settings.public_url}/contracts/{r.contract_id}",
+                # The dashboard's page for the contract (a person reads this), not the JSON API.
+                "link": f"{self._settings.public_url}/ui/contracts/{r.contract_id}",
             },
         )
 

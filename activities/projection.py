@@ -1,47 +1,91 @@
-"""The projection activity: writes a contract's snapshot and new events to the database.
+"""The projection activities: the contract's read model and notification outbox, kept by its workflow.
 
-Idempotent by construction, so a retried or replayed activity writes nothing twice:
-  * events are keyed ``(contract_id, seq)`` and inserted with ON CONFLICT DO NOTHING;
-  * the snapshot carries the workflow's event counter (``version``) and is applied only if
-    it is at least as new as what the row holds, so an old retry never overwrites a newer one.
+``project_delta`` (the lean engine, a local activity): one transaction writes what a
+``ProjectionDelta`` carries — new events, the contract's facts, the items that changed, new
+payments, amendments, notices and reminder plans.  Idempotent, so a retried or replayed activity
+writes nothing twice:
+  * events are keyed ``(contract_id, seq)`` and inserted with ON CONFLICT DO NOTHING, notices and
+    payments likewise by their keys;
+  * the facts and items are applied only if the delta is at least as new (``version``) as what
+    the row holds, so an old retry never overwrites a newer write.
+
+``project_contract`` (the legacy engine, frozen with it) writes a whole snapshot.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 
 from core.serde import to_jsonable
-from models import Contract, ContractEvent, Installment, Milestone, Payment
+from models import AmendmentRecord, Contract, ContractEvent, Installment, Milestone, OutboxNotice, Payment
+from models.outbox import CANCELLED, PENDING
 from models.repository import new_contract_row
-from workflows.types import ContractState, ProjectionInput
+from workflows.types import ContractEvent as Event
+from workflows.types import (
+    ContractState,
+    ProjectionDelta,
+    ProjectionInput,
+    ReminderPlan,
+    ScheduledNotice,
+)
 
 log = logging.getLogger(__name__)
 
 
 class ProjectionActivities:
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+    def __init__(self, session_factory: sessionmaker[Session], on_notices: Callable[[], None] | None = None) -> None:
         self._sessions = session_factory
+        # Called after a commit that queued notices due now: wakes the outbox dispatcher in this process.
+        self._on_notices = on_notices or (lambda: None)
 
+    # ------------------------------------------------------------------ lean engine
+    @activity.defn(name="project_delta")
+    def project_delta(self, d: ProjectionDelta) -> int:
+        """Returns how many new events were written (0 on a retry that already succeeded)."""
+        with self._sessions.begin() as session:
+            ins = _insert_for(session)
+            written = _insert_events(session, ins, d.contract_id, d.events)
+            row = session.execute(
+                select(Contract.version).where(Contract.id == d.contract_id).with_for_update()
+            ).first()
+            if row is None:
+                if d.spec is None:
+                    raise RuntimeError(f"contract {d.contract_id} has no row and the delta carries no spec")
+                # The API writes the row first; a workflow without one (started by an operator from
+                # the CLI) gets one here rather than staying invisible.
+                new_contract_row(session, d.spec, workflow_id=d.workflow_id, status="active", version=-1, now=_now())
+                session.flush()
+                stored_version = -1
+            else:
+                stored_version = row.version
+            if d.version >= stored_version:
+                _apply_delta(session, ins, d, first=stored_version <= 0)
+            due_now = _write_notices(session, ins, d, first=stored_version <= 0)
+        if due_now:
+            self._on_notices()
+        return written
+
+    # ------------------------------------------------------------------ legacy engine
     @activity.defn(name="project_contract")
     def project_contract(self, input: ProjectionInput) -> int:
         """Returns how many new events were written (0 on a retry that already succeeded)."""
         state = input.state
         cid = state.spec.contract_id
         with self._sessions.begin() as session:
-            written = _insert_events(session, cid, input)
+            written = _insert_events(session, _insert_for(session), cid, input.events)
             contract = session.execute(
                 select(Contract).where(Contract.id == cid).with_for_update()
             ).scalar_one_or_none()
             if contract is None:
-                # The API always writes the row first; a workflow without its row (say, started
-                # by an operator from the CLI) gets one here rather than staying invisible.
                 contract = new_contract_row(
                     session, state.spec, workflow_id=input.workflow_id, status="active", version=-1, now=_now()
                 )
@@ -51,30 +95,23 @@ class ProjectionActivities:
         return written
 
 
-def _insert_events(session: Session, contract_id: str, input: ProjectionInput) -> int:
-    if not input.events:
+def _insert_for(session: Session) -> Callable[..., Any]:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _insert_events(session: Session, ins: Callable[..., Any], contract_id: str, events: list[Event]) -> int:
+    if not events:
         return 0
-    rows = [
-        {
-            "contract_id": contract_id,
-            "seq": e.seq,
-            "type": e.type,
-            "at": e.at,
-            "actor": e.actor,
-            "data": to_jsonable(e.data),
-        }
-        for e in input.events
-    ]
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(ContractEvent).values(rows).on_conflict_do_nothing(index_elements=["contract_id", "seq"])
+    rows = [{"contract_id": contract_id, "seq": e.seq, "type": e.type, "at": e.at, "actor": e.actor,
+             "data": to_jsonable(e.data)} for e in events]
+    stmt = ins(ContractEvent).values(rows).on_conflict_do_nothing(index_elements=["contract_id", "seq"])
     written = session.execute(stmt).rowcount or 0
     if written < len(rows):
         _check_same_events(session, contract_id, rows)
     return written
 
 
-def _check_same_events(session: Session, contract_id: str, rows: list[dict]) -> None:
+def _check_same_events(session: Session, contract_id: str, rows: list[dict[str, Any]]) -> None:
     """A retry finds its events already written: they must be the same events.  A different event
     under the same number means the workflow's event numbering diverged from what an earlier
     execution wrote (the log keeps the first; the newer one is lost): say so loudly."""
@@ -88,7 +125,122 @@ def _check_same_events(session: Session, contract_id: str, rows: list[dict]) -> 
         log.error("event log of contract %s diverged: (seq, stored, now) %s", contract_id, clashes)
 
 
+def _apply_delta(session: Session, ins: Callable[..., Any], d: ProjectionDelta, *, first: bool) -> None:
+    cid, f, now = d.contract_id, d.facts, _now()
+    session.execute(update(Contract).where(Contract.id == cid).values(
+        status=f.status.value, amount=Decimal(f.amount), end_at=f.end_at, paid_total=Decimal(f.paid_total),
+        outstanding=Decimal(f.outstanding), credit=Decimal(f.credit), overdue_count=f.overdue_count,
+        next_due_at=f.next_due_at, version=d.version, closed_at=f.closed_at, settled_at=f.settled_at,
+        close_reason=f.close_reason or None, updated_at=now,
+    ))
+    currency = d.spec.currency if d.spec is not None else session.execute(
+        select(Contract.currency).where(Contract.id == cid)).scalar_one()
+    if d.milestones:
+        rows = [_milestone_row(cid, r.position, r.milestone, r.started_at, currency) for r in d.milestones]
+        stmt = ins(Milestone).values(rows)
+        if not first:
+            stmt = stmt.on_conflict_do_update(index_elements=["contract_id", "key"],
+                                              set_={k: stmt.excluded[k] for k in rows[0] if k not in ("contract_id", "key")})
+        session.execute(stmt)
+    if d.removed_milestones:
+        session.execute(delete(Milestone).where(Milestone.contract_id == cid, Milestone.key.in_(d.removed_milestones)))
+    if d.installments:
+        rows = [_installment_row(cid, r.position, r.installment, currency) for r in d.installments]
+        stmt = ins(Installment).values(rows)
+        if not first:
+            stmt = stmt.on_conflict_do_update(index_elements=["contract_id", "key"],
+                                              set_={k: stmt.excluded[k] for k in rows[0] if k not in ("contract_id", "key")})
+        session.execute(stmt)
+    if d.removed_installments:
+        session.execute(delete(Installment).where(Installment.contract_id == cid,
+                                                  Installment.key.in_(d.removed_installments)))
+    if d.payments:
+        session.execute(ins(Payment).values([
+            {"contract_id": cid, "reference": p.reference, "amount": Decimal(p.amount), "currency": p.currency,
+             "received_at": p.received_at, "recorded_at": p.recorded_at, "recorded_by": p.by,
+             "allocations": dict(p.allocations), "excess": Decimal(p.excess)}
+            for p in d.payments
+        ]).on_conflict_do_nothing(index_elements=["contract_id", "reference"]))
+    for a in d.amendments:
+        record = to_jsonable(a)
+        existing = session.get(AmendmentRecord, (cid, a.id))
+        if existing is None:
+            session.add(AmendmentRecord(contract_id=cid, amendment_id=a.id, number=a.number, status=a.status.value,
+                                        record=record, updated_at=now))
+        else:
+            if record.get("impact") is None:  # let go by the workflow: the stored one stays
+                record["impact"] = existing.record.get("impact")
+            existing.status, existing.record, existing.updated_at = a.status.value, record, now
+
+
+def _milestone_row(cid: str, position: int, m: Any, started_at: datetime | None, currency: str) -> dict[str, Any]:
+    return {
+        "contract_id": cid, "key": m.key, "position": position, "name": m.name, "kind": m.kind, "owner": m.owner,
+        "department": m.department, "standard": m.standard, "due_rule": to_jsonable(m.due),
+        "depends_on": list(m.depends_on), "due_at": m.due_at, "due_estimated": m.due_estimated,
+        "status": str(m.status), "progress": m.progress, "completed_at": m.completed_at,
+        "completed_by": m.completed_by, "overdue_since": m.overdue_since,
+        "planned_cost": Decimal(m.planned_cost) if m.planned_cost is not None else None,
+        "actual_cost": Decimal(m.actual_cost) if m.actual_cost is not None else None,
+        "satisfaction": m.satisfaction, "currency": currency, "started_at": started_at,
+    }
+
+
+def _installment_row(cid: str, position: int, i: Any, currency: str) -> dict[str, Any]:
+    return {"contract_id": cid, "key": i.key, "position": position, "amount": Decimal(i.amount),
+            "paid": Decimal(i.paid), "currency": currency, "status": str(i.status), "due_at": i.due_at,
+            "due_estimated": i.due_estimated, "paid_at": i.paid_at}
+
+
+def _write_notices(session: Session, ins: Callable[..., Any], d: ProjectionDelta, *, first: bool) -> bool:
+    """Queue the delta's notices and apply its reminder plans; whether something is due now."""
+    now = _now()
+    due_now = False
+    for plan in d.reminders:
+        if not first:
+            _cancel_unwanted(session, d.contract_id, plan)
+    rows = [_outbox_row(d.contract_id, n, now) for n in d.notices]
+    if rows:
+        session.execute(ins(OutboxNotice).values(rows).on_conflict_do_nothing(index_elements=["key"]))
+        due_now = True
+    planned = [_outbox_row(d.contract_id, n, now) for plan in d.reminders for n in plan.notices]
+    if planned:
+        stmt = ins(OutboxNotice).values(planned)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key"],
+            set_={"send_at": stmt.excluded.send_at, "request": stmt.excluded.request, "status": PENDING},
+            where=OutboxNotice.status.in_([PENDING, CANCELLED]),
+        )
+        session.execute(stmt)
+        due_now = due_now or any(n["send_at"] <= now for n in planned)
+    return due_now
+
+
+def _cancel_unwanted(session: Session, contract_id: str, plan: ReminderPlan) -> None:
+    keep = [n.key for n in plan.notices]
+    stmt = update(OutboxNotice).where(
+        OutboxNotice.contract_id == contract_id, OutboxNotice.item_type == plan.item_type,
+        OutboxNotice.item_key == plan.item_key, OutboxNotice.kind == "reminder", OutboxNotice.status == PENDING,
+    )
+    if keep:
+        stmt = stmt.where(OutboxNotice.key.not_in(keep))
+    session.execute(stmt.values(status=CANCELLED, done_at=_now()))
+
+
+def _outbox_row(contract_id: str, n: ScheduledNotice, now: datetime) -> dict[str, Any]:
+    r = n.request
+    return {"key": n.key, "contract_id": contract_id, "item_type": r.item_type, "item_key": r.item_key,
+            "kind": r.kind, "send_at": n.send_at, "status": PENDING, "request": to_jsonable(r), "attempts": 0,
+            "created_at": now}
+
+
+# ---------------------------------------------------------------------- legacy snapshot
+
+
 def _apply_snapshot(session: Session, contract: Contract, state: ContractState) -> None:
+    from workflows.contract.payments import settled_at
+    from workflows.contract.projection import stage_starts
+
     contract.status = state.status
     contract.amount = Decimal(state.spec.amount)  # an amendment may change it
     contract.end_at = state.spec.end_at
@@ -99,7 +251,7 @@ def _apply_snapshot(session: Session, contract: Contract, state: ContractState) 
     contract.next_due_at = state.next_due_at
     contract.version = state.version
     contract.closed_at = state.closed_at
-    contract.settled_at = _settled_at(state)
+    contract.settled_at = settled_at(state)
     contract.close_reason = state.close_reason or None
     contract.updated_at = _now()
 
@@ -108,86 +260,22 @@ def _apply_snapshot(session: Session, contract: Contract, state: ContractState) 
     cid = contract.id
     session.execute(delete(Milestone).where(Milestone.contract_id == cid))
     session.execute(delete(Installment).where(Installment.contract_id == cid))
-    session.add_all(
-        Milestone(
-            contract_id=cid,
-            key=m.key,
-            position=pos,
-            name=m.name,
-            kind=m.kind,
-            owner=m.owner,
-            department=m.department,
-            standard=m.standard,
-            due_rule=to_jsonable(m.due),
-            depends_on=list(m.depends_on),
-            due_at=m.due_at,
-            due_estimated=m.due_estimated,
-            status=m.status,
-            progress=m.progress,
-            completed_at=m.completed_at,
-            completed_by=m.completed_by,
-            overdue_since=m.overdue_since,
-            planned_cost=Decimal(m.planned_cost) if m.planned_cost is not None else None,
-            actual_cost=Decimal(m.actual_cost) if m.actual_cost is not None else None,
-            satisfaction=m.satisfaction,
-            currency=state.spec.currency,
-            started_at=started,
-        )
-        for pos, (m, started) in enumerate(zip(state.milestones, _stage_starts(state)))
-    )
-    session.add_all(
-        Installment(
-            contract_id=cid,
-            key=i.key,
-            position=pos,
-            amount=Decimal(i.amount),
-            paid=Decimal(i.paid),
-            currency=state.spec.currency,
-            status=i.status,
-            due_at=i.due_at,
-            due_estimated=i.due_estimated,
-            paid_at=i.paid_at,
-        )
-        for pos, i in enumerate(state.installments)
-    )
+    currency = state.spec.currency
+    rows = [_milestone_row(cid, pos, m, started, currency)
+            for pos, (m, started) in enumerate(zip(state.milestones, stage_starts(state)))]
+    if rows:
+        session.execute(insert(Milestone).values(rows))
+    rows = [_installment_row(cid, pos, i, currency) for pos, i in enumerate(state.installments)]
+    if rows:
+        session.execute(insert(Installment).values(rows))
     known = set(session.execute(select(Payment.reference).where(Payment.contract_id == cid)).scalars())
     session.add_all(
-        Payment(
-            contract_id=cid,
-            reference=p.reference,
-            amount=Decimal(p.amount),
-            currency=p.currency,
-            received_at=p.received_at,
-            recorded_at=p.recorded_at,
-            recorded_by=p.by,
-            allocations=dict(p.allocations),
-            excess=Decimal(p.excess),
-        )
+        Payment(contract_id=cid, reference=p.reference, amount=Decimal(p.amount), currency=p.currency,
+                received_at=p.received_at, recorded_at=p.recorded_at, recorded_by=p.by,
+                allocations=dict(p.allocations), excess=Decimal(p.excess))
         for p in state.payments
         if p.reference not in known
     )
-
-
-def _settled_at(state: ContractState) -> datetime | None:
-    """When the contract was paid in full (analytics): the ``received_at`` of the payment that
-    brought the running total, in ``received_at`` order, to the contract amount."""
-    total, amount = Decimal(0), Decimal(state.spec.amount)
-    for p in sorted(state.payments, key=lambda p: (p.received_at, p.reference)):
-        total += Decimal(p.amount)
-        if amount > 0 and total >= amount:
-            return p.received_at
-    return None
-
-
-def _stage_starts(state: ContractState) -> list[datetime]:
-    """Each milestone's stage start (analytics): the latest completion of an earlier milestone
-    (by position), else the contract's effective date."""
-    starts, latest = [], None
-    for m in state.milestones:
-        starts.append(latest or state.spec.effective_at)
-        if m.completed_at is not None and (latest is None or m.completed_at > latest):
-            latest = m.completed_at
-    return starts
 
 
 def _now() -> datetime:

@@ -732,15 +732,13 @@ async def _temporal_checks(settings: Any) -> list[Check]:
     from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-    from temporalio.client import Client
+    from core.temporal import connect
 
     from workflows import search_attributes as sa
 
     target = f"{settings.temporal_address} (namespace {settings.temporal_namespace})"
     try:
-        client = await asyncio.wait_for(
-            Client.connect(settings.temporal_address, namespace=settings.temporal_namespace), timeout=DOCTOR_TIMEOUT
-        )
+        client = await asyncio.wait_for(connect(settings), timeout=DOCTOR_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - any failure is the finding
         detail = f"{target}: {exc.__class__.__name__}: {exc}" if str(exc) else f"{target}: {exc.__class__.__name__}"
         return [

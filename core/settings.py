@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     max_cached_workflows: int = 2000
     max_concurrent_activities: int = 50
     max_concurrent_workflow_tasks: int = 10
+    # The notification outbox (core/outbox.py): reminders and notices the contracts decided, sent
+    # at their time by a dispatcher in each worker process.
+    outbox_dispatch_enabled: bool = True
+    outbox_poll_seconds: float = 0.25  # the longest a due notice waits when nothing woke the dispatcher
+    outbox_batch: int = 200  # notices claimed per round
+    outbox_parallel: int = 8  # sent at once per worker process
+    outbox_lease_seconds: float = 60.0  # a claim on a notice; a crashed dispatcher's runs out
+    outbox_max_attempts: int = 20  # transient failures retried with back-off, then `failed`
+    outbox_retry_initial_seconds: float = 2.0
+    outbox_retry_max_interval_seconds: float = 300.0
 
     @model_validator(mode="after")
     def _no_dev_credentials_in_production(self) -> "Settings":

@@ -16,7 +16,10 @@ log = logging.getLogger(__name__)
 
 
 async def connect(settings: Settings) -> Client:
-    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    from workflows.converter import data_converter
+
+    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
+                                data_converter=data_converter)
 
 
 def find_binary(name: str) -> str:

@@ -7,9 +7,11 @@ from models.document import Document
 from models.idempotency import IdempotencyKey
 from models.notification import Notification, Task
 from models.org import Department, User
+from models.outbox import AmendmentRecord, OutboxNotice
 from models.webhook import WebhookDelivery, WebhookSubscription
 
 __all__ = [
+    "AmendmentRecord",
     "ApiKey",
     "AuditEntry",
     "Base",
@@ -23,6 +25,7 @@ __all__ = [
     "Installment",
     "Milestone",
     "Notification",
+    "OutboxNotice",
     "Payment",
     "Task",
     "User",

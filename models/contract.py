@@ -205,14 +205,18 @@ class Payment(Base):
 
 
 class ContractEvent(Base):
-    """Append-only event log.  ``(contract_id, seq)`` is unique, which makes projection idempotent."""
+    """Append-only event log.  ``(contract_id, seq)`` is unique, which makes projection idempotent.
+
+    ``seq`` is the workflow's event number.  Events recorded outside the workflow (a reminder the
+    notification outbox sent: migration 0013) have no ``seq`` but a unique ``key`` instead."""
 
     __tablename__ = "contract_events"
     __table_args__ = (UniqueConstraint("contract_id", "seq", name="uq_contract_events_contract_seq"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     contract_id: Mapped[str] = mapped_column(String(40), index=True)
-    seq: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int | None] = mapped_column(Integer)
+    key: Mapped[str | None] = mapped_column(String(300), unique=True)
     type: Mapped[str] = mapped_column(String(60), index=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     actor: Mapped[str] = mapped_column(String(100))

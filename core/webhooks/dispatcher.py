@@ -74,7 +74,7 @@ class LeaseLost(Exception):
 class _Event:
     id: int
     contract_id: str
-    seq: int
+    seq: int | None  # None: recorded by the notification outbox, not the workflow
     type: str
     at: datetime
     actor: str
@@ -84,7 +84,7 @@ class _Event:
 
     @property
     def event_id(self) -> str:
-        return event_id(self.contract_id, self.seq)
+        return event_id(self.contract_id, self.seq, self.id)
 
     def cloud_event(self) -> dict[str, Any]:
         return cloud_event(
@@ -96,6 +96,7 @@ class _Event:
             data=self.data,
             contract_external_id=self.contract_external_id,
             customer_external_id=self.customer_external_id,
+            row_id=self.id,
         )
 
 
@@ -392,7 +393,7 @@ class WebhookDispatcher:
                     event_id=ev.event_id,
                     event_row_id=ev.id,
                     contract_id=ev.contract_id,
-                    seq=ev.seq,
+                    seq=ev.seq or 0,
                     event_type=ev.type,
                     status=PENDING,
                     attempts=0,

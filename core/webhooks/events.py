@@ -83,8 +83,10 @@ def _rfc3339(at: datetime) -> str:
     return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def event_id(contract_id: str, seq: int) -> str:
-    return f"{contract_id}:{seq}"
+def event_id(contract_id: str, seq: int | None, row_id: int | None = None) -> str:
+    """``<contract>:<seq>``; an event recorded outside the workflow (a reminder the notification
+    outbox sent) has no seq and is named by its row: ``<contract>:r<id>``."""
+    return f"{contract_id}:{seq}" if seq is not None else f"{contract_id}:r{row_id}"
 
 
 def _subject(event_type: str, data: dict[str, Any]) -> str | None:
@@ -105,13 +107,14 @@ def _subject(event_type: str, data: dict[str, Any]) -> str | None:
 def cloud_event(
     *,
     contract_id: str,
-    seq: int,
+    seq: int | None,
     type: str,
     at: datetime,
     actor: str,
     data: dict[str, Any] | None,
     contract_external_id: str | None,
     customer_external_id: str | None,
+    row_id: int | None = None,
 ) -> dict[str, Any]:
     """The CloudEvent for one stored contract event (a plain dict, JSON-ready)."""
     body = dict(data or {})
@@ -124,7 +127,7 @@ def cloud_event(
     )
     event: dict[str, Any] = {
         "specversion": SPECVERSION,
-        "id": event_id(contract_id, seq),
+        "id": event_id(contract_id, seq, row_id),
         "source": f"/contracts/{contract_id}",
         "type": type,
         "time": _rfc3339(at),

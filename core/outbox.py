@@ -1,0 +1,249 @@
+"""The notification outbox's dispatcher: sends each notice a contract decided, at its time, once.
+
+Contracts plan their reminders and decide their notices; the projection writes them to
+``notification_outbox`` in the same transaction as the read model (models/outbox.py).  A
+dispatcher runs in every worker process.  Each round it claims the notices whose ``send_at`` has
+come, in due order:
+
+1. the claim (a lease: ``lease_owner``, ``lease_until``, attempts + 1) is one conditional UPDATE,
+   so two dispatchers never hold the same notice (``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
+   SQLite writes one transaction at a time);
+2. the notice goes to its recipients through the same code as the ``notify`` activity
+   (activities/notify.py ``deliver``), which records each (recipient, channel) before sending, so
+   a dispatcher that dies mid-way and a successor that re-sends never send a message twice;
+3. the row is marked ``sent`` (and a reminder logged as a ``notification.reminder`` contract event
+   without a workflow seq), only while this dispatcher still holds the lease.
+
+A transient failure (SMTP 4xx, a timeout) releases the notice with a back-off; after
+``outbox_max_attempts`` it is ``failed`` and the operator gets a task.  A cancelled notice (its
+plan changed) is never claimed.  The projection wakes the dispatcher of its own process when it
+queues something due now; otherwise it looks every ``outbox_poll_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import org
+from core.channels import TransientDeliveryError
+from core.serde import from_jsonable
+from core.settings import Settings
+from models import ContractEvent, OutboxNotice
+from models.outbox import FAILED, PENDING, SENT
+from workflows.types import NotifyRequest
+
+log = logging.getLogger("outbox")
+
+Clock = Callable[[], Awaitable[datetime]]
+
+
+async def wall_clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    key: str
+    contract_id: str
+    kind: str
+    attempts: int
+    request: dict[str, Any]
+
+
+class OutboxDispatcher:
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings,
+                 deliver: Callable[[NotifyRequest], dict[str, int]], clock: Clock = wall_clock) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._deliver = deliver
+        self._clock = clock
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"[:80]
+        self._event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots = asyncio.Semaphore(max(1, settings.outbox_parallel))
+        self.sent = 0
+
+    def wake(self) -> None:
+        """Look now (thread-safe: the projection activity calls it from its thread)."""
+        loop, event = self._loop, self._event
+        if loop is not None and event is not None:
+            loop.call_soon_threadsafe(event.set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop, self._event = asyncio.get_running_loop(), asyncio.Event()
+        while not stop.is_set():
+            self._event.clear()  # before looking: a wake during the round is not lost
+            try:
+                now = await self._clock()
+                claimed = await asyncio.to_thread(self._claim, now)
+            except Exception:  # noqa: BLE001 - the database may be away: try again next round
+                log.exception("outbox: claiming failed; trying again")
+                claimed = []
+            if claimed:
+                await asyncio.gather(*(self._send(c, now) for c in claimed))
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(_first(self._event, stop), timeout=self._settings.outbox_poll_seconds)
+
+    # ---------------------------------------------------------------- claim
+    def _claim(self, now: datetime) -> list[Claimed]:
+        o = OutboxNotice
+        free = [o.status == PENDING, o.send_at <= now, or_(o.next_attempt_at.is_(None), o.next_attempt_at <= now),
+                or_(o.lease_until.is_(None), o.lease_until < now)]
+        with self._sessions.begin() as session:
+            query = select(o.id).where(*free).order_by(o.send_at, o.id).limit(self._settings.outbox_batch)
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = list(session.execute(query).scalars())
+            if not ids:
+                return []
+            rows = session.execute(
+                update(o).where(o.id.in_(ids), *free)
+                .values(lease_owner=self.owner, lease_until=now + timedelta(seconds=self._settings.outbox_lease_seconds),
+                        attempts=o.attempts + 1)
+                .returning(o.id, o.key, o.contract_id, o.kind, o.attempts, o.request)
+            ).all()
+        return sorted((Claimed(*r) for r in rows), key=lambda c: ids.index(c.id))
+
+    # ---------------------------------------------------------------- send
+    async def _send(self, c: Claimed, now: datetime) -> None:
+        async with self._slots:
+            try:
+                request = from_jsonable(NotifyRequest, c.request)
+                counts = await asyncio.to_thread(self._deliver, request)
+            except TransientDeliveryError as exc:
+                await asyncio.to_thread(self._retry_later, c, now, str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - a bug or the database: retried like a transient failure
+                log.exception("outbox: notice %s failed", c.key)
+                await asyncio.to_thread(self._retry_later, c, now, f"{exc.__class__.__name__}: {exc}")
+                return
+            await asyncio.to_thread(self._mark_sent, c, request, counts, now)
+
+    def _mark_sent(self, c: Claimed, request: NotifyRequest, counts: dict[str, int], now: datetime) -> None:
+        o = OutboxNotice
+        with self._sessions.begin() as session:
+            done = session.execute(update(o).where(o.id == c.id, o.lease_owner == self.owner).values(
+                status=SENT, done_at=_now(), lease_owner=None, lease_until=None, error=None)).rowcount
+            if done and c.kind == "reminder":
+                # Logged like the workflow's own events, under the notice's key instead of a seq.
+                insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+                session.execute(insert(ContractEvent).values(
+                    contract_id=c.contract_id, seq=None, key=c.key, type="notification.reminder", at=now,
+                    actor="system", data={"item_type": request.item_type, "key": request.item_key,
+                                          "level": request.level, "to": request.to, "cc": request.cc,
+                                          "tag": request.tag, "sent": counts.get("sent", 0)},
+                ).on_conflict_do_nothing(index_elements=["key"]))
+        if done:
+            self.sent += 1
+
+    def _retry_later(self, c: Claimed, now: datetime, error: str) -> None:
+        o, s = OutboxNotice, self._settings
+        with self._sessions.begin() as session:
+            if c.attempts >= s.outbox_max_attempts:
+                done = session.execute(update(o).where(o.id == c.id, o.lease_owner == self.owner).values(
+                    status=FAILED, done_at=_now(), lease_owner=None, lease_until=None, error=error[:2000])).rowcount
+                if done:
+                    org.open_task(session, key=f"outbox-failed:{c.key}"[:300], contract_id=c.contract_id,
+                                  milestone_key=None, assignee=s.operator_user,
+                                  title=f"Notice not delivered after {c.attempts} attempts: {c.key}"[:300],
+                                  body=f"{error}\n\noutbox notice {c.key}")
+                log.warning("outbox: notice %s failed for good after %d attempts: %s", c.key, c.attempts, error)
+                return
+            delay = min(s.outbox_retry_max_interval_seconds, s.outbox_retry_initial_seconds * 2 ** (c.attempts - 1))
+            session.execute(update(o).where(o.id == c.id, o.lease_owner == self.owner).values(
+                next_attempt_at=now + timedelta(seconds=delay), lease_owner=None, lease_until=None,
+                error=error[:2000]))
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------- the time-skipping server
+def due_now(sessions: sessionmaker[Session], now: datetime) -> int:
+    """How many notices are waiting to be sent as of ``now``."""
+    from sqlalchemy import func
+
+    o = OutboxNotice
+    with sessions() as session:
+        return session.execute(select(func.count()).select_from(o).where(
+            o.status == PENDING, o.send_at <= now, or_(o.next_attempt_at.is_(None), o.next_attempt_at <= now),
+        )).scalar_one()
+
+
+def next_send_at(sessions: sessionmaker[Session], after: datetime, until: datetime) -> datetime | None:
+    from sqlalchemy import func
+
+    o = OutboxNotice
+    with sessions() as session:
+        return session.execute(select(func.min(o.send_at)).where(
+            o.status == PENDING, o.send_at > after, o.send_at <= until)).scalar_one()
+
+
+async def advance_sending(env: Any, when: datetime, sessions: sessionmaker[Session], timeout: float = 15.0) -> None:
+    """Move a time-skipping test server's clock to ``when`` as real time passes for the outbox:
+    stop at each queued notice's time and let the dispatcher send it.  Reminders do not wake the
+    contract, so one big skip would otherwise send them all at its end (or, if the item is resolved
+    right after the skip, not at all).  For tests and benchmarks."""
+    async def drained() -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while due_now(sessions, await env.get_current_time()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("the notification outbox did not send what was due")
+            await asyncio.sleep(0.05)
+
+    while True:
+        now = await env.get_current_time()
+        await drained()
+        nxt = next_send_at(sessions, now, when)
+        if nxt is None:
+            break
+        await env.sleep(nxt - now)
+    now = await env.get_current_time()
+    if when > now:
+        await env.sleep(when - now)
+    await drained()
+
+
+@contextlib.asynccontextmanager
+async def running_outbox(sessions: sessionmaker[Session], settings: Settings,
+                         deliver: Callable[[NotifyRequest], dict[str, int]],
+                         clock: Clock = wall_clock) -> AsyncIterator[OutboxDispatcher | None]:
+    """Run the dispatcher as a task of the current event loop for the duration of the block."""
+    if not settings.outbox_dispatch_enabled:
+        yield None
+        return
+    dispatcher = OutboxDispatcher(sessions, settings, deliver, clock)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop), name="outbox-dispatcher")
+    try:
+        yield dispatcher
+    finally:
+        stop.set()
+        dispatcher.wake()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
