@@ -19,11 +19,12 @@ from api.problems import Problem
 from api.schemas import InstallmentIn, MilestoneIn
 from api.service import ContractService
 from core import org
-from models import Document
-from workflows import amendments as rules
+from models import AmendmentRecord, Document
+from workflows.contract import amendments as rules
 from workflows.contract import ContractWorkflow
 from workflows.types import (
     AmendmentChange,
+    AmendmentImpact,
     AmendmentResult,
     AmendmentState,
     ContractState,
@@ -121,7 +122,23 @@ class AmendmentService:
 
     async def _state(self, contract_id: str) -> ContractState:
         row = self.contracts._row(contract_id)
-        return await self.contracts.live_state(row)
+        state = await self.contracts.live_state(row)
+        # A decided amendment's impact lives in the read model (the workflow lets it go).
+        missing = {a.id: a for a in state.amendments if a.impact is None}
+        if missing:
+            from core.serde import from_jsonable
+
+            with self.sessions() as session:
+                records = session.execute(select(AmendmentRecord).where(
+                    AmendmentRecord.contract_id == contract_id, AmendmentRecord.amendment_id.in_(list(missing)))
+                ).scalars().all()
+            for r in records:
+                if r.record.get("impact") is not None:
+                    missing[r.amendment_id].impact = from_jsonable(AmendmentImpact, r.record["impact"])
+            if any(a.impact is None for a in missing.values()):
+                raise Problem(503, "an amendment's impact is not in the read model yet; try again in a moment",
+                              slug="read-model-behind")
+        return state
 
 
 # ---------------------------------------------------------------- approvers
@@ -223,6 +240,7 @@ def _item(x) -> s.ItemImpactOut:
 
 def _out(a: AmendmentState) -> s.AmendmentOut:
     i = a.impact
+    assert i is not None  # filled from the read model by AmendmentService._state
     return s.AmendmentOut(
         id=a.id, number=a.number, status=a.status, requested_by=a.requested_by, reason=a.reason,
         requested_at=a.requested_at, required_roles=a.required_roles, approvers=a.approvers,

@@ -420,7 +420,7 @@ async def contract_view(service: ContractService, contract_id: str) -> View:
 
 def contract_events(session: Session, contract_id: str) -> list[ContractEvent]:
     return list(session.execute(select(ContractEvent).where(ContractEvent.contract_id == contract_id)
-                                .order_by(ContractEvent.seq).limit(2000)).scalars())
+                                .order_by(ContractEvent.id).limit(2000)).scalars())
 
 
 def contract_documents(session: Session, contract_id: str) -> list[Document]:

@@ -357,7 +357,10 @@ class OperationOut(BaseModel):
 
 
 class EventOut(BaseModel):
-    seq: int
+    # The workflow's event number; null for an event recorded outside the workflow (a reminder
+    # the notification outbox sent), which is listed in the order it happened.
+    seq: int | None
+    event_id: str  # the CloudEvents id a webhook subscriber receives it under
     type: str
     at: datetime
     actor: str

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Callable
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +24,7 @@ from api import schemas
 from api.builder import SpecError, build_spec
 from api.problems import Problem
 from core.org import default_assignee
+from core.webhooks.events import event_id
 from core.starter import start_contract_workflow
 from core.temporal import UpdateLost, execute_update_retrying
 from core.serde import from_jsonable
@@ -319,14 +320,21 @@ class ContractService:
 
     def events(self, contract_id: str, *, after_seq: int, limit: int) -> list[schemas.EventOut]:
         self._row(contract_id)
+        # In the order they were recorded: the workflow's events by seq, and among them the
+        # reminders the outbox sent (no seq), after the workflow event ``after_seq`` names.
+        anchor = (select(ContractEvent.id).where(ContractEvent.contract_id == contract_id,
+                                                 ContractEvent.seq == after_seq).scalar_subquery())
         with self.sessions() as session:
             rows = session.execute(
                 select(ContractEvent)
-                .where(ContractEvent.contract_id == contract_id, ContractEvent.seq > after_seq)
-                .order_by(ContractEvent.seq)
+                .where(ContractEvent.contract_id == contract_id,
+                       or_(ContractEvent.seq > after_seq,
+                           and_(ContractEvent.seq.is_(None), ContractEvent.id > func.coalesce(anchor, 0))))
+                .order_by(ContractEvent.id)
                 .limit(limit)
             ).scalars().all()
-        return [schemas.EventOut(seq=e.seq, type=e.type, at=e.at, actor=e.actor, data=e.data) for e in rows]
+        return [schemas.EventOut(seq=e.seq, event_id=event_id(contract_id, e.seq, e.id), type=e.type, at=e.at,
+                                 actor=e.actor, data=e.data) for e in rows]
 
     # ------------------------------------------------------------------ write (workflow updates)
     async def record_payment(self, contract_id: str, body: schemas.PaymentIn) -> schemas.PaymentApplied:
