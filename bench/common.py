@@ -313,7 +313,10 @@ class DevServer:
         from workflows import search_attributes as sa
 
         before = set(child_pids("temporal"))
+        from workflows.converter import data_converter
+
         self.env = await WorkflowEnvironment.start_local(
+            data_converter=data_converter,
             dev_server_existing_path=find_binary("temporal"),
             dev_server_database_filename=str(self.db_path),
             search_attributes=sa.ALL,
@@ -426,17 +429,15 @@ def bench_settings(database_url: str, address: str, task_queue: str, smtp_port: 
 
 
 @contextlib.asynccontextmanager
-async def running_worker(client, settings) -> AsyncIterator[None]:
-    """The worker as worker.py runs it (with the webhook dispatcher beside it), in this process."""
-    from core.webhooks.dispatcher import running_dispatcher
+async def running_worker(client, settings, clock=None) -> AsyncIterator[None]:
+    """The worker as worker.py runs it (outbox and webhook dispatchers beside it), in this process."""
+    import worker as worker_module
     from models.db import make_engine, make_session_factory
-    from worker import build_worker
 
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
-    worker = build_worker(client, settings, sessions)
     try:
-        async with worker, running_dispatcher(sessions, settings):
+        async with worker_module.running_worker(client, settings, sessions, clock=clock or worker_module.wall_clock):
             yield
     finally:
         engine.dispose()

@@ -140,9 +140,9 @@ def state_breakdown(state) -> dict:
     input and continue-as-new input carries), largest first."""
     import json
 
-    from temporalio.converter import DataConverter
+    from workflows.converter import data_converter
 
-    payload = DataConverter.default.payload_converter.to_payloads([state])[0]
+    payload = data_converter.payload_converter.to_payloads([state])[0]
     whole = json.loads(payload.data)
     sizes = {k: len(json.dumps(v, separators=(",", ":"))) for k, v in whole.items()}
     out = {"total": len(payload.data)}
@@ -171,8 +171,9 @@ async def run_chain(client, workflow_id: str, first_run_id: str) -> list[dict]:
 
 # ------------------------------------------------------------------ the contract's life
 class Driver:
-    def __init__(self, env, handle, years: int) -> None:
+    def __init__(self, env, handle, years: int, sessions) -> None:
         self.env = env
+        self.sessions = sessions  # the read model: the outbox's notices are sent as time passes
         self.handle = handle
         self.years = years
         self.counts: Counter = Counter()
@@ -180,9 +181,9 @@ class Driver:
         self.amendment_plan: list[tuple[datetime, str]] = []
 
     async def advance_to(self, when: datetime) -> None:
-        now = await self.env.get_current_time()
-        if when > now:
-            await self.env.sleep(when - now)
+        from core.outbox import advance_sending
+
+        await advance_sending(self.env, when, self.sessions)
 
     async def state(self):
         from workflows.contract import ContractWorkflow
@@ -294,7 +295,10 @@ async def body(args: argparse.Namespace, result: dict) -> None:
     with common.database(args, tmp_path) as db, common.SmtpCatcher() as smtp:
         common.seed_org(db.url)
         say("· Temporal time-skipping test server ...")
-        env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=find_binary("temporal-test-server"))
+        from workflows.converter import data_converter
+
+        env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=find_binary("temporal-test-server"),
+                                                            data_converter=data_converter)
         try:
             await register_search_attributes(env)
             tq = f"history-{uuid.uuid4().hex[:8]}"
@@ -317,7 +321,7 @@ async def body(args: argparse.Namespace, result: dict) -> None:
             say(f"· {args.years}-year service contract: {len(spec.milestones)} milestones, "
                 f"{len(spec.installments)} installments")
             wall = time.perf_counter()
-            async with common.running_worker(env.client, settings):
+            async with common.running_worker(env.client, settings, clock=env.get_current_time):
                 handle = await env.client.start_workflow(
                     ContractWorkflow.run,
                     ContractWorkflowInput(spec=spec, continue_as_new_after_events=args.continue_as_new_after),
@@ -326,14 +330,19 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                     memo={"title": spec.title, "customer": spec.customer_name},
                 )
                 first_run = handle.result_run_id or handle.first_execution_run_id
-                driver = Driver(env, handle, args.years)
+                from models.db import make_engine, make_session_factory
+
+                engine = make_engine(db.url)
+                driver = Driver(env, handle, args.years, make_session_factory(engine))
                 await driver.run()
-                final = await handle.result()  # follows continue-as-new to the last run
-                result["final_status"] = final.status
+                outcome = await handle.result()  # follows continue-as-new to the last run
+                final = await driver.state()  # the whole final state (the result is the outcome)
+                result["final_status"] = outcome.status
                 result["final_state_bytes_by_field"] = state_breakdown(final)
                 result["operations"] = dict(driver.counts)
                 result["driven_seconds"] = round(time.perf_counter() - wall, 1)
                 runs = await run_chain(env.client, handle.id, first_run)
+                engine.dispose()
                 # Escalation children, if any late item made one (the diligent driver makes none).
             # ---- floor: a bare workflow taking as many updates
             floor_tq = f"floor-{uuid.uuid4().hex[:8]}"

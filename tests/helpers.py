@@ -148,3 +148,22 @@ def strip_credentials(base_url: str) -> str:
     parts = urlsplit(base_url)
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def outbox_idle(sessions, env, timeout: float = 15.0) -> None:
+    """Wait (real time) until the notification outbox holds nothing due by the server's clock."""
+    from core.outbox import due_now
+
+    async def idle():
+        return due_now(sessions, await env.get_current_time()) == 0
+
+    await wait_for(idle, timeout=timeout, interval=0.05)
+
+
+async def closed_state(handle: WorkflowHandle) -> ContractState:
+    """Wait for the contract's workflow to close (its result is the outcome), then read its whole
+    final state with the query (a closed workflow still answers it)."""
+    outcome = await handle.result()  # follows continue-as-new to the last run
+    state = await state_of(handle._client.get_workflow_handle(handle.id))  # the last run, not the first
+    assert state.status == outcome.status and state.version == outcome.version
+    return state

@@ -285,3 +285,14 @@ def test_app_services_build_from_the_dockerfile(services):
         assert (context / build.get("dockerfile", "Dockerfile")).resolve() == DOCKERFILE, name
     images = {services[name]["image"] for name in APP_SERVICES}
     assert len(images) == 1, f"api, worker and migrate must run one image: {images}"
+
+
+def test_the_image_ships_compiled_bytecode():
+    """PYTHONDONTWRITEBYTECODE keeps processes from writing .pyc files; without a compile step in the
+    image every worker compiled workflows/ from source for each new workflow instance (finding 1 of
+    docs/benchmarks.md).  The image compiles the project once, after installing it."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    runs = [line for line in text.replace("\\\n", " ").splitlines() if line.strip().upper().startswith("RUN")]
+    compile_steps = [r for r in runs if "compileall" in r and "/app" in r]
+    assert compile_steps, "the Dockerfile must run `python -m compileall /app`"
+    assert text.index("COPY . .") < text.index("compileall"), "compile after the source is copied in"

@@ -13,7 +13,17 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from tests.conftest import running_worker
-from tests.helpers import save_history, complete, contract_request, make_spec, monthly_installments, pay, start_contract, state_of
+from tests.helpers import (
+    closed_state,
+    complete,
+    contract_request,
+    make_spec,
+    monthly_installments,
+    pay,
+    save_history,
+    start_contract,
+    state_of,
+)
 from workflows import search_attributes as sa
 from workflows.contract import ContractWorkflow
 from workflows.types import (
@@ -80,7 +90,7 @@ async def test_one_year_goods_sale_with_12_installments_completes_in_seconds(ts_
                 owed = str(Decimal(item.amount) - Decimal(item.paid))
                 result = await pay(handle, f"BANK-{paid_refs}", owed, await ts_env.get_current_time())
                 assert result.applied
-        final = await handle.result()
+        final = await closed_state(handle)
         await save_history(handle, "goods_sale_one_year_completed")
     assert final.status == COMPLETED
     assert final.outstanding == "0.00" and final.paid_total == "120000.00"
@@ -235,7 +245,7 @@ async def test_signals_apply_and_invalid_signals_are_recorded_not_applied(ts_env
         assert st.milestones[0].status == "in_progress" and st.milestones[0].progress == 40
         assert st.milestones[2].status == "pending"
         await handle.signal(ContractWorkflow.terminate_signal, TerminateInput("customer went bankrupt", "legal"))
-        final = await handle.result()
+        final = await closed_state(handle)
         await save_history(handle, "signals_then_terminated")
     assert final.status == TERMINATED and final.close_reason == "customer went bankrupt"
 
@@ -253,7 +263,7 @@ async def test_waived_dependency_unblocks_and_termination_ends_the_run(ts_env, s
         assert r.item_status == DONE
         r = await handle.execute_update(ContractWorkflow.terminate, TerminateInput("customer cancelled", "sales"))
         assert r.contract_status == TERMINATED
-        final = await handle.result()
+        final = await closed_state(handle)
         with pytest.raises(RPCError):
             # A closed run accepts nothing more.
             await pay(handle, "LATE", "1.00", now)
@@ -272,7 +282,7 @@ async def test_term_end_with_nothing_owed_expires_but_money_owed_keeps_it_open(t
         assert st.status == "active" and st.past_end  # 500.00 still owed: receivables do not expire
         assert st.installments[0].status == OVERDUE
         await pay(handle, "LATE-PAY", "500.00", await ts_env.get_current_time())
-        final = await handle.result()
+        final = await closed_state(handle)
         await save_history(handle, "term_ended_paid_late_expired")
     assert final.status == EXPIRED
     assert "order_review" in final.close_reason

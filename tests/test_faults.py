@@ -214,13 +214,15 @@ async def test_temporal_dev_server_restarted_mid_run_loses_nothing(dev_env, pg_s
     and port: every contract reaches the golden outcome (timers pending across the restart fire)."""
     from temporalio.client import Client
 
+    from workflows.converter import data_converter
+
     indices = list(range(N_SUBSET))
     rng = random.Random(SEED + 1)
     server = DevServer(tmp_path / "temporal.db", tmp_path)
     server.start()
     try:
         await server.ready()
-        client = await Client.connect(server.address)
+        client = await Client.connect(server.address, data_converter=data_converter)
 
         async def faulty():
             async with running_stack("restart", temporal_address=server.address, client=client,

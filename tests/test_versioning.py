@@ -71,8 +71,8 @@ def test_the_contract_workflows_patches_are_documented():
 
     root = Path(__file__).resolve().parents[1]
     found = set()
-    for path in (root / "workflows").glob("*.py"):
+    for path in (root / "workflows").rglob("*.py"):
         found |= set(re.findall(r'workflow\.(?:patched|deprecate_patch)\("([^"]+)"\)', path.read_text()))
-    assert {"notifications-v1", "progress-dedupe-v1", "quiet-cancelled-escalation-v1"} <= found
+    assert {"notifications-v1", "progress-dedupe-v1", "quiet-cancelled-escalation-v1", "lean-engine-v1"} <= found
     doc = (root / "docs" / "versioning.md").read_text()
     assert sorted(p for p in found if f"`{p}`" not in doc) == []

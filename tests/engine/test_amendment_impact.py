@@ -1,0 +1,63 @@
+"""amendments: which roles approve, what a change would do (only the touched items), how it applies."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from tests.engine.conftest import NOW
+from workflows.contract import amendments
+from workflows.types import AmendmentChange, AmendmentStatus, DecideAmendmentInput, RequestAmendmentInput
+
+MOVE = AmendmentChange(kind="move_due", key="order_review", item_type="milestone", shift="P3D")
+REPORT_3 = AmendmentChange(kind="move_due", key="report_3", item_type="milestone", shift="P3D")
+
+
+def test_roles_follow_the_kind_of_change(contract):
+    c = contract()
+    assert amendments.required_roles(c.state, [MOVE]) == ["manager"]
+    assert amendments.required_roles(c.state, [AmendmentChange(kind="change_amount", amount="130000.00")]) == [
+        "finance", "legal"]
+
+
+def test_the_impact_lists_only_what_the_change_touches(contract):
+    c = contract(milestones=[{"key": f"report_{k}", "name": "Report", "kind": "custom", "owner": "li.wei",
+                              "department": "sales", "due_after": f"P{10 + k}D"} for k in range(40)])
+    impact = amendments.assess(c.state, [REPORT_3], {"manager": "zhang.min"}, NOW)
+    assert [(x.key, x.change, x.shift_seconds) for x in impact.items] == [("report_3", "moved", 3 * 86400)]
+    assert impact.installments == []
+    assert [cl.clause for cl in impact.clauses] == ["milestone.report_3.due"]
+    assert c.milestone("report_3").due_at == NOW + timedelta(days=13)  # assessed on a copy
+    # Moving the first step moves the estimates of everything after it: all of those are listed.
+    moved = amendments.assess(c.state, [MOVE], {"manager": "zhang.min"}, NOW)
+    assert {x.key for x in moved.items} == {"order_review", "production_scheduling", "shipping",
+                                            "customer_acceptance", "invoicing", "payment_collection"}
+
+
+def test_contradicting_changes_are_refused(contract):
+    c = contract()
+    with pytest.raises(ApplicationError, match="already has a milestone"):
+        amendments.check(c.state, [AmendmentChange(kind="add_milestone", milestone=c.spec.milestones[0])], NOW)
+    with pytest.raises(ApplicationError, match="cannot absorb"):
+        amendments.check(c.state, [AmendmentChange(kind="change_amount", amount="1.00")], NOW)
+
+
+def test_request_approve_apply_queues_the_agreement_and_a_new_version(contract):
+    c = contract()
+    r = RequestAmendmentInput("AMD-1", "li.wei", "customer asked", [MOVE], {"manager": "zhang.min"})
+    amendments.check_request(c.state, r, NOW)
+    a = amendments.request(c.state, r, c.journal)
+    assert a.status == AmendmentStatus.PENDING and [x.key for x in c.state.approvals] == ["AMD-1:manager"]
+    d = DecideAmendmentInput("AMD-1", "approve", "zhang.min", "manager")
+    amendments.check_decision(c.state, d, NOW)
+    amendments.decide(c.state, d, c.journal)
+    assert a.status == AmendmentStatus.APPLIED and c.state.contract_version == 2
+    assert c.milestone("order_review").due_at == NOW + timedelta(days=5)
+    assert [x.amendment_id for x in c.state.pending_documents] == ["AMD-1"] and c.state.approvals == []
+    types = c.event_types()
+    assert types.index("amendment.approval") < types.index("amendment.approved") < types.index("amendment.applied")
+    assert "notification.amended" in types  # the owner hears of the new date
+    with pytest.raises(ApplicationError, match="already applied"):
+        amendments.check_decision(c.state, d, NOW)

@@ -1,0 +1,59 @@
+"""schedule: due dates from rules, estimates, what falls due, the one deadline the workflow sleeps to."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from tests.engine.conftest import NOW
+from workflows.contract import milestones, schedule
+from workflows.types import CompleteMilestoneInput, MilestoneStatus
+
+
+def test_relative_dates_follow_the_actual_completion_of_the_predecessor(contract):
+    c = contract()
+    review, scheduling = c.milestone("order_review"), c.milestone("production_scheduling")
+    assert review.due_at == NOW + timedelta(days=2) and not review.due_estimated
+    assert scheduling.due_at == NOW + timedelta(days=7) and scheduling.due_estimated  # waits on review
+    late = NOW + timedelta(days=4)
+    c.at(late)
+    milestones.complete(c.state, CompleteMilestoneInput("order_review", "li.wei"), c.journal)
+    c.date()
+    assert scheduling.due_at == late + timedelta(days=5) and not scheduling.due_estimated
+
+
+def test_working_days_wait_for_the_calendar_and_then_use_its_answer(contract):
+    c = contract(notifications={"business_days": True}, end_date="2026-12-31")
+    review = c.milestone("order_review")
+    wanted: list[str] = []
+    schedule.date_open_items(c.state, wanted)
+    assert review.due_estimated and wanted  # asked, not guessed
+    key = schedule.calendar_key(c.state.spec.clock_start, "P2D")
+    assert key in wanted
+    c.state.calendar[key] = NOW + timedelta(days=4)  # the activity's answer (a weekend in between)
+    schedule.date_open_items(c.state, wanted)
+    assert review.due_at == NOW + timedelta(days=4) and not review.due_estimated
+
+
+def test_what_falls_due_turns_overdue_once_and_starts_its_chase(contract):
+    c = contract()
+    c.at(NOW + timedelta(days=2, seconds=1))
+    schedule.fall_due(c.state, c.clock(), c.journal)
+    schedule.fall_due(c.state, c.clock(), c.journal)
+    assert c.milestone("order_review").status == MilestoneStatus.OVERDUE
+    assert c.event_types() == ["milestone.overdue"]
+    assert c.journal.fell_due == [("milestone", "order_review")]
+    assert schedule.overdue_count(c.state) == 1
+
+
+def test_the_deadline_is_the_next_firm_date_and_skips_estimates(contract):
+    c = contract()
+    assert schedule.next_deadline(c.state, None) == NOW + timedelta(days=2)  # order review
+    c.milestone("order_review").status = MilestoneStatus.DONE
+    for m in c.state.milestones:
+        if m.key != "order_review":
+            m.due_estimated = True
+    for i in c.state.installments:
+        i.due_estimated = True
+    assert schedule.next_deadline(c.state, None) == c.state.spec.end_at  # only the end of term left
+    escalation = NOW + timedelta(hours=5)
+    assert schedule.next_deadline(c.state, escalation) == escalation
