@@ -479,7 +479,9 @@ async def final_state(client, cid: str):
     from workflows.contract import ContractWorkflow
 
     handle = client.get_workflow_handle_for(ContractWorkflow.run, f"contract-{cid}")
-    return await asyncio.wait_for(handle.result(), timeout=STEP_TIMEOUT)
+    await asyncio.wait_for(handle.result(), timeout=STEP_TIMEOUT)  # closed (the result is its outcome)
+    # The whole final state: the query of the closed run (a worker replays it to answer).
+    return await asyncio.wait_for(handle.query(ContractWorkflow.state_query), timeout=STEP_TIMEOUT)
 
 
 def _db_rows(conn, cid: str) -> dict:
@@ -494,7 +496,7 @@ def _db_rows(conn, cid: str) -> dict:
                           "ORDER BY position"),
         "payments": q("SELECT reference, amount, currency, recorded_by, allocations, excess FROM payments "
                       "WHERE contract_id = :c ORDER BY reference"),
-        "events": q("SELECT seq, type, data FROM contract_events WHERE contract_id = :c ORDER BY seq"),
+        "events": q("SELECT seq, type, data FROM contract_events WHERE contract_id = :c ORDER BY id"),
         "notifications": q("SELECT key, status, role, recipient, channel FROM notifications WHERE contract_id = :c"),
         "tasks": q("SELECT key, assignee, status FROM tasks WHERE contract_id = :c"),
         "documents": q("SELECT kind, version FROM documents WHERE contract_id = :c ORDER BY version"),
@@ -519,7 +521,7 @@ def converged(rows: dict, state) -> list[str]:
         problems.append("installments differ")
     if sorted(r[0] for r in rows["payments"]) != sorted(p.reference for p in state.payments):
         problems.append("payments differ")
-    seqs = [r[0] for r in rows["events"]]
+    seqs = [r[0] for r in rows["events"] if r[0] is not None]  # reminders the outbox logged have no seq
     if seqs != list(range(1, state.version + 1)):
         problems.append(f"events {len(seqs)} of {state.version}")
     if any(r[1] == "decided" for r in rows["notifications"]):
@@ -538,7 +540,10 @@ def outcome(rows: dict, state, cid: str) -> Outcome:
         "installments": [[r[0], r[1], _d(r[2]), _d(r[3]), r[4]] for r in rows["installments"]],
         "payments": [[r[0], _d(r[1]), r[2], r[3], sorted((k, _d(v)) for k, v in (r[4] or {}).items()), _d(r[5])]
                      for r in rows["payments"]],
-        "events": [t for _s, t, data in rows["events"] if not racy(t, data)],
+        # The workflow's events in their order; the reminders the outbox logged (no seq) as a set:
+        # where they fall among the workflow's events is a matter of timing.
+        "events": [t for seq, t, data in rows["events"] if seq is not None and not racy(t, data)]
+        + sorted(t for seq, t, _data in rows["events"] if seq is None),
         "tasks": sorted([n(k), a, s] for k, a, s in rows["tasks"]),
         "documents": [list(r) for r in rows["documents"]],
     }
