@@ -19,6 +19,7 @@ from api.problems import Problem
 from api.schemas import InstallmentIn, MilestoneIn
 from api.service import ContractService
 from core import org
+from core.durations import DurationError, check_duration
 from models import Document
 from workflows import amendments as rules
 from workflows.contract import ContractWorkflow
@@ -166,7 +167,7 @@ def _change(c: s.AmendmentChangeIn, where: str) -> AmendmentChange:
         kind=c.kind,
         key=c.key,
         item_type=c.item_type,
-        shift=c.shift,
+        shift=_shift(c.shift, f"{where}.shift"),
         due_at=c.due_at,
         owner=c.owner,
         department=c.department,
@@ -176,6 +177,17 @@ def _change(c: s.AmendmentChangeIn, where: str) -> AmendmentChange:
         if c.installments is not None else None,
         end_at=c.end_at,
     )
+
+
+def _shift(text: str | None, where: str) -> str | None:
+    """A move_due shift: an ISO 8601 duration, forwards or (with a leading '-') backwards, capped
+    like every duration (core/durations.check_duration) before the workflow adds it to a date."""
+    if text is not None:
+        try:
+            check_duration(text.removeprefix("-"))
+        except DurationError as exc:
+            raise Problem(422, f"{where}: {exc}", slug="invalid", errors=[{"field": where, "message": str(exc)}])
+    return text
 
 
 def _milestone(m: MilestoneIn, where: str) -> MilestoneSpec:

@@ -14,8 +14,16 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from activities.calendar import CalendarUnavailable, is_workday
-from api.schemas import ContractCreate, InstallmentIn, MilestoneIn
-from core.durations import DurationError, add_duration, parse_duration, to_timedelta
+from api.schemas import (
+    CONTRACT_ITEMS_MAX,
+    MAX_YEAR,
+    MIN_YEAR,
+    SUPPORTED_DATES,
+    ContractCreate,
+    InstallmentIn,
+    MilestoneIn,
+)
+from core.durations import DurationError, add_duration, check_duration
 from core.money import MoneyError, check_currency, minor_units, parse_amount, quantize
 from core.playbooks import get_playbook, load_playbooks
 from workflows.types import (
@@ -54,16 +62,22 @@ class _Draft:
 def parse_contract_date(value: str, tz: ZoneInfo, *, end: bool, field: str) -> datetime:
     """A calendar date starts at 00:00 in the business zone; an end date runs to the end of that day."""
     try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            start = datetime.combine(day, time(0), tzinfo=tz)
-            return start + timedelta(days=1) if end else start
-        moment = datetime.fromisoformat(value)
+        moment = date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value)
     except ValueError:
         raise SpecError([(field, f"{value!r} is not an ISO date (2026-03-01) or date-time with a zone")])
+    if not isinstance(moment, datetime):  # a calendar date
+        _check_year(moment, value, field)  # before the arithmetic: 9999-12-31 has no next day
+        start = datetime.combine(moment, time(0), tzinfo=tz)
+        return start + timedelta(days=1) if end else start
     if moment.tzinfo is None:
         raise SpecError([(field, f"{value!r} has no timezone; add one, e.g. +08:00")])
+    _check_year(moment, value, field)
     return moment
+
+
+def _check_year(moment: date, text: str, field: str) -> None:
+    if not MIN_YEAR <= moment.year <= MAX_YEAR:
+        raise SpecError([(field, f"{text!r} is outside the supported dates ({SUPPORTED_DATES})")])
 
 
 def build_spec(
@@ -114,6 +128,10 @@ def build_spec(
             drafts[d.key] = d
     for i, m in enumerate(req.milestones or []):
         _merge(drafts, m, f"milestones[{i}]", errors)
+    if len(drafts) > CONTRACT_ITEMS_MAX:
+        # Before anything else is worked out for each: a long term of a monthly playbook makes thousands.
+        raise SpecError([("milestones", f"the contract would have {len(drafts)} milestones (with the playbook's "
+                                        f"repeating steps over its term); at most {CONTRACT_ITEMS_MAX}")])
 
     milestones: list[MilestoneSpec] = []
     for key, d in drafts.items():
@@ -144,7 +162,7 @@ def build_spec(
         )
         for n, text in enumerate(d.reminders or []):
             try:
-                to_timedelta(text)
+                check_duration(text, days_only=True)
             except DurationError as exc:
                 errors.append((f"{where}.reminders[{n}]", str(exc)))
     keys = {m.key for m in milestones}
@@ -184,6 +202,9 @@ def build_spec(
             )
     elif amount > 0:
         installments = _playbook_installments(playbook, amount, places, keys, effective_at, end_at)
+    if len(installments) > CONTRACT_ITEMS_MAX:
+        errors.append(("installments", f"the contract would have {len(installments)} installments; "
+                                       f"at most {CONTRACT_ITEMS_MAX}"))
 
     policy = _policy(playbook, req, errors)
     if policy.business_days:
@@ -195,6 +216,9 @@ def build_spec(
                 errors.append(("notifications.business_days", str(exc)))
                 break
 
+    # Worked out before the errors are counted: their mistakes are reported with the others.
+    amendment_policy = _amendment_policy(playbook, req, errors)
+    renewal_policy = _renewal_policy(playbook, req, errors)
     if errors:
         raise SpecError(errors)
     return ContractSpec(
@@ -215,8 +239,8 @@ def build_spec(
         minor_units=places,
         clock_start=clock_start,
         policy=policy,
-        amendments=_amendment_policy(playbook, req, errors),
-        renewal=_renewal_policy(playbook, req, errors),
+        amendments=amendment_policy,
+        renewal=renewal_policy,
     )
 
 
@@ -242,13 +266,13 @@ def _policy(playbook: dict[str, Any] | None, req: ContractCreate, errors: list) 
             ]
     for n, text in enumerate(policy.reminders):
         try:
-            to_timedelta(text)
+            check_duration(text, days_only=True)
         except DurationError as exc:
             errors.append((f"notifications.reminders[{n}]", str(exc)))
     previous = None
     for n, level in enumerate(policy.escalation):
         try:
-            delay = to_timedelta(level.after)
+            delay = check_duration(level.after, days_only=True)
         except DurationError as exc:
             errors.append((f"notifications.escalation[{n}].after", str(exc)))
             continue
@@ -281,14 +305,14 @@ def _renewal_policy(playbook: dict[str, Any] | None, req: ContractCreate, errors
             policy.reminders = list(layer["reminders"])
             for n, text in enumerate(policy.reminders):
                 try:
-                    to_timedelta(text)
+                    check_duration(text, days_only=True)
                 except DurationError as exc:
                     errors.append((f"{where}.reminders[{n}]", str(exc)))
         if "auto_renew" in layer:
             policy.auto_renew = bool(layer["auto_renew"])
         if "term" in layer:
             try:
-                parse_duration(layer["term"])
+                check_duration(layer["term"])
                 policy.term = layer["term"]
             except DurationError as exc:
                 errors.append((f"{where}.term", str(exc)))
@@ -308,7 +332,7 @@ def _amendment_policy(playbook: dict[str, Any] | None, req: ContractCreate, erro
             policy.approvals[category] = list(roles)
         if "approval_within" in layer:
             try:
-                to_timedelta(layer["approval_within"])
+                check_duration(layer["approval_within"], days_only=True)
                 policy.approval_within = layer["approval_within"]
             except DurationError as exc:
                 errors.append((f"{where}.approval_within", str(exc)))
@@ -340,7 +364,7 @@ def _due_rule(item: MilestoneIn | InstallmentIn, where: str, errors: list) -> Du
         return DueRule(at=item.due)
     if item.due_after is not None:
         try:
-            parse_duration(item.due_after)
+            check_duration(item.due_after)
         except DurationError as exc:
             errors.append((where, str(exc)))
             return None

@@ -5,7 +5,7 @@ FastAPI's generated document is completed here, in one place, rather than on eve
 * every error is ``application/problem+json`` with the ``Problem`` schema (RFC 9457), including
   FastAPI's default 422 (which it documents as ``application/json`` ``HTTPValidationError``);
 * operations with parameters or a body declare 422 (invalid input); with a body, 400 too (a body
-  that cannot be decoded);
+  that cannot be decoded) and 413 (a body over the size limit, api/guards.py);
 * POST and PATCH operations declare the optional ``Idempotency-Key`` header (api/idempotency.py)
   and its answers: 409 (a request with the key in progress), 422 (key reused for another request);
 * security (api/auth.py): a bearer token from ``POST /auth/token`` (OAuth2 password flow, so the
@@ -49,6 +49,7 @@ _REF = {"$ref": "#/components/schemas/Problem"}
 _DESCRIPTIONS = {
     400: "The body cannot be decoded (not UTF-8 JSON)",
     409: "Conflict with the current state",
+    413: "The body is larger than MAX_JSON_BODY_BYTES (8 MiB), or an upload larger than MAX_UPLOAD_BYTES",
     422: "Invalid input",
 }
 
@@ -117,6 +118,7 @@ def complete(doc: dict[str, Any]) -> dict[str, Any]:
                 responses.setdefault("422", _problem(_DESCRIPTIONS[422]))
             if "requestBody" in op:
                 responses.setdefault("400", _problem(_DESCRIPTIONS[400]))
+                responses.setdefault("413", _problem(_DESCRIPTIONS[413]))
     for unused in ("HTTPValidationError", "ValidationError"):
         if f'"#/components/schemas/{unused}"' not in json.dumps(doc):
             schemas.pop(unused, None)

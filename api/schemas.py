@@ -11,7 +11,7 @@ from datetime import date, datetime
 from typing import Annotated, Literal
 
 from babel.numbers import list_currencies
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic import Strict as StrictMode
 
 MilestoneKind = Literal[
@@ -25,12 +25,43 @@ MilestoneKind = Literal[
     "custom",
 ]
 
-Amount = str  # a decimal string; validated against the currency by the service layer
+# A decimal string; validated against the currency by the service layer.
+Amount = Annotated[str, Field(max_length=40)]
 # Largest integer a query or path parameter may carry: the databases' INTEGER (beyond it: 422, not a
 # driver overflow).
 MAX_INT = 2_147_483_647
 # ISO 4217 codes the service knows (core.money checks against the same list, with its own message).
 CURRENCIES = sorted(list_currencies())
+
+
+# ---------------------------------------------------------------- limits (README "Limits")
+# Dates: years 1970 to 2200.  Outside them a date is a typing mistake, and what the service does
+# with a date (time zones, adding durations of up to a century: core/durations.MAX_DURATION)
+# would leave the range Python's datetime holds (years 1 to 9999): a 500, never a useful answer.
+MIN_YEAR, MAX_YEAR = 1970, 2200
+SUPPORTED_DATES = f"years {MIN_YEAR} to {MAX_YEAR}"
+# Free text: what a person writes in one field.
+NAME_MAX = 200  # names of people, customers, milestones
+TEXT_MAX = 2000  # notes, messages, reasons
+STANDARD_MAX = 4000  # a milestone's execution standard / checklist
+DURATION_MAX_CHARS = 40  # an ISO 8601 duration's text (its length is capped by core/durations)
+KEY_MAX = 60  # milestone and installment keys
+# Lists: how many items one request may carry.
+MILESTONES_MAX = 200
+INSTALLMENTS_MAX = 120
+DEPENDS_ON_MAX = 50
+REMINDERS_MAX = 10
+ESCALATION_LEVELS_MAX = 10
+APPROVER_ROLES_MAX = 10
+# Milestones (or installments) one contract holds once built, a playbook's repeating steps included.
+CONTRACT_ITEMS_MAX = 500
+
+
+def in_supported_years(value):
+    """A date or date-time within MIN_YEAR..MAX_YEAR (see above)."""
+    if value is not None and not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise ValueError(f"{value.isoformat()} is outside the supported dates ({SUPPORTED_DATES})")
+    return value
 
 
 class Strict(BaseModel):
@@ -51,7 +82,8 @@ def _datetime_text(value: object) -> object:
 
 
 # A request date-time: RFC 3339 text with a zone.
-DateTimeIn = Annotated[AwareDatetime, StrictMode(False), BeforeValidator(_datetime_text)]
+DateTimeIn = Annotated[AwareDatetime, StrictMode(False), BeforeValidator(_datetime_text),
+                       AfterValidator(in_supported_years)]
 
 
 _DATE_TEXT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
@@ -65,7 +97,11 @@ def _date_text(value: object) -> object:
 
 
 # A request (or query) date: RFC 3339 full-date.
-DateIn = Annotated[date, StrictMode(False), BeforeValidator(_date_text)]
+DateIn = Annotated[date, StrictMode(False), BeforeValidator(_date_text), AfterValidator(in_supported_years)]
+# An ISO 8601 duration's text; what it says is checked by the service layer (core/durations.check_duration).
+DurationText = Annotated[str, Field(max_length=DURATION_MAX_CHARS)]
+MilestoneKey = Annotated[str, Field(min_length=1, max_length=KEY_MAX)]
+RoleName = Annotated[str, Field(min_length=1, max_length=40)]
 
 
 def _json_integer(value: object) -> object:
@@ -104,28 +140,29 @@ class CustomerIn(Strict):
 class MilestoneIn(Strict):
     """A milestone, or an override of a playbook milestone with the same key."""
 
-    key: str = Field(min_length=1, max_length=60, pattern=r"^[A-Za-z0-9_.-]+$")
-    name: str | None = Field(default=None, max_length=200)
+    key: str = Field(min_length=1, max_length=KEY_MAX, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str | None = Field(default=None, max_length=NAME_MAX)
     kind: MilestoneKind | None = None
     owner: str | None = Field(default=None, max_length=100, description="Exactly one owner")
     department: str | None = Field(default=None, max_length=60)
-    standard: str | None = Field(default=None, description="Execution standard / checklist")
+    standard: str | None = Field(default=None, max_length=STANDARD_MAX, description="Execution standard / checklist")
     due: DateTimeIn | None = Field(default=None, description="Absolute due date-time, with a zone")
-    due_after: str | None = Field(default=None, description="ISO 8601 duration, e.g. P5D or PT10S")
-    after: str | None = Field(default=None, description="Milestone key the offset counts from")
-    depends_on: list[str] | None = None
-    reminders: list[str] | None = Field(
-        default=None, description="This milestone's reminder offsets before due (ISO 8601), e.g. ['P2D']"
+    due_after: DurationText | None = Field(default=None, description="ISO 8601 duration, e.g. P5D or PT10S")
+    after: str | None = Field(default=None, max_length=KEY_MAX, description="Milestone key the offset counts from")
+    depends_on: list[MilestoneKey] | None = Field(default=None, max_length=DEPENDS_ON_MAX)
+    reminders: list[DurationText] | None = Field(
+        default=None, max_length=REMINDERS_MAX,
+        description="This milestone's reminder offsets before due (ISO 8601), e.g. ['P2D']",
     )
     planned_cost: Amount | None = Field(default=None, max_length=40, description="Planned cost of this step")
 
 
 class InstallmentIn(Strict):
-    key: str = Field(min_length=1, max_length=60, pattern=r"^[A-Za-z0-9_.-]+$")
+    key: str = Field(min_length=1, max_length=KEY_MAX, pattern=r"^[A-Za-z0-9_.-]+$")
     amount: Amount
     due: DateTimeIn | None = None
-    due_after: str | None = None
-    after: str | None = Field(default=None, description="Milestone key the offset counts from")
+    due_after: DurationText | None = None
+    after: str | None = Field(default=None, max_length=KEY_MAX, description="Milestone key the offset counts from")
 
 
 Role = Literal["owner", "manager", "manager_of_manager", "department_head"]
@@ -133,17 +170,17 @@ Channel = Literal["email", "webhook", "inbox"]
 
 
 class EscalationLevelIn(Strict):
-    after: str = Field(description="ISO 8601 duration after the due time, e.g. PT0S, P3D")
-    to: list[Role] = Field(min_length=1)
-    cc: list[Role] = Field(default_factory=list)
-    channels: list[Channel] = Field(min_length=1)
+    after: DurationText = Field(description="ISO 8601 duration after the due time, e.g. PT0S, P3D")
+    to: list[Role] = Field(min_length=1, max_length=4)
+    cc: list[Role] = Field(default_factory=list, max_length=4)
+    channels: list[Channel] = Field(min_length=1, max_length=3)
 
 
 class NotificationPolicyIn(Strict):
     """Overrides the playbook's reminders (ISO 8601 durations before due) and escalation chain."""
 
-    reminders: list[str] | None = None
-    escalation: list[EscalationLevelIn] | None = None
+    reminders: list[DurationText] | None = Field(default=None, max_length=REMINDERS_MAX)
+    escalation: list[EscalationLevelIn] | None = Field(default=None, max_length=ESCALATION_LEVELS_MAX)
     business_days: bool | None = Field(
         default=None, description="Count day offsets in working days on China's official calendar"
     )
@@ -152,21 +189,22 @@ class NotificationPolicyIn(Strict):
 class RenewalIn(Strict):
     """Reminders before the end date, and whether the contract renews itself."""
 
-    reminders: list[str] | None = Field(default=None, description="ISO 8601 before the end date; default P60D, P30D")
+    reminders: list[DurationText] | None = Field(
+        default=None, max_length=REMINDERS_MAX, description="ISO 8601 before the end date; default P60D, P30D")
     auto_renew: bool | None = Field(default=None, description="Start the next term as a new, linked contract")
-    term: str | None = Field(default=None, description="Length of the next term (ISO 8601), default P1Y")
+    term: DurationText | None = Field(default=None, description="Length of the next term (ISO 8601), default P1Y")
 
 
 ApprovalCategory = Literal["schedule", "owner", "money", "scope"]
 
 
 class AmendmentPolicyIn(Strict):
-    approvals: dict[ApprovalCategory, list[str]] | None = Field(
+    approvals: dict[ApprovalCategory, Annotated[list[RoleName], Field(max_length=APPROVER_ROLES_MAX)]] | None = Field(
         default=None,
         description="Roles that approve each category of change; default schedule/owner: manager, "
         "money: finance + legal, scope: legal",
     )
-    approval_within: str | None = Field(default=None, description="Approval deadline (ISO 8601), default P2D")
+    approval_within: DurationText | None = Field(default=None, description="Approval deadline (ISO 8601), default P2D")
 
 
 class ContractCreate(Strict):
@@ -182,15 +220,15 @@ class ContractCreate(Strict):
     customer: CustomerIn
     currency: str = Field(description="ISO 4217, e.g. CNY", json_schema_extra={"enum": CURRENCIES})
     amount: Amount
-    effective_date: str = Field(description="ISO date (2026-03-01) or date-time with a zone")
-    end_date: str = Field(description="ISO date (last day of the term) or date-time with a zone")
+    effective_date: str = Field(max_length=40, description="ISO date (2026-03-01) or date-time with a zone")
+    end_date: str = Field(max_length=40, description="ISO date (last day of the term) or date-time with a zone")
     owner: str = Field(min_length=1, max_length=100, description="The sales owner")
     erp_order_no: str | None = Field(
         default=None, min_length=1, max_length=60, description="The ERP's order number; ERP progress batches match on it"
     )
-    playbook: str | None = None
-    milestones: list[MilestoneIn] | None = None
-    installments: list[InstallmentIn] | None = None
+    playbook: str | None = Field(default=None, max_length=60)
+    milestones: list[MilestoneIn] | None = Field(default=None, max_length=MILESTONES_MAX)
+    installments: list[InstallmentIn] | None = Field(default=None, max_length=INSTALLMENTS_MAX)
     notifications: NotificationPolicyIn | None = None
     renewal: RenewalIn | None = None
     amendments: AmendmentPolicyIn | None = None
@@ -320,7 +358,7 @@ class CompleteIn(Strict):
 
     by: str | None = Field(default=None, min_length=1, max_length=100,
                            description="Who acts: yourself (default); admins and machines may name a person")
-    note: str = ""
+    note: str = Field(default="", max_length=TEXT_MAX)
     actual_cost: Amount | None = Field(default=None, max_length=40, description="What the step really cost")
     satisfaction: IntIn | None = Field(default=None, ge=1, le=5, description="Customer acceptance: score 1-5")
 
@@ -329,7 +367,7 @@ class ProgressIn(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [{"percent": 40, "message": "16 of 40 shipped", "source": "erp"}]})
 
     percent: IntIn = Field(ge=0, le=100)
-    message: str = ""
+    message: str = Field(default="", max_length=TEXT_MAX)
     source: str = Field(default="", max_length=100)
 
 
@@ -338,13 +376,13 @@ class WaiveIn(Strict):
 
     by: str | None = Field(default=None, min_length=1, max_length=100,
                            description="Who acts: yourself (default); admins and machines may name a person")
-    reason: str = Field(min_length=1)
+    reason: str = Field(min_length=1, max_length=TEXT_MAX)
 
 
 class TerminateIn(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "customer cancelled the order"}]})
 
-    reason: str = Field(min_length=1)
+    reason: str = Field(min_length=1, max_length=TEXT_MAX)
     by: str | None = Field(default=None, min_length=1, max_length=100,
                            description="Who acts: yourself (default); admins and machines may name a person")
 

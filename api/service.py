@@ -31,7 +31,7 @@ from core.settings import Settings
 from models import Contract, ContractEvent, Customer
 from models.repository import new_contract_row
 from workflows import errors as wf_errors
-from workflows.contract import ContractWorkflow, workflow_id_for
+from workflows.contract import ContractWorkflow, ContractWorkflowInput, workflow_id_for
 from workflows.types import (
     CompleteMilestoneInput,
     ContractSpec,
@@ -78,6 +78,7 @@ class ContractService:
                 )
         except SpecError as exc:
             raise Problem(422, str(exc), slug="validation", errors=[{"field": f, "message": m} for f, m in exc.errors])
+        self._check_spec_size(spec)
         # A repeat is recognised only once the request is valid: an invalid body is refused (422) whatever its
         # external_id, rather than answered with the contract it names.
         if req.external_id:
@@ -114,6 +115,18 @@ class ContractService:
         self._mark_started(contract_id)
         with self.sessions() as session:
             return self._created(session.get(Contract, contract_id)), True
+
+    def _check_spec_size(self, spec: ContractSpec) -> None:
+        """Refuse (422) a spec its workflow could not start with, before its row is written: Temporal
+        refuses an oversized payload, which would leave a row with no workflow (every field has a
+        length cap, but many long fields together can still pass them)."""
+        payloads = self.client.data_converter.payload_converter.to_payloads([ContractWorkflowInput(spec=spec)])
+        size = sum(p.ByteSize() for p in payloads)
+        limit = self.settings.max_contract_spec_bytes
+        if size > limit:
+            message = (f"the contract is too large to track: {size} bytes encoded, at most {limit}; "
+                       "shorten the texts (standards, names) or split it into fewer milestones")
+            raise Problem(422, message, slug="validation", errors=[{"field": "body", "message": message}])
 
     async def _start_workflow(self, spec: ContractSpec) -> None:
         await start_contract_workflow(self.client, spec, self.settings.task_queue)
@@ -282,7 +295,8 @@ class ContractService:
             query = query.where(Contract.owner == owner)
         if customer:
             query = query.join(Customer).where(
-                or_(Contract.customer_name.ilike(f"%{customer}%"), Customer.external_id == customer)
+                # autoescape: % and _ in the query are the characters themselves, not wildcards
+                or_(Contract.customer_name.icontains(customer, autoescape=True), Customer.external_id == customer)
             )
         if overdue is True:
             query = query.where(Contract.overdue_count > 0)

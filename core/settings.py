@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     # Uploaded documents (api/documents.py): where the content-addressed files live, and the limits.
     document_dir: str = "./data/documents"
     max_upload_bytes: int = 25 * 1024 * 1024
+    # Request bodies other than uploads (JSON, forms): larger ones are refused with 413 before they
+    # are read whole (api/guards.py).  A finance batch of 5,000 lines with long references fits.
+    max_json_body_bytes: int = 8 * 1024 * 1024
+    # A contract's built spec (what its workflow starts with), encoded as Temporal sends it: a larger
+    # one is refused (422) before its row is written.  Temporal refuses payloads over 2 MB, and the
+    # workflow carries the spec in every continue-as-new and state query.
+    max_contract_spec_bytes: int = 512 * 1024
     # Worker tuning: cached workflows bound worker memory; pollers scale with load.
     max_cached_workflows: int = 2000
     max_concurrent_activities: int = 50

@@ -43,8 +43,8 @@ def list_contracts(
     status_: Annotated[
         Literal["active", "completed", "terminated", "expired"] | None, Query(alias="status")
     ] = None,
-    owner: str | None = None,
-    customer: Annotated[str | None, Query(description="Name (substring) or CRM id")] = None,
+    owner: Annotated[str | None, Query(max_length=100)] = None,
+    customer: Annotated[str | None, Query(max_length=200, description="Name (substring) or CRM id")] = None,
     overdue: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=schemas.MAX_INT)] = 0,
