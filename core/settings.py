@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_seconds: float = 10.0
     webhook_timeout_seconds: float = 10.0
+    # Webhooks (subscriptions and departments' endpoints) go to public addresses only: a URL whose
+    # host is or resolves to a loopback, link-local, private (RFC 1918, fc00::/7), unspecified or
+    # multicast address is refused at registration (422) and at delivery (failed, not retried), so
+    # the service cannot be made to POST into its own network.  Development and the tests, whose
+    # receivers listen on 127.0.0.1, turn this on.
+    webhook_allow_private_targets: bool = False
     # A notification that can never be delivered (invalid address, 5xx SMTP, 4xx webhook) is recorded
     # `failed` and escalated to this operator: a task in their inbox (GET /tasks?assignee=operator).
     operator_user: str = "operator"

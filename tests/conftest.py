@@ -30,6 +30,11 @@ from models.db import make_engine, make_session_factory
 from tests.audit_recorder import WriteRecorder
 from workflows import search_attributes as sa
 
+# The tests' webhook receivers listen on 127.0.0.1, which production refuses (core/channels/webhook.py):
+# every Settings made in the tests (and in the processes they start) allows it.  Tests of the refusal
+# turn it off explicitly.
+os.environ["WEBHOOK_ALLOW_PRIVATE_TARGETS"] = "1"
+
 PG_ADMIN_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -273,7 +278,8 @@ class Service:
 
 
 @asynccontextmanager
-async def running_service(dev_env, database_url: str, smtp_port: int = 1025):
+async def running_service(dev_env, database_url: str, smtp_port: int = 1025, **overrides):
+    """``overrides``: more Settings fields (e.g. webhook_allow_private_targets=False)."""
     task_queue = f"api-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         database_url=database_url,
@@ -288,6 +294,7 @@ async def running_service(dev_env, database_url: str, smtp_port: int = 1025):
         admin_api_key=TEST_ADMIN_KEY,
         jwt_secret="test-jwt-secret-" + "x" * 32,
         document_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), f"contract-docs-{task_queue}"),
+        **overrides,
     )
     from core.webhooks.dispatcher import running_dispatcher
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import schemas
 from api.problems import PROBLEM_JSON, Problem
+from api.webhook_targets import require_public_target
 from core import org
 from models import Department
 
@@ -97,8 +98,10 @@ def department_out(dept: Department) -> schemas.DepartmentOut:
 @router.post(
     "/departments", status_code=status.HTTP_201_CREATED, response_model=schemas.DepartmentOut, responses=ERRORS
 )
-def create_department(body: schemas.DepartmentCreate, store: Store):
-    """Add a department.  409 if the key is taken; 422 if the head or default assignee is unknown."""
+def create_department(body: schemas.DepartmentCreate, store: Store, request: Request):
+    """Add a department.  409 if the key is taken; 422 if the head or default assignee is unknown,
+    or the webhook URL does not reach a public address."""
+    require_public_target(body.webhook_url, request.app.state.settings, "webhook_url")
     with store.transaction() as session:
         return department_out(org.create_department(session, **body.model_dump()))
 
@@ -116,9 +119,10 @@ def get_department(key: DepartmentKeyPath, store: Store):
 
 
 @router.put("/departments/{key}", response_model=schemas.DepartmentOut, responses=ERRORS)
-def replace_department(key: DepartmentKeyPath, body: schemas.DepartmentPut, store: Store):
+def replace_department(key: DepartmentKeyPath, body: schemas.DepartmentPut, store: Store, request: Request):
     """Replace an existing department (404 if unknown).  The webhook secret is write-only:
     leaving it out keeps the stored one, null clears it."""
+    require_public_target(body.webhook_url, request.app.state.settings, "webhook_url")
     fields = body.model_dump(exclude={"webhook_secret"})
     if "webhook_secret" in body.model_fields_set:
         fields["webhook_secret"] = body.webhook_secret

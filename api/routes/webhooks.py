@@ -13,6 +13,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from api import webhook_schemas as schemas
 from api.problems import PROBLEM_JSON, Problem
 from api.schemas import MAX_INT
+from api.webhook_targets import require_public_target
 from core.webhooks import store
 from core.webhooks.events import EVENT_TYPES
 
@@ -37,6 +38,7 @@ def event_types():
 def create_subscription(body: schemas.WebhookCreate, request: Request):
     """Subscribe a URL to contract events.  Delivery starts with the next event (or the whole log
     with ``replay_from_start``).  The answer carries the signing secret, once."""
+    require_public_target(body.url, request.app.state.settings)
     with request.app.state.sessions.begin() as session:
         sub = store.create_subscription(session, **body.model_dump())
         return schemas.WebhookCreated.model_validate(sub, from_attributes=True)
@@ -60,6 +62,7 @@ def get_subscription(subscription_id: SubscriptionId, request: Request):
 @router.patch("/{subscription_id}", response_model=schemas.WebhookOut, responses=ERRORS)
 def update_subscription(subscription_id: SubscriptionId, body: schemas.WebhookPatch, request: Request):
     """Change the fields given: ``active`` (pause/resume), ``event_types``, ``url``, ``secret``, ``description``."""
+    require_public_target(body.url, request.app.state.settings)
     with request.app.state.sessions.begin() as session:
         sub = store.update_subscription(session, subscription_id, **body.model_dump(exclude_unset=True))
         if sub is None:
