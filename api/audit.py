@@ -69,7 +69,7 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Public routes that write nothing of the business (a password rehash on login is housekeeping).
 NOT_AUDITED = frozenset({"issue_token", "ui_login", "ui_login_submit", "ui_logout"})
 # Tables whose rows are bookkeeping of the request itself, not state it changes.
-IGNORED_TABLES = frozenset({AuditEntry.__tablename__, "idempotency_keys"})
+IGNORED_TABLES = frozenset({AuditEntry.__tablename__, "idempotency_keys", "login_throttle"})
 
 # What an entry is about, in order of preference when a request changes several rows.
 SUBJECT_TABLES = {

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from fastapi import Request
 from sqlalchemy.orm import Session
 
+from api.login_throttle import LoginLimiter
 from api.principal import ALL_ROLES, Principal, principal_for_user
 from api.problems import Problem
 from core import security
@@ -113,16 +114,23 @@ def _principal_for_key(session: Session, settings: Settings, token: str) -> Prin
     return Principal(id=f"key:{row.id}", name=row.name, kind="service", roles=roles)
 
 
-def login(session: Session, settings: Settings, app_state, username: str, password: str) -> tuple[str, datetime]:
+def login(session: Session, settings: Settings, app_state, username: str, password: str,
+          client_address: str | None = None) -> tuple[str, datetime]:
     """Check a person's password and issue an access token (401 on any mismatch, same answer
-    whether the user exists or not)."""
+    whether the user exists or not; 429 while failed log-ins for the name or from the address are
+    throttled, api/login_throttle.py)."""
+    throttle = LoginLimiter(settings)
+    throttle.check(session, username, client_address)
     user = session.get(User, username)
     ok = security.verify_password(user.password_hash if user else None, password)
     if not ok or user is None or not user.active:
+        throttle.failed(session, username, client_address)
+        session.commit()
         raise Unauthenticated("wrong user name or password")
+    throttle.succeeded(session, username)
     if security.needs_rehash(user.password_hash):
         user.password_hash = security.hash_password(password)
-        session.commit()
+    session.commit()
     return security.issue_token(user.id, jwt_secret(settings, app_state),
                                 timedelta(minutes=settings.access_token_minutes))
 

@@ -29,17 +29,20 @@ TITLES = {
     413: "Payload too large",
     415: "Unsupported media type",
     422: "Invalid input",
+    429: "Too many requests",
     500: "Internal error",
     503: "Service unavailable",
 }
 
 
 class Problem(Exception):
-    def __init__(self, status: int, detail: str, *, slug: str | None = None, errors: list | None = None, **extra: Any):
+    def __init__(self, status: int, detail: str, *, slug: str | None = None, errors: list | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any):
         self.status = status
         self.detail = detail
         self.slug = slug or TITLES.get(status, "error").lower().replace(" ", "-").replace("'", "")
         self.errors = errors
+        self.headers = headers or {}  # e.g. Retry-After
         self.extra = extra
         super().__init__(detail)
 
@@ -87,9 +90,14 @@ def install(app: FastAPI) -> None:
             # A person in the dashboard (e.g. refused a page: 403/404) gets a page, not JSON.
             from api import pages
 
-            return pages.render(request, pages.ui_context(request), "error.html", status_code=exc.status,
+            page = pages.render(request, pages.ui_context(request), "error.html", status_code=exc.status,
                                 message=exc.detail)
-        return problem_response(exc.status, exc.detail, request.url.path, slug=exc.slug, errors=exc.errors, **exc.extra)
+            page.headers.update(exc.headers)
+            return page
+        response = problem_response(exc.status, exc.detail, request.url.path, slug=exc.slug, errors=exc.errors,
+                                    **exc.extra)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     environment: Literal["dev", "production"] = "dev"
     jwt_secret: str | None = None
     access_token_minutes: int = 60
+    # Failed log-ins (api/login_throttle.py): this many wrong passwords for one user name, or from one
+    # client address, within the window block log-ins for that name / from that address (429 with
+    # Retry-After) for the lockout.  A successful log-in clears the name's count.
+    login_max_failures: int = 5
+    login_max_failures_per_address: int = 50
+    login_failure_window_seconds: float = 900.0
+    login_lockout_seconds: float = 900.0
     # A bootstrap key with the admin role, for the first API keys and for operators' scripts; unset
     # = none.  Sent as a bearer token, an X-API-Key header or HTTP Basic's password.
     admin_api_key: str | None = None

@@ -20,15 +20,19 @@ from models import ApiKey, User
 router = APIRouter(tags=["auth"])
 _problem = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
 ERRORS = {401: _problem, 403: _problem, 404: _problem, 422: _problem}
+THROTTLED = {429: {**_problem, "description": "Too many failed log-ins for this user name or from this address; "
+                                              "wait Retry-After seconds",
+                   "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}}}
 
 
-@router.post("/auth/token", response_model=s.TokenOut, responses=ERRORS)
+@router.post("/auth/token", response_model=s.TokenOut, responses={**ERRORS, **THROTTLED})
 async def issue_token(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]):
     """Log in with a user id and password (form fields ``username``, ``password``) for a bearer token."""
 
     def work():
         with request.app.state.sessions() as session:
-            return auth.login(session, request.app.state.settings, request.app.state, form.username, form.password)
+            return auth.login(session, request.app.state.settings, request.app.state, form.username, form.password,
+                              request.client.host if request.client else None)
 
     token, expires = await run_in_threadpool(work)
     return s.TokenOut(access_token=token, expires_at=expires)

@@ -54,7 +54,8 @@ async def login_submit(request: Request, ctx: Ctx):
 
     def work():
         with request.app.state.sessions() as session:
-            return auth.login(session, request.app.state.settings, request.app.state, username, password)
+            return auth.login(session, request.app.state.settings, request.app.state, username, password,
+                              request.client.host if request.client else None)
 
     try:
         token, expires = await run_in_threadpool(work)
