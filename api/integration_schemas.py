@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api.schemas import Amount, DateTimeIn, IntIn, Strict
+from api.schemas import Amount, AnyDateTimeIn, IntIn, Strict
 
 MAX_BATCH_LINES = 5000
 
@@ -38,7 +38,8 @@ class BankLineIn(Strict):
     )
     amount: Amount = Field(description="Decimal string in the line's currency, e.g. '1234.50'")
     currency: str = Field(min_length=3, max_length=3, description="ISO 4217; must be the contract's currency")
-    received_at: DateTimeIn = Field(description="Value date-time of the credit, with a zone")
+    received_at: AnyDateTimeIn = Field(
+        description="Value date-time of the credit, with a zone; outside years 1970 to 2200 the line is rejected")
     reference: str | None = Field(
         default=None, max_length=500, description="The bank's free-text reference / remittance information"
     )

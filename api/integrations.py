@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from api import integration_schemas as s
 from api import schemas
+from api.schemas import MAX_YEAR, MIN_YEAR, SUPPORTED_DATES
 from api.problems import Problem
 from api.service import FINAL, ContractService
 from models import Contract, Payment
@@ -139,6 +140,10 @@ class IntegrationService:
         claimed: dict[str, str] = {}  # line_id -> the contract an earlier line of this batch went to
         for i, line in enumerate(lines):
             row, how, outcome, why = self._match_bank_line(line, index)
+            if row is not None and not MIN_YEAR <= line.received_at.year <= MAX_YEAR:
+                # A line is judged on its own: one mistyped date does not fail the statement.
+                row, outcome, why = None, "rejected", (f"received_at {line.received_at.isoformat()} is outside the "
+                                                       f"supported dates ({SUPPORTED_DATES})")
             if row is None:
                 results[i] = s.BankLineResult(line_id=line.line_id, index=i, outcome=outcome, reason=why)
                 continue

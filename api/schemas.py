@@ -81,9 +81,11 @@ def _datetime_text(value: object) -> object:
     raise ValueError("expected a date-time with a zone, e.g. 2026-11-27T10:00:00+08:00")
 
 
-# A request date-time: RFC 3339 text with a zone.
+# A request date-time: RFC 3339 text with a zone, within the supported years.
 DateTimeIn = Annotated[AwareDatetime, StrictMode(False), BeforeValidator(_datetime_text),
                        AfterValidator(in_supported_years)]
+# The same without the years: where a batch judges each line's date on its own (finance statements).
+AnyDateTimeIn = Annotated[AwareDatetime, StrictMode(False), BeforeValidator(_datetime_text)]
 
 
 _DATE_TEXT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")

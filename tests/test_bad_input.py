@@ -99,6 +99,19 @@ async def test_dates_outside_the_supported_years_change_no_contract(c):
     await assert_unchanged(c, cid, before)
 
 
+async def test_a_bank_line_dated_outside_the_supported_years_is_rejected_alone(c):
+    """A statement is judged line by line: the mistyped date rejects its line, the others apply."""
+    cid = await _new_contract(c)
+    line = {"amount": "1.00", "currency": "CNY", "contract_id": cid}
+    r = await c.post("/integrations/finance/payments", json={"lines": [
+        {**line, "line_id": f"y1-{cid}", "received_at": "0001-01-01T00:00:00+14:00"},
+        {**line, "line_id": f"ok-{cid}", "received_at": "2026-11-27T10:00:00+08:00"}]})
+    assert r.status_code == 200, r.text
+    first, second = r.json()["lines"]
+    assert first["outcome"] == "rejected" and "1970 to 2200" in first["reason"], first
+    assert second["outcome"] == "applied", second
+
+
 # ------------------------------------------------------------------ 2. durations above a century
 def test_check_duration_caps_durations_and_leaves_the_workflow_functions_alone():
     for text in ("P99999Y", "P1000000D", "PT99999999999999999999H", "P1201M", "P100Y1D", "P36526D"):
