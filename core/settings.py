@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     webhook_lease_seconds: float = 60.0  # a replica's claim on a subscription; must exceed one attempt
     webhook_gap_grace_seconds: float = 30.0  # longest wait for an uncommitted lower event id
     webhook_max_parallel: int = 8  # subscriptions served at once per worker
-    # Idempotency-Key on POST/PATCH (api/idempotency.py): how long a key is remembered, how long a
+    # Idempotency-Key on POST/PATCH (api/platform/idempotency.py): how long a key is remembered, how long a
     # request holds its key before a crashed one is taken over (renewed while it runs), how long a
     # concurrent request with the same key waits for the first before answering 409.
     idempotency_ttl_seconds: float = 86400.0
@@ -71,12 +71,12 @@ class Settings(BaseSettings):
     # Seed the demo data set (core/demo_data.py: two years of history, live contracts) once, in dev
     # mode (`python3 run.py` turns it on unless SEED_DEMO_DATA=0).
     seed_demo_data: bool = False
-    # Authentication (api/auth.py, core/security.py).  ``production`` refuses to start with demo
+    # Authentication (api/auth/service.py, core/security.py).  ``production`` refuses to start with demo
     # passwords (SEED_DEMO_ORG) or without a real JWT_SECRET; ``dev`` makes up a secret per process.
     environment: Literal["dev", "production"] = "dev"
     jwt_secret: str | None = None
     access_token_minutes: int = 60
-    # Failed log-ins (api/login_throttle.py): this many wrong passwords for one user name, or from one
+    # Failed log-ins (api/auth/login_throttle.py): this many wrong passwords for one user name, or from one
     # client address, within the window block log-ins for that name / from that address (429 with
     # Retry-After) for the lockout.  A successful log-in clears the name's count.
     login_max_failures: int = 5
@@ -90,11 +90,11 @@ class Settings(BaseSettings):
     admin_password: str | None = None
     # In dev the demo people (li.wei, zhang.min...) log in with this password; never in production.
     demo_password: str = "demo"
-    # Uploaded documents (api/documents.py): where the content-addressed files live, and the limits.
+    # Uploaded documents (api/documents/service.py): where the content-addressed files live, and the limits.
     document_dir: str = "./data/documents"
     max_upload_bytes: int = 25 * 1024 * 1024
     # Request bodies other than uploads (JSON, forms): larger ones are refused with 413 before they
-    # are read whole (api/guards.py).  A finance batch of 5,000 lines with long references fits.
+    # are read whole (api/platform/guards.py).  A finance batch of 5,000 lines with long references fits.
     max_json_body_bytes: int = 8 * 1024 * 1024
     # A contract's built spec (what its workflow starts with), encoded as Temporal sends it: a larger
     # one is refused (422) before its row is written.  Temporal refuses payloads over 2 MB, and the

@@ -1,4 +1,4 @@
-"""Failed log-ins, counted per user name and per client address (api/login_throttle.py).
+"""Failed log-ins, counted per user name and per client address (api/auth/login_throttle.py).
 
 In the database rather than in a process, so the limit holds across API replicas.  One row per
 ``key`` (``user:<name>`` or ``address:<ip>``): failures in the window that started at

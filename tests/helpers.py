@@ -15,8 +15,8 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
-from api.builder import build_spec
-from api.schemas import ContractCreate
+from api.contracts.builder import build_spec
+from api.contracts.schemas import ContractCreate
 from workflows.contract import ContractWorkflow, ContractWorkflowInput, initial_search_attributes, workflow_id_for
 from workflows.types import (
     CompleteMilestoneInput,
@@ -113,6 +113,18 @@ async def pay(handle: WorkflowHandle, reference: str, amount: str, at: datetime,
 
 async def complete(handle: WorkflowHandle, key: str, by: str = "owner"):
     return await handle.execute_update(ContractWorkflow.complete_milestone, CompleteMilestoneInput(key, by))
+
+
+async def advance_to(env, when) -> None:
+    """Let the time-skipping server's clock reach ``when`` (no-op if it is already past)."""
+    now = await env.get_current_time()
+    if when > now:
+        await env.sleep(when - now)
+
+
+def mails_about(mailbox, contract_id: str) -> list:
+    """(recipients, message) of every mail the test mailbox received about the contract."""
+    return [(rcpts, m) for rcpts, m in mailbox.messages if contract_id in m["X-Contracts-Notification"]]
 
 
 async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1):

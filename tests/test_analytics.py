@@ -1,4 +1,4 @@
-"""Analytics: the SQL (api/analytics.py) against an independent computation in Python.
+"""Analytics: the SQL (api/analytics/service.py) against an independent computation in Python.
 
 A generated data set (core.demo_data.generate: a few hundred contracts over two years, active and
 closed, late stages, partial payments, costs, scores, several currencies) is inserted straight into
@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from api import analytics as a
+from api.analytics import service as a
 from core.demo_data import generate, insert_rows
 from models.db import make_engine, make_session_factory
 from tests.conftest import IN_CI
@@ -410,7 +410,7 @@ def test_percentiles_and_ageing_boundaries_on_a_small_hand_made_set(sessions):
 def test_filters_and_periods():
     import typing
 
-    from api.schemas import MilestoneKind
+    from api.contracts.schemas import MilestoneKind
 
     assert set(a.STAGE_ORDER) == set(typing.get_args(MilestoneKind))  # every stage the API accepts
     f = a.make_filters(tz=TZ, now=NOW, period="2026-Q1")

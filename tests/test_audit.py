@@ -22,8 +22,8 @@ import pytest
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from api import audit
-from api.principal import CURRENT, Principal, RequestContext
+from api.platform import audit
+from api.auth.principal import CURRENT, Principal, RequestContext
 from models import AuditEntry, IdempotencyKey, User
 from models.db import make_engine
 from tests.helpers import contract_request, login, strip_credentials, wait_for

@@ -1,7 +1,7 @@
 """Authorisation: every route x every role, against the running service (real worker, database).
 
 The expectations below are written from the business rules (issue #5), not read from
-``api/policy.py``: a route missing here, or a rule missing there, fails the suite.
+``api/auth/policy.py``: a route missing here, or a rule missing there, fails the suite.
 
 Roles in the matrix:
   admin      the bootstrap admin key            owner      li.wei, sales, owns the contract
@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from api.main import create_app
-from api.policy import POLICY, api_routes, unruled_routes
+from api.auth.policy import POLICY, api_routes, unruled_routes
 from tests.helpers import contract_request, login
 from datetime import datetime, timezone
 
@@ -117,7 +117,7 @@ EXPECT: dict[str, dict[str, str]] = {
 def test_every_route_has_a_rule_and_an_expectation():
     app = create_app()
     names = {name for name, _path, _m in api_routes(app)}
-    assert unruled_routes(app) == [], "routes without an authorisation rule in api/policy.py"
+    assert unruled_routes(app) == [], "routes without an authorisation rule in api/auth/policy.py"
     assert sorted(names - set(EXPECT) - PUBLIC) == [], "routes missing from this test's matrix"
     assert sorted(set(POLICY) - names) == [], "rules for routes that do not exist"
     assert sorted(set(EXPECT) - names) == [], "expectations for routes that do not exist"

@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from api.guards import MAX_JSON_DEPTH
-from api.login_throttle import LoginLimiter, TooManyAttempts
-from api.schemas import CONTRACT_ITEMS_MAX, MILESTONES_MAX, STANDARD_MAX
+from api.platform.guards import MAX_JSON_DEPTH
+from api.auth.login_throttle import LoginLimiter, TooManyAttempts
+from api.platform.fields import CONTRACT_ITEMS_MAX, MILESTONES_MAX, STANDARD_MAX
 from core.channels import PermanentDeliveryError
 from core.channels.webhook import post_webhook
 from core.migrate import upgrade

@@ -175,7 +175,7 @@ def test_api_runs_api_main_app(services):
 def test_api_healthcheck_uses_readyz(services):
     check = " ".join(str(part) for part in services["api"]["healthcheck"]["test"])
     assert "http://127.0.0.1:8000/readyz" in check
-    assert '"/readyz"' in (ROOT / "api" / "routes" / "meta.py").read_text(encoding="utf-8")
+    assert '"/readyz"' in (ROOT / "api" / "platform" / "meta.py").read_text(encoding="utf-8")
 
 
 def test_migrate_runs_alembic_upgrade_head(services):

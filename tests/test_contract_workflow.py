@@ -13,7 +13,17 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from tests.conftest import running_worker
-from tests.helpers import save_history, complete, contract_request, make_spec, monthly_installments, pay, start_contract, state_of
+from tests.helpers import (
+    advance_to,
+    complete,
+    contract_request,
+    make_spec,
+    monthly_installments,
+    pay,
+    save_history,
+    start_contract,
+    state_of,
+)
 from workflows import search_attributes as sa
 from workflows.contract import ContractWorkflow
 from workflows.types import (
@@ -37,10 +47,6 @@ async def _updates_in_history(handle) -> int:
     return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)
 
 
-async def _advance_to(env, when) -> None:
-    now = await env.get_current_time()
-    if when > now:
-        await env.sleep(when - now)
 
 
 async def test_one_year_goods_sale_with_12_installments_completes_in_seconds(ts_env, settings, task_queue):
@@ -72,7 +78,7 @@ async def test_one_year_goods_sale_with_12_installments_completes_in_seconds(ts_
                     # builder state for action"; the dev server handles it.)
                     actions.append((i.due_at - timedelta(hours=1), "pay", i))
             when, what, item = min(actions, key=lambda a: a[0])
-            await _advance_to(ts_env, when)
+            await advance_to(ts_env, when)
             if what == "complete":
                 await complete(handle, item)
             else:
@@ -136,7 +142,7 @@ async def test_late_shipping_moves_acceptance(ts_env, settings, task_queue):
         planned_acceptance = acceptance.due_at
         assert planned_acceptance == shipping.due_at + timedelta(days=7)
         # Shipping done 4 days after its due date: acceptance moves by the same delay.
-        await _advance_to(ts_env, shipping.due_at + timedelta(days=4))
+        await advance_to(ts_env, shipping.due_at + timedelta(days=4))
         assert (await state_of(handle)).milestones[2].status == OVERDUE
         await complete(handle, "shipping")
         st = await state_of(handle)
@@ -302,7 +308,7 @@ async def test_continue_as_new_keeps_everything(ts_env, settings, task_queue):
 def test_contract_request_helper_is_valid():
     from datetime import datetime, timezone
 
-    from api.schemas import ContractCreate
+    from api.contracts.schemas import ContractCreate
 
     ContractCreate.model_validate(contract_request(datetime.now(timezone.utc)))
 

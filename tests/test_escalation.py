@@ -20,7 +20,17 @@ from models import ContractEvent, Department
 from models.db import make_engine, make_session_factory
 from models.notification import Notification, Task
 from tests.conftest import free_port, running_worker
-from tests.helpers import complete, end_started_workflows, make_spec, pay, save_history, start_contract, state_of
+from tests.helpers import (
+    advance_to,
+    complete,
+    end_started_workflows,
+    mails_about,
+    make_spec,
+    pay,
+    save_history,
+    start_contract,
+    state_of,
+)
 from workflows import search_attributes as sa
 
 SECRET = "s3cret-webhook-key"
@@ -84,14 +94,8 @@ async def env_settings(ts_env, sqlite_session_url, mailbox, org_db):
     await end_started_workflows()
 
 
-def _mails(mailbox, contract_id: str) -> list:
-    return [(rcpts, m) for rcpts, m in mailbox.messages if contract_id in m["X-Contracts-Notification"]]
 
 
-async def _advance_to(env, when) -> None:
-    now = await env.get_current_time()
-    if when > now:
-        await env.sleep(when - now)
 
 
 async def test_unpaid_installment_escalates_to_the_manager_and_stops_when_paid(
@@ -112,8 +116,8 @@ async def test_unpaid_installment_escalates_to_the_manager_and_stops_when_paid(
     async with running_worker(ts_env.client, env_settings, tq):
         handle = await start_contract(ts_env.client, spec, tq)
 
-        await _advance_to(ts_env, day(29) + timedelta(hours=2))
-        kinds = [m["X-Contracts-Notification"].split(":")[4] for _, m in _mails(mailbox, cid)]
+        await advance_to(ts_env, day(29) + timedelta(hours=2))
+        kinds = [m["X-Contracts-Notification"].split(":")[4] for _, m in mails_about(mailbox, cid)]
         assert kinds == ["reminder0-P7D", "reminder0-P1D"]
         with org_db() as s:
             sent_at = s.execute(
@@ -123,15 +127,15 @@ async def test_unpaid_installment_escalates_to_the_manager_and_stops_when_paid(
         # P7D and P1D before the day-30 due date, to within a second
         assert [abs((a - b).total_seconds()) < 1 for a, b in zip(sent_at, [day(23), day(29)])] == [True, True]
 
-        await _advance_to(ts_env, day(30) + timedelta(hours=2))
-        level1 = [m for _, m in _mails(mailbox, cid) if ":escalation1:" in m["X-Contracts-Notification"]]
+        await advance_to(ts_env, day(30) + timedelta(hours=2))
+        level1 = [m for _, m in mails_about(mailbox, cid) if ":escalation1:" in m["X-Contracts-Notification"]]
         assert len(level1) == 1 and level1[0]["To"].addresses[0].addr_spec == "li.wei@example.com"
         assert not level1[0]["Cc"]
         desc = await handle.describe()
         assert desc.typed_search_attributes.get(sa.ESCALATION_LEVEL) == 1
 
-        await _advance_to(ts_env, day(33) + timedelta(hours=2))
-        level2 = [(r, m) for r, m in _mails(mailbox, cid) if ":escalation2:" in m["X-Contracts-Notification"]]
+        await advance_to(ts_env, day(33) + timedelta(hours=2))
+        level2 = [(r, m) for r, m in mails_about(mailbox, cid) if ":escalation2:" in m["X-Contracts-Notification"]]
         assert len(level2) == 1
         rcpts, msg = level2[0]
         assert msg["To"].addresses[0].addr_spec == "li.wei@example.com"
@@ -146,14 +150,14 @@ async def test_unpaid_installment_escalates_to_the_manager_and_stops_when_paid(
         assert st.escalation_level == 2 and st.installments[0].status == "overdue"
         assert (await handle.describe()).typed_search_attributes.get(sa.ESCALATION_LEVEL) == 2
 
-        await _advance_to(ts_env, day(34))
+        await advance_to(ts_env, day(34))
         result = await pay(handle, "BANK-DAY34", "50000.00", await ts_env.get_current_time())
         assert result.outstanding == "0.00"
-        before_mail, before_hooks = len(_mails(mailbox, cid)), len(receiver.for_contract(cid))
+        before_mail, before_hooks = len(mails_about(mailbox, cid)), len(receiver.for_contract(cid))
 
-        await _advance_to(ts_env, day(37) + timedelta(hours=1))
-        await _advance_to(ts_env, day(40) + timedelta(hours=1))
-        assert len(_mails(mailbox, cid)) == before_mail, "the chain must stop once paid"
+        await advance_to(ts_env, day(37) + timedelta(hours=1))
+        await advance_to(ts_env, day(40) + timedelta(hours=1))
+        assert len(mails_about(mailbox, cid)) == before_mail, "the chain must stop once paid"
         assert len(receiver.for_contract(cid)) == before_hooks
         st = await state_of(handle)
         assert st.escalation_level == 0
@@ -177,7 +181,7 @@ async def test_unpaid_installment_escalates_to_the_manager_and_stops_when_paid(
                                                        ContractEvent.type == "escalation.failed")).scalars().all()
     assert failed == [], "a chain the contract stopped itself is not a failure"
     assert all(r.status == "sent" for r in rows if r.channel in ("email", "webhook"))
-    print(f"seed example: {len(_mails(mailbox, cid))} emails, {len(receiver.for_contract(cid))} webhooks, "
+    print(f"seed example: {len(mails_about(mailbox, cid))} emails, {len(receiver.for_contract(cid))} webhooks, "
           f"0 after payment")
 
 
@@ -205,7 +209,7 @@ async def test_handoff_goes_to_the_next_owner_and_finance(ts_env, env_settings, 
 
         acceptance_tasks = [t for t in tasks_for("wang.fang") if t.milestone_key == "customer_acceptance"]
         assert len(acceptance_tasks) == 1 and acceptance_tasks[0].status == "open"
-        assert [m for _, m in _mails(mailbox, cid) if "wang.fang" in m["X-Contracts-Notification"]
+        assert [m for _, m in mails_about(mailbox, cid) if "wang.fang" in m["X-Contracts-Notification"]
                 and ":handoff0:" in m["X-Contracts-Notification"]]
         assert not [t for t in tasks_for("sun.li") if t.milestone_key == "invoicing"]
 
@@ -213,7 +217,7 @@ async def test_handoff_goes_to_the_next_owner_and_finance(ts_env, env_settings, 
         await ts_env.sleep(timedelta(minutes=1))
         invoicing = [t for t in tasks_for("sun.li") if t.milestone_key == "invoicing"]
         assert len(invoicing) == 1
-        mails = [m for _, m in _mails(mailbox, cid) if "sun.li" in m["X-Contracts-Notification"]
+        mails = [m for _, m in mails_about(mailbox, cid) if "sun.li" in m["X-Contracts-Notification"]
                  and ":handoff0:" in m["X-Contracts-Notification"]]
         assert len(mails) == 1 and mails[0]["To"].addresses[0].addr_spec == "sun.li@example.com"
 
@@ -255,7 +259,7 @@ async def test_business_days_move_a_national_day_due_date_to_the_next_working_da
 def test_business_days_refuse_a_year_without_a_published_schedule():
     from datetime import datetime, timezone
 
-    from api.builder import SpecError
+    from api.contracts.builder import SpecError
 
     with pytest.raises(SpecError, match="not published"):
         make_spec(datetime(2029, 6, 1, tzinfo=timezone.utc), end_date="2031-06-01",
@@ -280,7 +284,7 @@ async def test_a_milestone_can_carry_its_own_reminder_offsets(ts_env, env_settin
         handle = await start_contract(ts_env.client, spec, tq)
         await ts_env.sleep(timedelta(days=9, hours=12))
         keys = sorted(m["X-Contracts-Notification"].strip().split(":")[2] + m["X-Contracts-Notification"].split(":")[4]
-                      for _, m in _mails(mailbox, spec.contract_id) if "reminder" in m["X-Contracts-Notification"])
+                      for _, m in mails_about(mailbox, spec.contract_id) if "reminder" in m["X-Contracts-Notification"])
         assert keys == ["contractreminder0-P5D", "ownreminder0-P2D"]
         st = await state_of(handle)
         assert st.milestones[0].reminders == ["P2D"]

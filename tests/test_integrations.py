@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
-from api.integrations import reference_tokens
+from api.integrations.service import reference_tokens
 from models import Payment
 from models.db import make_engine, make_session_factory
 from tests.helpers import contract_request, wait_for

@@ -112,7 +112,7 @@ def schemathesis_config(ids: dict[str, list], api_key: str | None = None) -> str
     lines = [
         "[cache]", "enabled = false", "",
         *(["[auth.openapi.apiKey]", f"api_key = {_toml(api_key)}", ""] if api_key else []),
-        # NUL is refused in every text (422, api/guards.py: PostgreSQL cannot store it) but the document does not
+        # NUL is refused in every text (422, api/platform/guards.py: PostgreSQL cannot store it) but the document does not
         # restate that on each string; test_text_the_database_cannot_store_is_refused covers it instead.
         "[generation]", "allow-x00 = false", "",
         "[dictionaries]",
