@@ -19,7 +19,8 @@ from api.contracts import routes as contracts
 from api.contracts.service import ContractService
 from api.documents import routes as documents
 from api.integrations import routes as integrations
-from api.org import inbox_routes, routes as org
+from api.org import inbox_routes
+from api.org import routes as org
 from api.platform import audit, audit_routes, guards, idempotency, meta, openapi, problems
 from api.ui import routes as ui
 from api.ui.service import STATIC_DIR, problem_page

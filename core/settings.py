@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import lru_cache
-
 from typing import Literal
 
 from pydantic import model_validator
@@ -106,7 +105,7 @@ class Settings(BaseSettings):
     max_concurrent_workflow_tasks: int = 10
 
     @model_validator(mode="after")
-    def _no_dev_credentials_in_production(self) -> "Settings":
+    def _no_dev_credentials_in_production(self) -> Settings:
         if self.environment == "production":
             if not self.jwt_secret or len(self.jwt_secret) < 32:
                 raise ValueError("production needs JWT_SECRET (at least 32 characters)")

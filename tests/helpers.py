@@ -7,9 +7,9 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
@@ -105,6 +105,7 @@ async def state_of(handle: WorkflowHandle) -> ContractState:
         except RPCError as exc:
             if attempt == 2 or not any(w in str(exc).lower() for w in ("deadline", "timeout")):
                 raise
+    raise AssertionError("unreachable: the third attempt answers or raises")
 
 
 async def pay(handle: WorkflowHandle, reference: str, amount: str, at: datetime, currency: str = "CNY"):

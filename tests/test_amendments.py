@@ -10,11 +10,11 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 
 from models import ContractEvent, Document
 from tests.conftest import running_worker
 from tests.helpers import advance_to, mails_about, make_spec, pay, save_history, start_contract, state_of
-from tests.test_escalation import env_settings, org_db, receiver  # noqa: F401 - fixtures
 from workflows.contract import ContractWorkflow
 from workflows.types import AmendmentChange, CompleteMilestoneInput, DecideAmendmentInput, RequestAmendmentInput
 
@@ -33,6 +33,7 @@ async def _decide(handle, aid: str, decision: str, by: str, role: str = "", comm
 async def _refused(handle, update, arg) -> str:
     with pytest.raises(WorkflowUpdateFailedError) as info:
         await handle.execute_update(update, arg)
+    assert isinstance(info.value.cause, ApplicationError) and info.value.cause.type
     return info.value.cause.type
 
 

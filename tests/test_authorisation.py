@@ -18,16 +18,14 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from datetime import datetime, timezone
 
 import httpx
 import pytest
 
-from api.main import create_app
 from api.auth.policy import POLICY, api_routes, unruled_routes
+from api.main import create_app
 from tests.helpers import contract_request, login
-from datetime import datetime, timezone
-
-
 
 PROBLEM = "application/problem+json"
 ROLES = ["admin", "owner", "manager", "colleague", "delivery", "executor", "finance", "legal", "crm", "erp", "feed"]
@@ -241,6 +239,7 @@ async def test_the_matrix_every_route_every_role(api_service):
             if name in PUBLIC:
                 continue
             for role in ROLES:
+                body: dict[str, str] | None
                 if name == "change_password" and role != "admin":
                     body = {"new_password": "x"}  # 422: too short; a person may only change their own
                 else:

@@ -14,17 +14,18 @@ import threading
 import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
 
-from api.platform.guards import MAX_JSON_DEPTH
 from api.auth.login_throttle import LoginLimiter, TooManyAttempts
 from api.platform.fields import CONTRACT_ITEMS_MAX, MILESTONES_MAX, STANDARD_MAX
+from api.platform.guards import MAX_JSON_DEPTH
 from core.channels import PermanentDeliveryError
 from core.channels.webhook import post_webhook
-from core.migrate import upgrade
 from core.durations import DurationError, check_duration, parse_duration, to_timedelta
+from core.migrate import upgrade
 from core.settings import Settings
 from tests.conftest import running_api, running_service
 from tests.helpers import contract_request, wait_for
@@ -66,7 +67,7 @@ async def _new_contract(c: httpx.AsyncClient, **overrides) -> str:
 
 # ------------------------------------------------------------------ 1. dates outside years 1970..2200
 NOW = datetime.now(timezone.utc)
-DATE_CASES = [
+DATE_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("effective-year-1", {"effective_date": "0001-01-01"}, "effective_date"),
     ("end-year-9999", {"end_date": "9999-12-31"}, "end_date"),
     ("end-datetime-9999", {"end_date": "9999-12-31T23:59:59-12:00"}, "end_date"),
@@ -126,7 +127,7 @@ def test_check_duration_caps_durations_and_leaves_the_workflow_functions_alone()
         check_duration("-P1D")
 
 
-DURATION_CASES = [
+DURATION_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("due-after", {"milestones": [_ms("x", due_after="P99999Y")]}, "P99999Y"),
     ("playbook-override", {"milestones": [{"key": "shipping", "due_after": "P1000000D"}]}, "P1000000D"),
     ("absurd-hours", {"milestones": [_ms("x", due_after="PT99999999999999999999H")]}, "PT99999999999999999999H"),

@@ -99,9 +99,9 @@ def private_imports() -> list[str]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom):
                 for alias in node.names:
-                    if alias.name.startswith("_") and not alias.name.startswith("__"):
-                        if (rel, node.module, alias.name) not in PRIVATE_IMPORTS_ALLOWED:
-                            found.append(f"{rel}:{node.lineno}: from {node.module} import {alias.name}")
+                    private = alias.name.startswith("_") and not alias.name.startswith("__")
+                    if private and (rel, node.module, alias.name) not in PRIVATE_IMPORTS_ALLOWED:
+                        found.append(f"{rel}:{node.lineno}: from {node.module} import {alias.name}")
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     if any(p.startswith("_") and not p.startswith("__") for p in alias.name.split(".")):

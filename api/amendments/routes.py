@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Request, status
 from api.amendments import schemas as s
 from api.amendments.service import AmendmentService
 from api.auth.policy import stamp
-from api.platform.problems import PROBLEM_JSON
+from api.platform.problems import PROBLEM_RESPONSE, Responses
 
 router = APIRouter(prefix="/contracts/{contract_id}", tags=["amendments"])
 
@@ -21,8 +21,8 @@ def get_amendment_service(request: Request) -> AmendmentService:
 Service = Annotated[AmendmentService, Depends(get_amendment_service)]
 ContractId = Annotated[str, Path(min_length=1, max_length=40)]
 AmendmentId = Annotated[str, Path(min_length=1, max_length=40)]
-_problem = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
-ERRORS = {403: _problem, 404: _problem, 409: _problem, 422: _problem, 503: _problem}
+_problem = PROBLEM_RESPONSE
+ERRORS: Responses = {403: _problem, 404: _problem, 409: _problem, 422: _problem, 503: _problem}
 
 
 @router.post("/amendments", status_code=status.HTTP_201_CREATED, response_model=s.AmendmentAccepted,
@@ -34,7 +34,7 @@ async def request_amendment(contract_id: ContractId, body: s.AmendmentRequestIn,
 
 @router.get("/amendments", response_model=list[s.AmendmentOut], responses=ERRORS)
 async def list_amendments(contract_id: ContractId, service: Service):
-    return await service.list(contract_id)
+    return await service.list_amendments(contract_id)
 
 
 @router.get("/amendments/{amendment_id}", response_model=s.AmendmentOut, responses=ERRORS)

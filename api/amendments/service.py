@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 
 from api.amendments import schemas as s
 from api.contracts.builder import due_rule
-from api.platform.problems import Problem
 from api.contracts.schemas import InstallmentIn, MilestoneIn
 from api.contracts.service import ContractService
+from api.platform.problems import Problem
 from core import org
 from core.durations import DurationError, check_duration
 from workflows import amendments as rules
@@ -48,7 +48,7 @@ class AmendmentService:
         result: AmendmentResult = await self.contracts.send_update(
             contract_id,
             ContractWorkflow.request_amendment,
-            RequestAmendmentInput(uuid.uuid4().hex[:12], body.requested_by, body.reason, changes, approvers),
+            RequestAmendmentInput(uuid.uuid4().hex[:12], body.requested_by or "", body.reason, changes, approvers),
         )
         return _accepted(result)
 
@@ -77,7 +77,7 @@ class AmendmentService:
         return _accepted(result)
 
     # ------------------------------------------------------------------ read
-    async def list(self, contract_id: str) -> list[s.AmendmentOut]:
+    async def list_amendments(self, contract_id: str) -> list[s.AmendmentOut]:
         state = await self._state(contract_id)
         return [_out(a) for a in state.amendments]
 
@@ -163,17 +163,17 @@ def _shift(text: str | None, where: str) -> str | None:
         try:
             check_duration(text.removeprefix("-"))
         except DurationError as exc:
-            raise Problem(422, f"{where}: {exc}", slug="invalid", errors=[{"field": where, "message": str(exc)}])
+            raise Problem(422, f"{where}: {exc}", slug="invalid", errors=[{"field": where, "message": str(exc)}]) from exc
     return text
 
 
 def _milestone(m: MilestoneIn, where: str) -> MilestoneSpec:
     errors: list = []
-    missing = [f for f in ("name", "kind", "owner", "department") if not getattr(m, f)]
-    if missing:
+    if not (m.name and m.kind and m.owner and m.department):
+        missing = [f for f in ("name", "kind", "owner", "department") if not getattr(m, f)]
         raise Problem(422, f"{where}: missing {', '.join(missing)}", slug="invalid")
     rule = due_rule(m, where, errors)
-    if errors:
+    if errors or rule is None:
         raise Problem(422, "; ".join(f"{f}: {msg}" for f, msg in errors), slug="invalid")
     deps = m.depends_on if m.depends_on is not None else ([rule.after] if rule.after else [])
     return MilestoneSpec(key=m.key, name=m.name, kind=m.kind, owner=m.owner.strip(), department=m.department,
@@ -184,7 +184,7 @@ def _milestone(m: MilestoneIn, where: str) -> MilestoneSpec:
 def _installment(i: InstallmentIn, where: str) -> InstallmentSpec:
     errors: list = []
     rule = due_rule(i, where, errors)
-    if errors:
+    if errors or rule is None:
         raise Problem(422, "; ".join(f"{f}: {msg}" for f, msg in errors), slug="invalid")
     return InstallmentSpec(i.key, i.amount, rule)
 

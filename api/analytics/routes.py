@@ -3,7 +3,6 @@ definitions in docs/analytics.md), and the quarterly review as JSON and CSV."""
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
@@ -12,13 +11,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from api.analytics import service as a
-from api.platform.problems import PROBLEM_JSON
 from api.platform.fields import DateIn
+from api.platform.problems import PROBLEM_RESPONSE, Responses
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
 
-_problem = {"content": {PROBLEM_JSON: {}}, "description": "Invalid filters (problem details, RFC 9457)"}
-ERRORS = {422: _problem}
+_problem = {**PROBLEM_RESPONSE, "description": "Invalid filters (problem details, RFC 9457)"}
+ERRORS: Responses = {422: _problem}
 
 
 def get_analytics(request: Request) -> a.AnalyticsService:

@@ -24,6 +24,7 @@ import csv
 import io
 import re
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -392,6 +393,12 @@ def _money(d: str, value: Any, currency: str) -> str:
     return str(amount.quantize(Decimal(1).scaleb(-places)))
 
 
+def _overrun(actual: Decimal, planned: Decimal) -> float | None:
+    """Actual over planned, less one (0.1: ten per cent over budget); None without a plan."""
+    ratio = _ratio(actual, planned)
+    return ratio - 1 if ratio is not None else None
+
+
 def _ratio(num: Any, den: Any) -> float | None:
     return None if not den else float(num) / float(den)
 
@@ -492,7 +499,7 @@ def _stats(conn: Connection, base: Select, value: str, groups: tuple[str, ...] =
     v = base.subquery("v")
     x = v.c[value]
     gcols = [v.c[g] for g in groups]
-    wanted = literal_column("ARRAY[" + ", ".join(repr(float(p)) for p in ps) + "]::float8[]")
+    wanted: Any = literal_column("ARRAY[" + ", ".join(repr(float(p)) for p in ps) + "]::float8[]")
     pcts = [func.percentile_cont(wanted).within_group(x).label("pcts")] if ps else []
     n = func.count() if not_null else func.count(x)
     if conn.dialect.name == "postgresql" and domain and len(groups) == 1:
@@ -503,7 +510,7 @@ def _stats(conn: Connection, base: Select, value: str, groups: tuple[str, ...] =
             .where(g == value_)
             for value_ in domain
         ]
-        stmt = union_all(*parts)
+        stmt: Any = union_all(*parts)  # a union, or a select below: both group_by and execute
         gcols = []
     elif conn.dialect.name == "postgresql":
         # Groups are sorted for the ordered-set aggregate: byte order is enough, and much cheaper.
@@ -535,7 +542,7 @@ def _stats(conn: Connection, base: Select, value: str, groups: tuple[str, ...] =
     rows = [dict(row._mapping) for row in conn.execute(stmt)]
     for row in rows:
         if conn.dialect.name == "postgresql" and ps:  # percentile_cont(ARRAY[...]) answered an array
-            for p, value_ in zip(ps, row.pop("pcts") or [None] * len(ps)):
+            for p, value_ in zip(ps, row.pop("pcts") or [None] * len(ps), strict=True):
                 row[f"p{round(p * 100)}"] = None if value_ is None else float(value_)
         for p in (0.5, 0.9):
             row.setdefault(f"p{round(p * 100)}", None)  # not asked for
@@ -589,7 +596,8 @@ def cycle(conn: Connection, f: Filters, *, detail: bool = True) -> CycleOut:
         .where(C.c.settled_at.is_not(None), *_in_period(C.c.settled_at, f), *_contract_scope(f, owner=True))
     )
     overall = _stats(conn, base, "days", not_null=True)
-    by_playbook, bars = [], []
+    by_playbook: list[dict[str, Any]] = []
+    bars: Sequence[Any] = []
     if detail:
         by_playbook = _stats(conn, base, "days", ("playbook",), not_null=True)
         v = base.subquery("v")
@@ -785,7 +793,7 @@ def costs(conn: Connection, f: Filters) -> CostsOut:
         ta = sum((Decimal(r.actual) for r in rows), Decimal(0))
         out.append(CurrencyCostOut(
             currency=currency, milestones=sum(int(r.n) for r in rows), planned=_money(d, tp, currency),
-            actual=_money(d, ta, currency), overrun=_ratio(ta, tp) - 1 if tp else None,
+            actual=_money(d, ta, currency), overrun=_overrun(ta, tp),
             over_budget=sum(int(r.over) for r in rows),
             stages=[StageCostOut(stage=r.kind, milestones=int(r.n), planned=_money(d, r.planned, currency),
                                  actual=_money(d, r.actual, currency),
@@ -965,18 +973,19 @@ def assemble_report(mc: QuarterMetrics, mp: QuarterMetrics) -> QuarterlyReportOu
     ra, rb = mc.receivables, mp.receivables
     rxa, rxb = {x.currency: x for x in ra.currencies}, {x.currency: x for x in rb.currencies}
     for cur in sorted(set(rxa) | set(rxb)):
-        x, y = rxa.get(cur), rxb.get(cur)
-        add("receivables", f"DSO ({cur})", "days", x.dso_days if x else None, y.dso_days if y else None)
-        add("receivables", f"overdue at quarter end ({cur})", cur, x.overdue if x else None, y.overdue if y else None)
+        ra_, rb_ = rxa.get(cur), rxb.get(cur)
+        add("receivables", f"DSO ({cur})", "days", ra_.dso_days if ra_ else None, rb_.dso_days if rb_ else None)
+        add("receivables", f"overdue at quarter end ({cur})", cur, ra_.overdue if ra_ else None,
+            rb_.overdue if rb_ else None)
         for i, (label, _, _) in enumerate(AGEING_BUCKETS):
-            add("receivables", f"ageing {label} days ({cur})", cur, x.ageing[i].amount if x else None,
-                y.ageing[i].amount if y else None)
+            add("receivables", f"ageing {label} days ({cur})", cur, ra_.ageing[i].amount if ra_ else None,
+                rb_.ageing[i].amount if rb_ else None)
 
     oa, ob = mc.costs, mp.costs
     cxa, cxb = {x.currency: x for x in oa.currencies}, {x.currency: x for x in ob.currencies}
     for cur in sorted(set(cxa) | set(cxb)):
-        x, y = cxa.get(cur), cxb.get(cur)
-        add("costs", f"cost overrun ({cur})", "ratio", x.overrun if x else None, y.overrun if y else None)
+        ca_, cb_ = cxa.get(cur), cxb.get(cur)
+        add("costs", f"cost overrun ({cur})", "ratio", ca_.overrun if ca_ else None, cb_.overrun if cb_ else None)
 
     qa, qb = mc.satisfaction, mp.satisfaction
     add("customers", "satisfaction, average (1-5)", "score", qa.average, qb.average)

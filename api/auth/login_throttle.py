@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from api.platform.problems import Problem
 from core.settings import Settings
 from models import LoginThrottle
+from models.db import rows_changed
 
 _PURGE_EVERY_SECONDS = 600.0
 _next_purge = 0.0
@@ -82,9 +83,9 @@ class LoginLimiter:
 
     def _count(self, session: Session, key: str, limit: int, now: datetime) -> None:
         T = LoginThrottle
-        counted = session.execute(
+        counted = rows_changed(session.execute(
             update(T).where(T.key == key, T.window_started_at > now - self.window).values(failures=T.failures + 1)
-        ).rowcount
+        ))
         if not counted:  # no row, or its window is over: a new window with this failure
             insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
             fresh = {"failures": 1, "window_started_at": now, "blocked_until": None}

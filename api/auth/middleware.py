@@ -15,8 +15,8 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse
 
-from api.auth.service import Unauthenticated, authenticate
 from api.auth.principal import CURRENT, RequestContext
+from api.auth.service import Unauthenticated, authenticate
 from api.platform.problems import problem_response
 
 PUBLIC_PATHS = frozenset({

@@ -21,8 +21,8 @@ they only use their own endpoints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool

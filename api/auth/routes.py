@@ -10,17 +10,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy import select
 
-from api.auth import service as auth
 from api.auth import schemas as s
+from api.auth import service as auth
 from api.auth.policy import principal_of
-from api.platform.problems import PROBLEM_JSON, Problem
+from api.platform.problems import PROBLEM_RESPONSE, Problem, Responses
 from core import security
 from models import ApiKey, User
 
 router = APIRouter(tags=["auth"])
-_problem = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
-ERRORS = {401: _problem, 403: _problem, 404: _problem, 422: _problem}
-THROTTLED = {429: {**_problem, "description": "Too many failed log-ins for this user name or from this address; "
+_problem = PROBLEM_RESPONSE
+ERRORS: Responses = {401: _problem, 403: _problem, 404: _problem, 422: _problem}
+THROTTLED: Responses = {429: {**_problem, "description": "Too many failed log-ins for this user name or from this address; "
                                               "wait Retry-After seconds",
                    "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}}}
 
@@ -56,9 +56,9 @@ def change_password(request: Request, body: s.PasswordIn):
             raise Problem(403, "only admins set other people's passwords", slug="forbidden")
         if user is None:
             raise Problem(404, f"no user with id {target!r}", slug="user-not-found")
-        if target == p.id and not p.is_admin:
-            if not body.current_password or not security.verify_password(user.password_hash, body.current_password):
-                raise Problem(403, "the current password is wrong", slug="forbidden")
+        if target == p.id and not p.is_admin and (
+                not body.current_password or not security.verify_password(user.password_hash, body.current_password)):
+            raise Problem(403, "the current password is wrong", slug="forbidden")
         user.password_hash = security.hash_password(body.new_password)
         session.commit()
 

@@ -106,7 +106,7 @@ def _principal_for_key(session: Session, settings: Settings, token: str) -> Prin
                          roles=frozenset({"admin"}))
     parts = security.split_api_key(token)
     row = session.get(ApiKey, parts[0]) if parts else None
-    if row is None or row.revoked_at is not None or not security.same_secret(
+    if parts is None or row is None or row.revoked_at is not None or not security.same_secret(
         security.key_digest(parts[1]), row.secret_sha256
     ):
         raise Unauthenticated("unknown or revoked API key")
@@ -123,7 +123,7 @@ def login(session: Session, settings: Settings, app_state, username: str, passwo
     throttle.check(session, username, client_address)
     user = session.get(User, username)
     ok = security.verify_password(user.password_hash if user else None, password)
-    if not ok or user is None or not user.active:
+    if not ok or user is None or not user.active or user.password_hash is None:
         throttle.failed(session, username, client_address)
         session.commit()
         raise Unauthenticated("wrong user name or password")

@@ -7,10 +7,11 @@ and reported as a list of (field, message) so the API answers one clear 422.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from activities.calendar import CalendarUnavailable, is_workday
@@ -21,13 +22,13 @@ from core.money import MoneyError, check_currency, minor_units, parse_amount, qu
 from core.playbooks import get_playbook, load_playbooks
 from workflows.types import (
     MILESTONE_KINDS,
+    AmendmentPolicy,
     ContractSpec,
     DueRule,
     EscalationLevel,
     InstallmentSpec,
     MilestoneSpec,
     NotificationPolicy,
-    AmendmentPolicy,
     RenewalPolicy,
 )
 
@@ -57,7 +58,7 @@ def parse_contract_date(value: str, tz: ZoneInfo, *, end: bool, field: str) -> d
     try:
         moment = date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value)
     except ValueError:
-        raise SpecError([(field, f"{value!r} is not an ISO date (2026-03-01) or date-time with a zone")])
+        raise SpecError([(field, f"{value!r} is not an ISO date (2026-03-01) or date-time with a zone")]) from None
     if not isinstance(moment, datetime):  # a calendar date
         _check_year(moment, value, field)  # before the arithmetic: 9999-12-31 has no next day
         start = datetime.combine(moment, time(0), tzinfo=tz)
@@ -90,7 +91,7 @@ def build_spec(
         currency = check_currency(req.currency)
         places = minor_units(currency)
     except MoneyError as exc:
-        raise SpecError([("currency", str(exc))])
+        raise SpecError([("currency", str(exc))]) from exc
     try:
         amount = parse_amount(req.amount, currency)
     except MoneyError as exc:
@@ -116,7 +117,7 @@ def build_spec(
     drafts: dict[str, _Draft] = {}
     if playbook is not None:
         for d in _playbook_milestones(playbook, req.owner, effective_at, end_at):
-            if d.owner == "$department":
+            if d.owner == "$department" and d.department:
                 d.owner = (department_assignee(d.department) if department_assignee else None) or req.owner
             drafts[d.key] = d
     for i, m in enumerate(req.milestones or []):
@@ -129,8 +130,8 @@ def build_spec(
     milestones: list[MilestoneSpec] = []
     for key, d in drafts.items():
         where = f"milestones[{key}]"
-        missing = [f for f in ("name", "kind", "owner", "department") if not getattr(d, f)]
-        if missing:
+        if not (d.name and d.kind and d.owner and d.department):
+            missing = [f for f in ("name", "kind", "owner", "department") if not getattr(d, f)]
             errors.append((where, "missing " + ", ".join(missing)))
             continue
         if d.kind not in MILESTONE_KINDS:
@@ -158,14 +159,14 @@ def build_spec(
                 check_duration(text, days_only=True)
             except DurationError as exc:
                 errors.append((f"{where}.reminders[{n}]", str(exc)))
-    keys = {m.key for m in milestones}
-    for m in milestones:
-        _check_due(m.due, f"milestones[{m.key}]", keys, effective_at, errors)
-        for dep in m.depends_on:
+    keys = {spec.key for spec in milestones}
+    for spec in milestones:
+        _check_due(spec.due, f"milestones[{spec.key}]", keys, effective_at, errors)
+        for dep in spec.depends_on:
             if dep not in keys:
-                errors.append((f"milestones[{m.key}]", f"depends on unknown milestone {dep!r}"))
-            elif dep == m.key:
-                errors.append((f"milestones[{m.key}]", "a milestone cannot depend on itself"))
+                errors.append((f"milestones[{spec.key}]", f"depends on unknown milestone {dep!r}"))
+            elif dep == spec.key:
+                errors.append((f"milestones[{spec.key}]", "a milestone cannot depend on itself"))
     if not errors:
         _check_acyclic(milestones, errors)
 
@@ -246,7 +247,7 @@ def _policy(playbook: dict[str, Any] | None, req: ContractCreate, errors: list) 
     layers = [((playbook or {}).get("notifications") or {}, "playbook")]
     if req.notifications is not None:
         layers.append((req.notifications.model_dump(exclude_none=True), "notifications"))
-    for layer, where in layers:
+    for layer, _where in layers:
         if "reminders" in layer:
             policy.reminders = list(layer["reminders"])
         if "business_days" in layer:

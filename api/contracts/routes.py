@@ -6,19 +6,19 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
-from api.contracts import schemas
-from api.platform.fields import MAX_INT
 from api.auth.policy import principal_of, require_owner_in_reach, stamp
-from api.platform.problems import PROBLEM_JSON
+from api.contracts import schemas
 from api.contracts.service import ContractService, get_contract_service
+from api.platform.fields import MAX_INT
+from api.platform.problems import PROBLEM_RESPONSE, Responses
 
 router = APIRouter(prefix="/contracts", tags=["contracts"])
 Service = Annotated[ContractService, Depends(get_contract_service)]
 ContractId = Annotated[str, Path(min_length=1, max_length=40, description="Contract id")]
 MilestoneKey = Annotated[str, Path(min_length=1, max_length=60)]
 
-_problem = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
-ERRORS = {404: _problem, 409: _problem, 422: _problem, 503: _problem}
+_problem = PROBLEM_RESPONSE
+ERRORS: Responses = {404: _problem, 409: _problem, 422: _problem, 503: _problem}
 
 
 @router.post(
@@ -50,7 +50,7 @@ def list_contracts(
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ):
     """The contracts the caller may see (their own and their team's; all for finance, legal, admin)."""
-    return service.list(status=status_, owner=owner, customer=customer, overdue=overdue, limit=limit, offset=offset,
+    return service.list_contracts(status=status_, owner=owner, customer=customer, overdue=overdue, limit=limit, offset=offset,
                         viewer=principal_of(request))
 
 

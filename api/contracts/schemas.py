@@ -13,23 +13,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.platform.fields import (
     APPROVER_ROLES_MAX,
-    Amount,
-    CURRENCIES,
+    CURRENCY_ENUM,
     DEPENDS_ON_MAX,
-    DateTimeIn,
-    DurationText,
     ESCALATION_LEVELS_MAX,
     INSTALLMENTS_MAX,
-    IntIn,
     KEY_MAX,
     MILESTONES_MAX,
-    MilestoneKey,
     NAME_MAX,
     REMINDERS_MAX,
-    RoleName,
     STANDARD_MAX,
-    Strict,
     TEXT_MAX,
+    Amount,
+    DateTimeIn,
+    DurationText,
+    IntIn,
+    MilestoneKey,
+    RoleName,
+    Strict,
 )
 
 MilestoneKind = Literal[
@@ -130,7 +130,7 @@ class ContractCreate(Strict):
     )
     title: str = Field(min_length=1, max_length=300)
     customer: CustomerIn
-    currency: str = Field(description="ISO 4217, e.g. CNY", json_schema_extra={"enum": CURRENCIES})
+    currency: str = Field(description="ISO 4217, e.g. CNY", json_schema_extra=CURRENCY_ENUM)
     amount: Amount
     effective_date: str = Field(max_length=40, description="ISO date (2026-03-01) or date-time with a zone")
     end_date: str = Field(max_length=40, description="ISO date (last day of the term) or date-time with a zone")
@@ -251,7 +251,7 @@ class PaymentIn(Strict):
 
     reference: str = Field(min_length=1, max_length=120)
     amount: Amount
-    currency: str = Field(description="ISO 4217: the contract's currency", json_schema_extra={"enum": CURRENCIES})
+    currency: str = Field(description="ISO 4217: the contract's currency", json_schema_extra=CURRENCY_ENUM)
     received_at: DateTimeIn
     by: str | None = Field(default=None, min_length=1, max_length=100,
                            description="Who recorded it: yourself (default); admins and machines may name a person")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import Request
-
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
@@ -26,10 +26,10 @@ from api.contracts import schemas
 from api.contracts.builder import SpecError, build_spec
 from api.platform.problems import Problem
 from core.org import default_assignee
-from core.starter import start_contract_workflow
-from core.temporal import UpdateLost, execute_update_retrying
 from core.serde import from_jsonable
 from core.settings import Settings
+from core.starter import start_contract_workflow
+from core.temporal import UpdateLost, execute_update_retrying
 from models import Contract, ContractEvent, Customer
 from models.repository import new_contract_row
 from workflows import errors as wf_errors
@@ -79,7 +79,7 @@ class ContractService:
                     department_assignee=department_assignee,
                 )
         except SpecError as exc:
-            raise Problem(422, str(exc), slug="validation", errors=[{"field": f, "message": m} for f, m in exc.errors])
+            raise Problem(422, str(exc), slug="validation", errors=[{"field": f, "message": m} for f, m in exc.errors]) from exc
         self._check_spec_size(spec)
         # A repeat is recognised only once the request is valid: an invalid body is refused (422) whatever its
         # external_id, rather than answered with the contract it names.
@@ -113,10 +113,9 @@ class ContractService:
                 f"automatically. Retrying with the same external_id is safe.",
                 slug="temporal-unavailable",
                 id=contract_id,
-            )
+            ) from exc
         self._mark_started(contract_id)
-        with self.sessions() as session:
-            return self._created(session.get(Contract, contract_id)), True
+        return self._created(self.row(contract_id)), True
 
     def _check_spec_size(self, spec: ContractSpec) -> None:
         """Refuse (422) a spec its workflow could not start with, before its row is written: Temporal
@@ -195,7 +194,8 @@ class ContractService:
         try:
             return await handle.query(ContractWorkflow.state_query)
         except RPCError as exc:
-            raise Problem(503, f"the contract's live state cannot be read right now: {exc.message}", slug="temporal-unavailable")
+            raise Problem(503, f"the contract's live state cannot be read right now: {exc.message}",
+                          slug="temporal-unavailable") from exc
 
     def _to_out(self, row: Contract, state: ContractState) -> schemas.ContractOut:
         spec = state.spec
@@ -274,7 +274,7 @@ class ContractService:
             ),
         )
 
-    def list(
+    def list_contracts(
         self,
         *,
         status: str | None,
@@ -350,7 +350,7 @@ class ContractService:
         result = await self.send_update(
             contract_id,
             ContractWorkflow.record_payment,
-            PaymentInput(body.reference, body.amount, body.currency, body.received_at, body.by),
+            PaymentInput(body.reference, body.amount, body.currency, body.received_at, body.by or "finance"),
         )
         return schemas.PaymentApplied(
             applied=result.applied,
@@ -365,11 +365,13 @@ class ContractService:
         return await self.send_update(
             contract_id,
             ContractWorkflow.record_payments,
-            PaymentBatchInput([PaymentInput(b.reference, b.amount, b.currency, b.received_at, b.by) for b in items]),
+            PaymentBatchInput([PaymentInput(b.reference, b.amount, b.currency, b.received_at, b.by or "finance")
+                               for b in items]),
         )
 
     async def complete_milestone(self, contract_id: str, key: str, body: schemas.CompleteIn) -> schemas.OperationOut:
-        r = await self.send_update(contract_id, ContractWorkflow.complete_milestone, CompleteMilestoneInput(key, body.by, body.note, body.actual_cost, body.satisfaction))
+        r = await self.send_update(contract_id, ContractWorkflow.complete_milestone,
+                                   CompleteMilestoneInput(key, body.by or "", body.note, body.actual_cost, body.satisfaction))
         return _operation(r)
 
     async def report_progress(self, contract_id: str, key: str, body: schemas.ProgressIn) -> schemas.OperationOut:
@@ -379,11 +381,12 @@ class ContractService:
         return _operation(r)
 
     async def waive_milestone(self, contract_id: str, key: str, body: schemas.WaiveIn) -> schemas.OperationOut:
-        r = await self.send_update(contract_id, ContractWorkflow.waive_milestone, WaiveMilestoneInput(key, body.by, body.reason))
+        r = await self.send_update(contract_id, ContractWorkflow.waive_milestone,
+                                   WaiveMilestoneInput(key, body.by or "", body.reason))
         return _operation(r)
 
     async def terminate(self, contract_id: str, body: schemas.TerminateIn) -> schemas.OperationOut:
-        r = await self.send_update(contract_id, ContractWorkflow.terminate, TerminateInput(body.reason, body.by))
+        r = await self.send_update(contract_id, ContractWorkflow.terminate, TerminateInput(body.reason, body.by or ""))
         return _operation(r)
 
     async def send_update(self, contract_id: str, update: Callable, arg: Any):
@@ -401,7 +404,7 @@ class ContractService:
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             if isinstance(cause, ApplicationError) and cause.type in _STATUS_FOR_TYPE:
-                raise Problem(_STATUS_FOR_TYPE[cause.type], cause.message, slug=cause.type.lower())
+                raise Problem(_STATUS_FOR_TYPE[cause.type], cause.message, slug=cause.type.lower()) from exc
             raise
         except WorkflowUpdateRPCTimeoutOrCancelledError:
             # No answer in time (no worker up, or the connection to Temporal broke): the outcome is
@@ -409,16 +412,16 @@ class ContractService:
             # is safe to send again (payments by reference; a repeated completion is a 409).
             raise Problem(503, "the contract did not answer in time (is a worker running?); the request may still "
                                "be applied: send it again, a payment is recognised by its reference",
-                          slug="temporal-unavailable")
+                          slug="temporal-unavailable") from None
         except UpdateLost as exc:
             # Not applied (Temporal lost it while a worker restarted, again and again): retry it.
-            raise Problem(503, f"the request was not applied ({exc}); send it again", slug="temporal-unavailable")
+            raise Problem(503, f"the request was not applied ({exc}); send it again", slug="temporal-unavailable") from exc
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 # The workflow closed between our read of the row and the update (a lost update on
                 # a running workflow is re-sent by execute_update_retrying, never reported here).
-                raise Problem(409, "contract is closed; it can no longer change", slug="contract-closed")
-            raise Problem(503, f"Temporal is unreachable: {exc.message}", slug="temporal-unavailable")
+                raise Problem(409, "contract is closed; it can no longer change", slug="contract-closed") from exc
+            raise Problem(503, f"Temporal is unreachable: {exc.message}", slug="temporal-unavailable") from exc
 
 
 def _operation(r) -> schemas.OperationOut:

@@ -7,24 +7,24 @@ records read and communications searched: api/documents/service.py.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 from fastapi import APIRouter, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
+from api.auth.policy import principal_of
 from api.documents import schemas as s
 from api.documents import service as d
 from api.documents.schemas import CommunicationKind
-from api.auth.policy import principal_of
-from api.platform.problems import PROBLEM_JSON
 from api.platform.fields import MAX_INT
+from api.platform.problems import PROBLEM_RESPONSE, Responses
 
 router = APIRouter(tags=["documents"])
 ContractId = Annotated[str, Path(min_length=1, max_length=40, description="Contract id")]
 DocumentId = Annotated[str, Path(min_length=1, max_length=40, description="Document id")]
-_problem = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
-ERRORS = {403: _problem, 404: _problem, 422: _problem, 503: _problem}
+_problem = PROBLEM_RESPONSE
+ERRORS: Responses = {403: _problem, 404: _problem, 422: _problem, 503: _problem}
 
 _MEDIA = ", ".join(s.ALLOWED_MEDIA_TYPES)
 DOWNLOAD_TYPES = [*s.ALLOWED_MEDIA_TYPES, "text/html"]  # text/html: generated supplementary agreements
@@ -39,7 +39,7 @@ UPLOAD_BODY = {
                          "description": f"The document. Its type is read from its content and must be one of: "
                                         f"{_MEDIA}; a declared type must agree. At most MAX_UPLOAD_BYTES "
                                         "(25 MiB by default), not empty."},
-                "kind": {"type": "string", "enum": list(s.UploadKind.__args__), "default": "attachment",
+                "kind": {"type": "string", "enum": list(get_args(s.UploadKind)), "default": "attachment",
                          "description": "contract_text: the contract itself (one series per contract); "
                                         "attachment: anything else (a series per title)"},
                 "title": {"type": "string", "maxLength": d.TITLE_MAX,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -13,8 +13,8 @@ from models.document import UPLOAD_KINDS
 
 UploadKind = Literal["contract_text", "attachment"]
 CommunicationKind = Literal["note", "email_in", "email_out", "call", "meeting"]
-assert set(UploadKind.__args__) == set(UPLOAD_KINDS)  # type: ignore[attr-defined]
-assert set(CommunicationKind.__args__) == set(COMMUNICATION_KINDS)  # type: ignore[attr-defined]
+assert set(get_args(UploadKind)) == set(UPLOAD_KINDS)
+assert set(get_args(CommunicationKind)) == set(COMMUNICATION_KINDS)
 
 # What an upload may be: the content is sniffed, the declared type (if any) must agree.
 ALLOWED_MEDIA_TYPES = {

@@ -53,9 +53,10 @@ import re
 import unicodedata
 import uuid
 import zipfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, BinaryIO
+from typing import Any, BinaryIO
 
 from anyio import to_thread
 from fastapi import Request
@@ -68,9 +69,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 
-from api.documents import schemas as s
 from api.auth.policy import not_found, visible_contracts
 from api.auth.principal import Principal
+from api.documents import schemas as s
 from api.platform.problems import Problem
 from core.storage import CHUNK, BlobMissing, BlobStore, BlobTooLarge, BlobWriter, StoredBlob
 from models import Communication, Contract, ContractEvent, Document
@@ -617,6 +618,7 @@ async def download_response(request: Request, contract_id: str, document_id: str
 
 async def _stream_verified(store: BlobStore, doc: Document) -> AsyncIterator[bytes]:
     """The blob in chunks, hashed as it goes; the last chunk is sent only if the whole matches."""
+    assert doc.storage_key is not None  # an upload: generated documents are served from their content
     f = await to_thread.run_sync(store.open, doc.storage_key)
     try:
         h, sent = hashlib.sha256(), 0

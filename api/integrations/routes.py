@@ -10,16 +10,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from api.integrations import schemas as s
-from api.contracts.service import get_contract_service
-from api.integrations.service import IntegrationService
 from api.auth.policy import principal_of
-from api.platform.problems import PROBLEM_JSON
+from api.contracts.service import get_contract_service
+from api.integrations import schemas as s
+from api.integrations.service import IntegrationService
+from api.platform.problems import PROBLEM_RESPONSE, Responses
 
 router = APIRouter(prefix="/integrations", tags=["integrations"])
 
-_problem = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
-ERRORS = {413: _problem, 422: _problem}
+_problem = PROBLEM_RESPONSE
+ERRORS: Responses = {413: _problem, 422: _problem}
 
 
 def get_integration_service(request: Request) -> IntegrationService:

@@ -24,18 +24,19 @@ import asyncio
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.integrations import schemas as s
 from api.contracts import schemas
+from api.contracts.service import FINAL, ContractService
+from api.integrations import schemas as s
 from api.platform.fields import MAX_YEAR, MIN_YEAR, SUPPORTED_DATES
 from api.platform.problems import Problem
-from api.contracts.service import FINAL, ContractService
 from models import Contract, Payment
 from workflows.contract import MAX_PAYMENTS_PER_BATCH
 
@@ -44,6 +45,7 @@ log = logging.getLogger("api.integrations")
 BANK_REFERENCE_PREFIX = "bank:"
 ERP_ACTOR = "erp"
 DEFAULT_CONCURRENCY = 16
+Result = TypeVar("Result", s.BankLineResult, s.ErpLineResult)
 _IN_CHUNK = 500  # parameters per IN (...) query: far below SQLite's and PostgreSQL's limits
 
 # A contract number or id inside free text: a run of ASCII letters, digits and - _ . / (so
@@ -77,6 +79,12 @@ class _Row:
     external_id: str | None
     erp_order_no: str | None
     status: str
+
+
+def _provisional(result: Result | None) -> Result:
+    """A line's result set while matching ("not processed" until applied): every line sent on has one."""
+    assert result is not None
+    return result
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -179,8 +187,9 @@ class IntegrationService:
             # One workflow update per contract (and per MAX_PAYMENTS_PER_BATCH lines), in order.
             for start in range(0, len(indexes), MAX_PAYMENTS_PER_BATCH):
                 chunk = indexes[start : start + MAX_PAYMENTS_PER_BATCH]
-                done = await self._apply_bank_lines([lines[i] for i in chunk], [results[i] for i in chunk], by)
-                for i, result in zip(chunk, done):
+                done = await self._apply_bank_lines([lines[i] for i in chunk], [_provisional(results[i]) for i in chunk],
+                                                    by)
+                for i, result in zip(chunk, done, strict=True):
                     results[i] = result
 
         await self._run_contract_groups(groups, apply)
@@ -274,7 +283,7 @@ class IntegrationService:
         assert cid is not None
         out: list[s.BankLineResult | None] = [None] * len(lines)
         batch, positions = [], []
-        for k, (line, pending) in enumerate(zip(lines, pendings)):
+        for k, (line, pending) in enumerate(zip(lines, pendings, strict=True)):
             try:
                 batch.append(schemas.PaymentIn(reference=bank_reference(line.line_id), amount=line.amount,
                                                currency=line.currency, received_at=line.received_at, by=by))
@@ -295,7 +304,7 @@ class IntegrationService:
                     out[k] = s.BankLineResult(**_base(pendings[k]), outcome="rejected",
                                               reason=f"unexpected error: {type(exc).__name__}", retryable=True)
                 outcomes = []
-            for k, o in zip(positions, outcomes):
+            for k, o in zip(positions, outcomes, strict=False):
                 base = _base(pendings[k])
                 if o.error_type:
                     out[k] = s.BankLineResult(**base, outcome="rejected", reason=o.error)
@@ -309,7 +318,8 @@ class IntegrationService:
 
     async def _refused(self, line: s.BankLineIn, pending: s.BankLineResult, p: Problem) -> s.BankLineResult:
         ref = bank_reference(line.line_id)
-        if p.status == 409 and await self._payment_already_recorded(pending.contract_id, ref, line.amount):
+        if p.status == 409 and pending.contract_id and await self._payment_already_recorded(
+                pending.contract_id, ref, line.amount):
             # A closed contract refuses every update, but this very line is already on it.
             return s.BankLineResult(**_base(pending), outcome="duplicate", reason="already recorded; the contract is closed")
         return s.BankLineResult(**_base(pending), outcome="rejected", reason=p.detail, retryable=p.status == 503)
@@ -371,7 +381,7 @@ class IntegrationService:
             groups[target[0].id].append(i)
 
         async def apply(i: int) -> None:
-            results[i] = await self._apply_erp_line(lines[i], results[i], actor)
+            results[i] = await self._apply_erp_line(lines[i], _provisional(results[i]), actor)
 
         await self._run_groups(groups, apply)
         final = [r for r in results if r is not None]
@@ -383,7 +393,8 @@ class IntegrationService:
         with self.sessions() as session:
             for chunk in _chunks(orders):
                 for row in _rows(session, Contract.erp_order_no.in_(chunk)):
-                    found[row.erp_order_no].append(row)
+                    if row.erp_order_no:
+                        found[row.erp_order_no].append(row)
         return found
 
     async def _apply_erp_line(self, line: s.ErpProgressLineIn, pending: s.ErpLineResult,

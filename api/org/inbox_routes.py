@@ -6,11 +6,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 
-from api.org import schemas
-from api.platform.fields import MAX_INT
 from api.auth.policy import forbidden, principal_of, stamp
+from api.org import schemas
 from api.org.routes import ERRORS
 from api.org.service import Store
+from api.platform.fields import MAX_INT
 from core import org
 from models import Task
 
@@ -49,7 +49,7 @@ def ack_task(task_id: TaskId, body: schemas.TaskAck, store: Store, request: Requ
         if task is not None and not p.is_admin and task.assignee not in p.people:
             # Someone else's task: not found, like one that does not exist (ids cannot be probed).
             raise org.NotFound(f"no task with id {task_id}", slug="task-not-found")
-        return org.ack_task(session, task_id, body.by)
+        return org.ack_task(session, task_id, body.by or p.id)  # stamped: the caller, or whom an admin names
 
 
 @router.get("/contracts/{contract_id}/notifications", response_model=list[schemas.NotificationOut], responses=ERRORS)

@@ -12,13 +12,13 @@ from fastapi import APIRouter, Path, Request, status
 
 from api.org import schemas
 from api.org.service import Store
-from api.platform.problems import PROBLEM_JSON
+from api.platform.problems import PROBLEM_RESPONSE, Responses
 from api.webhooks.targets import require_public_target
 from core import org
 from models import Department
 
-_problem = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
-ERRORS = {404: _problem, 409: _problem, 422: _problem}
+_problem = PROBLEM_RESPONSE
+ERRORS: Responses = {404: _problem, 409: _problem, 422: _problem}
 UserIdPath = Annotated[str, Path(min_length=1, max_length=100, description="User id (login)")]
 DepartmentKeyPath = Annotated[str, Path(min_length=1, max_length=60, description="Department key")]
 

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Iterator
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.exc import IntegrityError
@@ -30,10 +31,10 @@ class OrgStore:
         except org.OrgError as exc:
             code = next(c for cls, c in _STATUS.items() if isinstance(exc, cls))
             errors = [{"field": exc.field, "message": str(exc)}] if exc.field else None
-            raise Problem(code, str(exc), slug=exc.slug, errors=errors)
+            raise Problem(code, str(exc), slug=exc.slug, errors=errors) from exc
         except IntegrityError:
             # The checks above ran first; this is a concurrent writer that got there before us.
-            raise Problem(409, "the record changed concurrently (duplicate key or reference); retry", slug="conflict")
+            raise Problem(409, "the record changed concurrently (duplicate key or reference); retry", slug="conflict") from None
 
 
 def get_org_store(request: Request) -> OrgStore:

@@ -53,7 +53,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeGuard
 
 from sqlalchemy import Column, Table, and_, event, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -93,7 +93,7 @@ _PENDING = "audit_pending"  # session.info: the request whose entry this session
 
 
 # ---------------------------------------------------------------- the request being served
-def auditable(ctx: RequestContext | None) -> bool:
+def auditable(ctx: RequestContext | None) -> TypeGuard[RequestContext]:
     return (ctx is not None and ctx.principal is not None and ctx.method in WRITE_METHODS
             and ctx.route not in NOT_AUDITED)
 
@@ -170,7 +170,7 @@ class _BodyDigest:
         return body_digest(bytes(self.kept)) if self.kept is not None else self.raw.hexdigest()
 
 
-def rows_digests(changes: dict[tuple[str, str], "_Change"]) -> tuple[str | None, str | None]:
+def rows_digests(changes: dict[tuple[str, str], _Change]) -> tuple[str | None, str | None]:
     before = [{"table": t, "pk": pk, "row": c.before} for (t, pk), c in changes.items() if c.before is not None]
     after = [{"table": t, "pk": pk, "row": c.after} for (t, pk), c in changes.items() if c.after is not None]
     return (digest(before) if before else None, digest(after) if after else None)
@@ -190,7 +190,7 @@ def _fallback_type(ctx: RequestContext) -> str:
     return SEGMENT_TARGETS.get(segment, segment[:40] or "request")
 
 
-def target_of_rows(ctx: RequestContext, changes: dict[tuple[str, str], list]) -> tuple[str, str | None]:
+def target_of_rows(ctx: RequestContext, changes: dict[tuple[str, str], _Change]) -> tuple[str, str | None]:
     if ctx.path_params.get("contract_id"):
         return "contract", ctx.path_params["contract_id"]
     for table, kind in SUBJECT_TABLES.items():
@@ -229,6 +229,7 @@ def target_of_answer(ctx: RequestContext, answer: bytes) -> tuple[str, str | Non
 def entry_values(ctx: RequestContext, *, target: tuple[str, str | None], status: int | None, digest_of: str,
                  before: str | None, after: str | None) -> dict[str, Any]:
     p = ctx.principal
+    assert p is not None  # auditable(ctx): the caller is known
     target_type, target_id = target
     contract_id = ctx.path_params.get("contract_id") or (target_id if target_type == "contract" else None)
     return dict(
@@ -278,7 +279,7 @@ def _touch(session: Session, table: Table, pk_values, before: dict | None) -> No
     changes = session.info.setdefault(_CHANGES, {})
     key = (table.name, _pk_string(pk_values))
     if key not in changes:
-        changes[key] = _Change(table, list(zip(table.primary_key.columns, pk_values)), before)
+        changes[key] = _Change(table, list(zip(table.primary_key.columns, pk_values, strict=True)), before)
 
 
 def _unknown_rows(session: Session, name: str, what: dict) -> None:
@@ -311,7 +312,7 @@ def _before_flush(session: Session, _flush_context, _instances) -> None:
         if (table.name, _pk_string(pk)) in changes:
             continue
         conn = conn or session.connection()
-        where = list(zip(table.primary_key.columns, pk))
+        where = list(zip(table.primary_key.columns, pk, strict=True))
         _touch(session, table, pk, _read_row(conn, table, where))
 
 
@@ -342,7 +343,7 @@ def _do_orm_execute(state: ORMExecuteState):
     ctx = CURRENT.get()
     if not auditable(ctx):
         return None
-    stmt = state.statement
+    stmt: Any = state.statement  # an INSERT, UPDATE or DELETE (checked above)
     table = getattr(stmt, "table", None)
     if not isinstance(table, Table):
         return _run_noting_statement(state, "statement")
@@ -357,7 +358,7 @@ def _do_orm_execute(state: ORMExecuteState):
             params = stmt.compile(dialect=session.get_bind().dialect).params
         except Exception:  # noqa: BLE001
             params = {}
-        params = {**params, **dict(state.parameters or {})}
+        params = {**params, **dict(state.parameters or {})}  # type: ignore[arg-type]  # one row: a mapping
         if pk_columns and all(params.get(c.key) is not None for c in pk_columns):
             result = state.invoke_statement()
             pk = tuple(params[c.key] for c in pk_columns)
@@ -369,7 +370,7 @@ def _do_orm_execute(state: ORMExecuteState):
     try:
         conn = session.connection()
         query = select(*table.columns).where(stmt.whereclause)
-        rows = conn.execute(query, dict(state.parameters or {})).mappings().all()
+        rows = conn.execute(query, dict(state.parameters or {})).mappings().all()  # type: ignore[arg-type]
     except Exception:  # noqa: BLE001 - the statement still runs; its rows are noted as unknown
         log.exception("audit: could not read the rows a statement on %s changes", table.name)
         return _run_noting_statement(state, table.name)

@@ -18,13 +18,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from api.auth.policy import audit_reader, can_see, contract_access, forbidden, not_found, principal_of
-from api.platform.problems import PROBLEM_JSON
 from api.platform.fields import MAX_INT
+from api.platform.problems import PROBLEM_RESPONSE, Responses
 from models import AuditEntry
 
 router = APIRouter(tags=["audit"])
-_problem = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
-ERRORS = {403: _problem, 404: _problem, 422: _problem}
+_problem = PROBLEM_RESPONSE
+ERRORS: Responses = {403: _problem, 404: _problem, 422: _problem}
 
 
 class AuditEntryOut(BaseModel):

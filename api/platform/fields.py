@@ -10,7 +10,7 @@ from datetime import date, datetime
 from typing import Annotated
 
 from babel.numbers import list_currencies
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 from pydantic import Strict as StrictMode
 
 # A decimal string; validated against the currency by the service layer.
@@ -20,6 +20,8 @@ Amount = Annotated[str, Field(max_length=40)]
 MAX_INT = 2_147_483_647
 # ISO 4217 codes the service knows (core.money checks against the same list, with its own message).
 CURRENCIES = sorted(list_currencies())
+# The same, as the JSON Schema ``enum`` of a currency field.
+CURRENCY_ENUM: dict[str, JsonValue] = {"enum": list[JsonValue](CURRENCIES)}
 
 
 # ---------------------------------------------------------------- limits (README "Limits")

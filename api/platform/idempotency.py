@@ -46,6 +46,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.platform.problems import database_unavailable, problem_response
+from models.db import rows_changed
 from models.idempotency import DONE, IN_PROGRESS, IdempotencyKey
 
 log = logging.getLogger("api.idempotency")
@@ -128,7 +129,7 @@ class KeyStore:
                 stmt = (insert(IdempotencyKey)
                         .values(scope=scope, key=key, method=method, path=path[:2000], **fresh)
                         .on_conflict_do_nothing(index_elements=["scope", "key"]))
-                if (session.execute(stmt).rowcount or 0) == 1:
+                if (rows_changed(session.execute(stmt)) or 0) == 1:
                     row_id = session.execute(
                         select(IdempotencyKey.id).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
                     ).scalar_one()
@@ -141,11 +142,11 @@ class KeyStore:
                     continue  # released (a 5xx) or purged in between: try to insert again
                 if row.expires_at <= now:
                     # Forgotten: the key starts afresh, whatever the old request was.
-                    taken = session.execute(
+                    taken = rows_changed(session.execute(
                         update(IdempotencyKey)
                         .where(IdempotencyKey.id == row.id, IdempotencyKey.expires_at == row.expires_at)
                         .values(**fresh)
-                    ).rowcount
+                    ))
                     if taken == 1:
                         return Claim("run", row_id=row.id, token=token)
                     continue
@@ -156,12 +157,12 @@ class KeyStore:
                         row.response_status or 200, list(row.response_headers or []), row.response_body or b""))
                 if row.locked_until <= now:
                     # The request holding the key stopped renewing it (its process died): take over.
-                    taken = session.execute(
+                    taken = rows_changed(session.execute(
                         update(IdempotencyKey)
                         .where(IdempotencyKey.id == row.id, IdempotencyKey.status == IN_PROGRESS,
                                IdempotencyKey.lock_token == row.lock_token)
                         .values(lock_token=token, locked_until=now + self.lock)
-                    ).rowcount
+                    ))
                     if taken == 1:
                         log.warning("idempotency key %r on %s %s: taking over a request that stopped", key, method, path)
                         return Claim("run", row_id=row.id, token=token)
@@ -195,9 +196,9 @@ class KeyStore:
     def purge_expired(self) -> int:
         now = _now()
         with self.sessions.begin() as session:
-            return session.execute(
+            return rows_changed(session.execute(
                 delete(IdempotencyKey).where(IdempotencyKey.expires_at < now, IdempotencyKey.locked_until < now)
-            ).rowcount or 0
+            )) or 0
 
 
 @dataclass
@@ -243,15 +244,15 @@ class IdempotencyMiddleware:
                            errors=[{"field": f"header.{HEADER}", "message": why}])(scope, receive, send)
             return
 
-        body = bytearray()
+        received = bytearray()
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return  # the client left before sending its request
-            body += message.get("body", b"")
+            received += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        body = bytes(body)
+        body = bytes(received)
 
         app = scope["app"]
         settings = app.state.settings
@@ -259,7 +260,8 @@ class IdempotencyMiddleware:
                          lock=settings.idempotency_lock_seconds)
         method = scope["method"]
         principal = scope.get("state", {}).get("principal")
-        args = dict(scope=scope_of(method, path, principal.id if principal is not None else ""), key=key, method=method, path=path,
+        caller = principal.id if principal is not None else ""
+        args = dict(scope=scope_of(method, path, caller), key=key, method=method, path=path,
                     request_hash=fingerprint(scope.get("query_string", b""), body))
 
         deadline = time.monotonic() + settings.idempotency_wait_seconds
@@ -280,7 +282,7 @@ class IdempotencyMiddleware:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
 
-        if claim.action == "replay":
+        if claim.action == "replay" and claim.stored is not None:
             stored = claim.stored
             headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in stored.headers]
             headers += [(b"content-length", str(len(stored.body)).encode()), (REPLAYED_HEADER.lower().encode(), b"true")]

@@ -65,7 +65,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
                "description": "A service account's API key (ck_...), also accepted as 'Authorization: Bearer'"},
     "basicApiKey": {"type": "http", "scheme": "basic", "description": "Any user name, an API key as the password"},
 }
-SECURITY = [{"login": []}, {"apiKey": []}, {"basicApiKey": []}]
+SECURITY: list[dict[str, list[str]]] = [{"login": []}, {"apiKey": []}, {"basicApiKey": []}]
 
 
 def _public(path: str) -> bool:
@@ -80,7 +80,7 @@ def complete(doc: dict[str, Any]) -> dict[str, Any]:
     schemas["Problem"] = PROBLEM_SCHEMA
     components["securitySchemes"] = SECURITY_SCHEMES
     for path, path_item in doc.get("paths", {}).items():
-        for method, op in path_item.items():
+        for op in path_item.values():
             if not isinstance(op, dict) or "responses" not in op or _public(path):
                 continue
             op["security"] = SECURITY

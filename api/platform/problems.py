@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +17,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("api")
 
 PROBLEM_JSON = "application/problem+json"
+# A route's OpenAPI ``responses``; the problem+json ones are completed with the Problem schema by
+# api/platform/openapi.py.
+Responses = dict[int | str, dict[str, Any]]
+PROBLEM_RESPONSE: dict[str, Any] = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
 
 _HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 

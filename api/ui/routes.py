@@ -13,11 +13,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 
 from api.analytics import service as a
-from api.auth import service as auth
-from api.ui import service as p
-from api.platform.problems import Problem
 from api.analytics.routes import get_analytics
+from api.auth import service as auth
 from api.contracts.service import ContractService, get_contract_service
+from api.platform.problems import Problem
+from api.ui import service as p
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 Ctx = Annotated[p.UiContext, Depends(p.ui_context)]
@@ -144,7 +144,7 @@ def _date(value: str | None) -> date | None:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise Problem(422, f"{value!r} is not a date (YYYY-MM-DD)", slug="validation")
+        raise Problem(422, f"{value!r} is not a date (YYYY-MM-DD)", slug="validation") from None
 
 
 @router.get("/analytics", name="ui_analytics")

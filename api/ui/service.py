@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 
 from api.analytics import service as a
 from api.auth.policy import visible_contracts
-from api.platform.problems import Problem
 from api.contracts.service import ContractService
+from api.platform.problems import Problem
 from models import Contract, ContractEvent, Customer, Document, Installment, Milestone, Payment, Task, User
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: templates/ and static/
@@ -282,7 +282,8 @@ def money(value: Any) -> str:
         d = Decimal(str(value))
     except ArithmeticError:
         return str(value)
-    places = max(0, -d.as_tuple().exponent) if isinstance(d.as_tuple().exponent, int) else 2
+    exponent = d.as_tuple().exponent
+    places = max(0, -exponent) if isinstance(exponent, int) else 2
     return f"{d:,.{places}f}"
 
 
@@ -378,7 +379,7 @@ async def contract_view(service: ContractService, contract_id: str) -> View:
           f"/workflows/{row.workflow_id}")
     try:
         out = await asyncio.wait_for(service.get(contract_id), timeout=LIVE_TIMEOUT)
-    except (Problem, asyncio.TimeoutError, Exception):  # noqa: BLE001 - any failure: show the read model
+    except (TimeoutError, Problem, Exception):  # noqa: BLE001 - any failure: show the read model
         out = None
     if out is not None:
         return View(
@@ -393,6 +394,8 @@ async def contract_view(service: ContractService, contract_id: str) -> View:
         )
     with service.sessions() as session:
         c = session.get(Contract, contract_id)
+        if c is None:  # removed since service.row() found it
+            raise Problem(404, f"no contract with id {contract_id!r}", slug="contract-not-found")
         ms = session.execute(select(Milestone).where(Milestone.contract_id == contract_id)
                              .order_by(Milestone.position)).scalars().all()
         ins = session.execute(select(Installment).where(Installment.contract_id == contract_id)
@@ -404,9 +407,12 @@ async def contract_view(service: ContractService, contract_id: str) -> View:
         def money(v: Decimal | None) -> str | None:
             return None if v is None else str(Decimal(v).quantize(Decimal(1).scaleb(-places)))
 
+        def amount(v: Decimal) -> str:
+            return str(Decimal(v).quantize(Decimal(1).scaleb(-places)))
+
         return View(
-            id=c.id, title=c.title, customer=c.customer_name, currency=c.currency, amount=money(c.amount),
-            paid=money(c.paid_total), outstanding=money(c.outstanding), credit=money(c.credit), owner=c.owner,
+            id=c.id, title=c.title, customer=c.customer_name, currency=c.currency, amount=amount(c.amount),
+            paid=amount(c.paid_total), outstanding=amount(c.outstanding), credit=amount(c.credit), owner=c.owner,
             playbook=c.playbook, status=c.status, effective_at=c.effective_at, end_at=c.end_at,
             overdue_count=c.overdue_count, closed_at=c.closed_at, close_reason=c.close_reason, escalation_level=0,
             temporal_ui=ui, workflow_id=c.workflow_id, live=False,
@@ -462,7 +468,7 @@ def timeline(view: View, events: list[ContractEvent], now: datetime) -> dict[str
 
     rows = []
     planned_start = view.effective_at
-    for i, (m, start) in enumerate(zip(view.milestones, starts)):
+    for i, (m, start) in enumerate(zip(view.milestones, starts, strict=False)):
         y = 24 + i * ROW_HEIGHT
         due, done = m["due_at"], m["completed_at"]
         # Started: every earlier milestone is closed (its stage has begun), or it is itself done.

@@ -10,15 +10,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from api.webhooks import schemas
-from api.platform.problems import PROBLEM_JSON, Problem
 from api.platform.fields import MAX_INT
+from api.platform.problems import PROBLEM_RESPONSE, Problem, Responses
+from api.webhooks import schemas
 from api.webhooks.targets import require_public_target
 from core.webhooks import store
 from core.webhooks.events import EVENT_TYPES
 
-_problem = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
-ERRORS = {404: _problem, 422: _problem}
+_problem = PROBLEM_RESPONSE
+ERRORS: Responses = {404: _problem, 422: _problem}
 SubscriptionId = Annotated[str, Path(min_length=1, max_length=40, description="Subscription id")]
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])

@@ -68,7 +68,8 @@ TYPES_DESCRIPTION = (
 
 
 class WebhookCreate(_Strict):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"url": "https://crm.example.com/hooks/contracts", "event_types": ["milestone.*", "payment.received"]}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"url": "https://crm.example.com/hooks/contracts",
+                                                               "event_types": ["milestone.*", "payment.received"]}]})
 
     url: str = URL_FIELD
     secret: str | None = Field(default=None, min_length=16, max_length=200, description=SECRET_DESCRIPTION)
@@ -119,7 +120,7 @@ class WebhookPatch(_Strict):
         return None if v is None else _check_types(v)
 
     @model_validator(mode="after")
-    def _no_nulls(self) -> "WebhookPatch":
+    def _no_nulls(self) -> WebhookPatch:
         nulls = sorted(f for f in self.model_fields_set if getattr(self, f) is None)
         if nulls:
             raise ValueError(f"{', '.join(nulls)} cannot be null")

@@ -18,6 +18,6 @@ def require_public_target(url: str | None, settings: Settings, field: str = "url
     try:
         check_target(url, allow_private=settings.webhook_allow_private_targets)
     except TargetRefused as exc:
-        raise Problem(422, f"{field}: {exc}", slug="validation", errors=[{"field": field, "message": str(exc)}])
+        raise Problem(422, f"{field}: {exc}", slug="validation", errors=[{"field": field, "message": str(exc)}]) from exc
     except (socket.gaierror, UnicodeError, ValueError):
         pass  # not resolvable now (or not a name the resolver takes): judged again at delivery

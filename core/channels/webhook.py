@@ -229,7 +229,7 @@ def post_webhook(
         raise TransientDeliveryError(f"webhook {where} unreachable: the host resolves to no address")
     try:
         own = client is None
-        http = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) if own else client
+        http = client or httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
         with contextlib.closing(http) if own else contextlib.nullcontext(http):
             status, snippet, retry_after = _send_pinned(http, settings, url, addresses, body, headers)
             if 200 <= status <= 299:
@@ -282,4 +282,5 @@ def _send_pinned(http: httpx.Client, settings: Settings, url: str, addresses: li
     raise AssertionError("unreachable: addresses is not empty")
 
 
-__all__ = ["sign", "verify", "post_webhook", "check_target", "TargetRefused", "address_refusal", "encode_payload", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "EVENT_ID_HEADER"]
+__all__ = ["sign", "verify", "post_webhook", "check_target", "TargetRefused", "address_refusal", "encode_payload",
+           "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "EVENT_ID_HEADER"]

@@ -8,10 +8,10 @@ Revision ID: 0014
 Revises: 0012
 Create Date: 2026-12-03 07:00:00
 """
-from alembic import op
 import sqlalchemy as sa
-import models.types
+from alembic import op
 
+import models.types
 
 revision = '0014'
 down_revision = '0012'
