@@ -7,21 +7,24 @@ import contextlib
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import audit, guards, idempotency, openapi, problems
-from api.auth_middleware import AuthMiddleware
-from api.policy import authorize
-from api.routes import amendments, contracts, meta, org, tasks
-from api.routes import auth as auth_routes
-from api.routes import analytics as analytics_routes
-from api.routes import audit as audit_routes
-from api.routes import documents as documents_routes
-from api.routes import pages as pages_routes
-from api.routes import integrations as integrations_routes
-from api.routes import webhooks as webhooks_routes
-from api.service import ContractService
+from api.amendments import routes as amendments
+from api.analytics import routes as analytics
+from api.auth import routes as auth
+from api.auth.middleware import AuthMiddleware
+from api.auth.policy import authorize
+from api.contracts import routes as contracts
+from api.contracts.service import ContractService
+from api.documents import routes as documents
+from api.integrations import routes as integrations
+from api.org import inbox_routes
+from api.org import routes as org
+from api.platform import audit, audit_routes, guards, idempotency, meta, openapi, problems
+from api.ui import routes as ui
+from api.ui.service import STATIC_DIR, problem_page
+from api.webhooks import routes as webhooks
 from core.seed import seed_demo_org_once
 from core.settings import Settings, get_settings
 from core.storage import blob_store
@@ -64,29 +67,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Every signed contract a durable Temporal workflow: milestones, payments, overdue items.",
         lifespan=lifespan,
-        # Every route is judged by its rule in api/policy.py (authentication: AuthMiddleware).
+        # Every route is judged by its rule in api/auth/policy.py (authentication: AuthMiddleware).
         dependencies=[Depends(authorize)],
     )
-    problems.install(app)
-    app.include_router(meta.router)
-    app.include_router(auth_routes.router)
-    app.include_router(contracts.router)
-    app.include_router(amendments.router)
-    app.include_router(org.router)
-    app.include_router(tasks.router)
-    app.include_router(integrations_routes.router)
-    app.include_router(webhooks_routes.router)
-    app.include_router(analytics_routes.router)
-    app.include_router(documents_routes.router)
-    app.include_router(audit_routes.router)
-    app.include_router(pages_routes.router)  # the dashboard, /ui (not in the OpenAPI document)
-    app.mount("/static", StaticFiles(directory=pages_routes.p.STATIC_DIR), name="static")
+    problems.install(app, page=problem_page)  # a person in the dashboard gets a page, not JSON
+    include_routers(app, [
+        meta.router, auth.router, contracts.router, amendments.router, org.router, inbox_routes.router,
+        integrations.router, webhooks.router, analytics.router, documents.router, audit_routes.router,
+        ui.router,  # the dashboard, /ui (not in the OpenAPI document)
+    ])
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     audit.install(app)  # inside idempotency (a replay is not audited again) and inside AuthMiddleware
     idempotency.install(app)  # Idempotency-Key on POST/PATCH
     app.add_middleware(AuthMiddleware)  # outside idempotency: a stored response is only replayed to a caller
     guards.install(app)  # outermost of the two: NUL / lone surrogates refused (422) before anything
     openapi.install(app)  # problem+json, 400/422, the Idempotency-Key header in the document
     return app
+
+
+def include_routers(app: FastAPI, routers: list[APIRouter]) -> None:
+    """Serve ``routers``, and remember them: the authorisation check reads every route from them
+    (api/auth/policy.py ``api_routes``)."""
+    for router in routers:
+        app.include_router(router)
+    app.state.routers = routers
 
 
 def _ensure_admin(sessions, password: str) -> None:

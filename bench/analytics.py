@@ -219,8 +219,8 @@ def make_client():
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from api import problems
-    from api.routes import analytics as routes
+    from api.platform import problems
+    from api.analytics import routes
     from core.settings import Settings
     from models.db import make_engine, make_session_factory
 
@@ -275,7 +275,7 @@ def _cpu_ns(pids: list[int]) -> int:
 def measure(client, repeat: int, engine=None, niceness: int = 0) -> list[dict[str, Any]]:
     from unittest import mock
 
-    from api import analytics as a
+    from api.analytics import service as a
 
     # The data set's "now" is fixed: freeze the filters' clock to it.
     real = a.make_filters

@@ -284,8 +284,8 @@ class Driver:
 async def body(args: argparse.Namespace, result: dict) -> None:
     from temporalio.testing import WorkflowEnvironment
 
-    from api.builder import build_spec
-    from api.schemas import ContractCreate
+    from api.contracts.builder import build_spec
+    from api.contracts.schemas import ContractCreate
     from bench.floor import LedgerInput, LedgerWorkflow, floor_worker
     from core.temporal import find_binary
     from workflows.contract import ContractWorkflow, ContractWorkflowInput, initial_search_attributes, workflow_id_for

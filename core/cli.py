@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import httpx
 import typer
@@ -210,10 +210,10 @@ def create(
 @app.command("list")
 def list_contracts(
     ctx: typer.Context,
-    status: Optional[str] = typer.Option(None, "--status", help="active, completed, terminated or expired."),
-    owner: Optional[str] = typer.Option(None, "--owner"),
-    customer: Optional[str] = typer.Option(None, "--customer", help="Customer name (substring) or CRM id."),
-    overdue: Optional[bool] = typer.Option(None, "--overdue/--not-overdue", help="Only contracts with (or without) overdue items."),
+    status: str | None = typer.Option(None, "--status", help="active, completed, terminated or expired."),
+    owner: str | None = typer.Option(None, "--owner"),
+    customer: str | None = typer.Option(None, "--customer", help="Customer name (substring) or CRM id."),
+    overdue: bool | None = typer.Option(None, "--overdue/--not-overdue", help="Only contracts with (or without) overdue items."),
     limit: int = typer.Option(50, "--limit", min=1, max=500),
 ) -> None:
     """List contracts, newest first."""
@@ -270,7 +270,8 @@ def show(ctx: typer.Context, contract_id: str = typer.Argument(..., metavar="ID"
     header.add_row("workflow id", c.get("workflow_id", ""))
     if c.get("external_id"):
         header.add_row("external id", c["external_id"])
-    header.add_row("customer", customer.get("name", "") + (f" ({customer['external_id']})" if customer.get("external_id") else ""))
+    crm_id = f" ({customer['external_id']})" if customer.get("external_id") else ""
+    header.add_row("customer", customer.get("name", "") + crm_id)
     header.add_row("owner", c.get("owner", ""))
     header.add_row("status", _status(c.get("status")))
     if c.get("close_reason"):
@@ -341,8 +342,8 @@ def pay(
     contract_id: str = typer.Argument(..., metavar="ID"),
     reference: str = typer.Option(..., "--reference", help="Bank reference; a repeat is recognised and not applied twice."),
     amount: str = typer.Option(..., "--amount", help="Decimal string, e.g. 360000.00."),
-    currency: Optional[str] = typer.Option(None, "--currency", help="Defaults to the contract's currency."),
-    received_at: Optional[str] = typer.Option(None, "--received-at", help="ISO 8601 with a zone; defaults to now (UTC)."),
+    currency: str | None = typer.Option(None, "--currency", help="Defaults to the contract's currency."),
+    received_at: str | None = typer.Option(None, "--received-at", help="ISO 8601 with a zone; defaults to now (UTC)."),
     by: str = typer.Option("finance", "--by", help="Who records the payment."),
 ) -> None:
     """Record money received against a contract."""
@@ -554,8 +555,8 @@ def import_contracts(
     ctx: typer.Context,
     file: Path = typer.Argument(..., help="CSV (UTF-8) or Excel (.xlsx) file, one contract per row, a header row first."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, max=64, help="Requests in flight at once."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write every row's outcome to this CSV file."),
-    sheet: Optional[str] = typer.Option(None, "--sheet", help="Excel: the worksheet (default: the first)."),
+    report: Path | None = typer.Option(None, "--report", help="Write every row's outcome to this CSV file."),
+    sheet: str | None = typer.Option(None, "--sheet", help="Excel: the worksheet (default: the first)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the rows, send nothing."),
 ) -> None:
     """Bulk-register contracts from CSV or Excel: each good row through POST /contracts (its workflow
@@ -650,12 +651,12 @@ def import_contracts(
 @app.command()
 def report(
     ctx: typer.Context,
-    quarter: Optional[str] = typer.Option(None, "--quarter", help="e.g. 2026-Q3; default: the last complete quarter."),
-    customer: Optional[str] = typer.Option(None, "--customer"),
-    owner: Optional[str] = typer.Option(None, "--owner"),
-    department: Optional[str] = typer.Option(None, "--department"),
-    playbook: Optional[str] = typer.Option(None, "--playbook"),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also save the report as CSV to this file."),
+    quarter: str | None = typer.Option(None, "--quarter", help="e.g. 2026-Q3; default: the last complete quarter."),
+    customer: str | None = typer.Option(None, "--customer"),
+    owner: str | None = typer.Option(None, "--owner"),
+    department: str | None = typer.Option(None, "--department"),
+    playbook: str | None = typer.Option(None, "--playbook"),
+    csv_out: Path | None = typer.Option(None, "--csv", help="Also save the report as CSV to this file."),
 ) -> None:
     """The quarterly review: each metric for the quarter and the one before, with the change."""
     st = _state(ctx)
@@ -749,12 +750,13 @@ async def _temporal_checks(settings: Any) -> list[Check]:
     checks = [Check("Temporal reachable", True, target)]
 
     try:
-        resp = await client.operator_service.list_search_attributes(
+        listed = await client.operator_service.list_search_attributes(
             ListSearchAttributesRequest(namespace=settings.temporal_namespace), timeout=_td(DOCTOR_TIMEOUT)
         )
-        registered = dict(resp.custom_attributes)
+        registered = dict(listed.custom_attributes)
         problems = []
-        for key in sa.ALL:
+        keys: list[Any] = list(sa.ALL)  # search attribute keys of several value types
+        for key in keys:
             want = "INDEXED_VALUE_TYPE_" + key.indexed_value_type.name
             have = registered.get(key.name)
             if have is None:
@@ -765,7 +767,7 @@ async def _temporal_checks(settings: Any) -> list[Check]:
         if problems:
             checks.append(Check("Search attributes", False, "; ".join(problems)))
         else:
-            checks.append(Check("Search attributes", True, f"{len(sa.ALL)} registered: " + ", ".join(k.name for k in sa.ALL)))
+            checks.append(Check("Search attributes", True, f"{len(keys)} registered: " + ", ".join(k.name for k in keys)))
     except Exception as exc:  # noqa: BLE001
         checks.append(Check("Search attributes", False, f"{exc.__class__.__name__}: {exc}"))
 
@@ -781,7 +783,8 @@ async def _temporal_checks(settings: Any) -> list[Check]:
         pollers = list(resp.pollers)
         if pollers:
             who = ", ".join(sorted({p.identity for p in pollers if p.identity}))
-            checks.append(Check("Worker polling", True, f"task queue {settings.task_queue!r}: {len(pollers)} poller(s) {who}".rstrip()))
+            checks.append(Check("Worker polling", True,
+                                f"task queue {settings.task_queue!r}: {len(pollers)} poller(s) {who}".rstrip()))
         else:
             checks.append(Check("Worker polling", False, f"no worker is polling task queue {settings.task_queue!r}"))
     except Exception as exc:  # noqa: BLE001
@@ -806,10 +809,11 @@ def _check_database(url: str) -> Check:
     except Exception as exc:  # noqa: BLE001
         return Check("Database", False, f"bad DATABASE_URL: {exc}")
     shown = parsed.render_as_string(hide_password=True)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        # Connecting would silently create an empty file: a missing file is the finding.
-        if not Path(parsed.database).exists():
-            return Check("Database", False, f"{shown}: no such SQLite file")
+    database = parsed.database
+    sqlite_file = parsed.get_backend_name() == "sqlite" and database and database != ":memory:"
+    # Connecting would silently create an empty file: a missing file is the finding.
+    if sqlite_file and database and not Path(database).exists():
+        return Check("Database", False, f"{shown}: no such SQLite file")
     engine = None
     try:
         engine = make_engine(url)

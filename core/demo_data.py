@@ -28,10 +28,11 @@ import argparse
 import logging
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -155,15 +156,13 @@ def _goods(b: _Builder, amount: Decimal, owner: str, amend: bool) -> tuple[list[
                     {"amendment_id": f"{b.cid}-a1", "number": 1, "contract_version": 2,
                      "clauses": [{"clause": f"{key}.due", "old": _iso(due - amendment_shift * DAY), "new": _iso(due)}]})
         completed = None
-        if prev_done is not None and kind != "payment_collection":
+        if prev_done is not None and kind != "payment_collection" and late_p is not None and late_mean is not None:
             # Logistics and acceptance are where this company loses time; zhao.lei's queue most.
             factor = 1.3 if person == "zhao.lei" else 1.0
             lateness = b.late_by(late_p, late_mean, factor)
-            if lateness > 0:
-                completed = due + lateness * DAY
-            else:
-                completed = base + rng.uniform(0.35, 1.0) * offset * DAY
-        row = {
+            late = lateness > 0
+            completed = due + lateness * DAY if late else base + rng.uniform(0.35, 1.0) * offset * DAY
+        row: dict[str, Any] = {
             "contract_id": b.cid, "key": key, "position": pos, "name": STAGE_NAMES[key], "kind": kind,
             "owner": person, "department": dept, "standard": "", "due_rule": {"offset": f"P{offset}D"},
             "depends_on": [milestones[-1]["key"]] if milestones else [], "due_at": due, "due_estimated": estimated,
@@ -290,7 +289,7 @@ def _service(b: _Builder, amount: Decimal, owner: str) -> tuple[list[dict], list
     for pos, (due, key, kind, dept, person) in enumerate(items):
         lateness = b.late_by(0.25 if kind == "custom" else 0.2, 4.0)
         completed = due + lateness * DAY if lateness else due - rng.uniform(0, 4) * DAY
-        row = {
+        row: dict[str, Any] = {
             "contract_id": b.cid, "key": key, "position": pos, "name": _service_name(key), "kind": kind,
             "owner": person, "department": dept, "standard": "", "due_rule": {"at": _iso(due)}, "depends_on": [],
             "due_at": due, "due_estimated": False, "progress": 0, "completed_at": None, "completed_by": None,
@@ -408,7 +407,8 @@ def generate(
 def customer_ids(session: Session, customers: set[tuple[str, str]], now: datetime) -> dict[str, int]:
     """Customer ids by CRM id, creating the missing customers."""
     wanted = {crm: name for name, crm in customers}
-    found = dict(session.execute(select(Customer.external_id, Customer.id).where(Customer.external_id.in_(wanted))).all())
+    rows = session.execute(select(Customer.external_id, Customer.id).where(Customer.external_id.in_(wanted))).all()
+    found = {crm: cid for crm, cid in rows if crm is not None}
     for crm, name in wanted.items():
         if crm not in found:
             c = Customer(name=name, external_id=crm, created_at=now)
@@ -503,8 +503,9 @@ def _live_body(p: dict[str, Any], now: datetime) -> tuple[dict[str, Any], list[s
 def seed_live(api: str, *, count: int = 24, now: datetime | None = None, seed: int = 11, concurrency: int = 4) -> int:
     """Create (or find) the live demo contracts through the API and play their story; returns how
     many were created now."""
-    import httpx
     from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
 
     now = now or datetime.now(timezone.utc).replace(microsecond=0)
     plans = _live_plans(now, count, seed)
@@ -522,7 +523,8 @@ def seed_live(api: str, *, count: int = 24, now: datetime | None = None, seed: i
             for key in complete:
                 extra: dict[str, Any] = {}
                 if key in ("production_scheduling", "shipping"):
-                    extra["actual_cost"] = str((Decimal(p["amount"]) * Decimal("0.05") * Decimal("1.1")).quantize(Decimal("0.01")))
+                    cost = Decimal(p["amount"]) * Decimal("0.05") * Decimal("1.1")
+                    extra["actual_cost"] = str(cost.quantize(Decimal("0.01")))
                 if key == "customer_acceptance":
                     extra["satisfaction"] = 3 + p["k"] % 3
                 c.post(f"/contracts/{cid}/milestones/{key}/complete", json={"by": p["owner"], "note": "demo", **extra})

@@ -43,11 +43,17 @@ def temporal_command(db_file: Path, port: int, ui_port: int, namespace: str) -> 
     ]
 
 
+def _program(proc: subprocess.Popen) -> str:
+    """The program a process runs, for messages (started with an argument list)."""
+    args = proc.args
+    return str(args[0] if isinstance(args, (list, tuple)) else args)
+
+
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+            raise RuntimeError(f"{_program(proc)} exited with {proc.returncode}")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
@@ -113,7 +119,7 @@ def main() -> None:
 
     # A local mail catcher so reminders and escalations have somewhere to go in dev mode.
     print(f"· mail catcher on 127.0.0.1:{args.smtp_port} (messages in {data / 'mail.log'}) ...", flush=True)
-    mail_log = open(data / "mail.log", "a", encoding="utf-8")
+    mail_log = open(data / "mail.log", "a", encoding="utf-8")  # noqa: SIM115 - the catcher's stdout while dev runs
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Debugging", "-l", f"127.0.0.1:{args.smtp_port}"],
         stdout=mail_log, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -148,8 +154,10 @@ Contract tracking is running (Ctrl-C stops it all):
   Temporal gRPC    127.0.0.1:{args.temporal_port}         (temporal workflow list --query "ContractStatus='active'")
   Database         {env['DATABASE_URL']}
 Log in (dashboard or API): admin / admin, or a demo person (li.wei, zhang.min, sun.li, liu.yang...) / demo
-  TOKEN=$(curl -s -d username=li.wei -d password=demo localhost:{args.api_port}/auth/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-  curl -s -X POST localhost:{args.api_port}/contracts -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d @examples/goods_sale.json
+  TOKEN=$(curl -s -d username=li.wei -d password=demo localhost:{args.api_port}/auth/token \\
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -s -X POST localhost:{args.api_port}/contracts -H "Authorization: Bearer $TOKEN" \\
+    -H 'content-type: application/json' -d @examples/goods_sale.json
   Admin API key (dev only, in {data / 'dev-admin-key'}): export CONTRACTS_TOKEN=$(cat {data / 'dev-admin-key'})
 """,
         flush=True,
@@ -157,7 +165,7 @@ Log in (dashboard or API): admin / admin, or a demo person (li.wei, zhang.min, s
     while True:
         for p in procs:
             if p.poll() is not None:
-                print(f"{p.args[0]} stopped with exit code {p.returncode}; stopping the rest", flush=True)
+                print(f"{_program(p)} stopped with exit code {p.returncode}; stopping the rest", flush=True)
                 stop()
         time.sleep(1)
 

@@ -38,3 +38,36 @@ def to_timedelta(text: str) -> timedelta:
     if not isinstance(value, timedelta):
         raise DurationError(f"{text!r} uses months or years; use days here, e.g. 'P30D'")
     return value
+
+
+# The longest duration the service accepts from a request: a century.  Longer ones mean nothing for
+# a contract and would take date arithmetic out of range (a 500, or a year past 9999) when the
+# workflow adds them to a due date.  Years and months are measured at their average length
+# (365.25 and 30.4375 days), so P100Y and P1200M are exactly the cap.
+MAX_DURATION = timedelta(days=36525)
+MAX_DURATION_TEXT = "100 years"
+
+
+def check_duration(text: str, *, days_only: bool = False):
+    """What :func:`parse_duration` (or, with ``days_only``, :func:`to_timedelta`) returns for a
+    duration a request may carry; :class:`DurationError` when it is malformed, negative, above
+    :data:`MAX_DURATION`, or (``days_only``) uses months or years.
+
+    Validation for the API: ``parse_duration``, ``add_duration`` and ``to_timedelta`` stay as they
+    are for the workflow, which only ever sees durations that passed here (or came from a playbook).
+    """
+    if not isinstance(text, str) or not text.startswith("P"):
+        raise DurationError(f"{text!r} is not an ISO 8601 duration such as 'P5D' or 'PT10S'")
+    try:
+        value = isodate.parse_duration(text)
+        if isinstance(value, isodate.Duration):
+            span = value.tdelta + timedelta(days=float(value.years) * 365.25 + float(value.months) * 30.4375)
+        else:
+            span = value
+    except (isodate.ISO8601Error, ValueError) as exc:
+        raise DurationError(f"{text!r} is not an ISO 8601 duration such as 'P5D' or 'PT10S'") from exc
+    except OverflowError:
+        span = None  # a number too large for the arithmetic: far above the cap
+    if span is None or span > MAX_DURATION:
+        raise DurationError(f"duration {text!r} is too long: at most {MAX_DURATION_TEXT}")
+    return to_timedelta(text) if days_only else parse_duration(text)

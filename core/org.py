@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models import Contract, Department, Notification, Task, User
+from models.db import rows_changed
 
 LOCALES = ("zh", "en")
 TASK_OPEN, TASK_ACKED, TASK_DONE = "open", "acked", "done"
@@ -279,10 +280,10 @@ def _insert_once(session: Session, model: type, values: dict[str, Any]) -> bool:
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(model).values(**values).on_conflict_do_nothing(index_elements=["key"])
-    return (session.execute(stmt).rowcount or 0) == 1
+    return (rows_changed(session.execute(stmt)) or 0) == 1
 
 
-def _by_key(model: type, key: str, *, lock: bool = False) -> Select:
+def _by_key(model: type[Notification] | type[Task], key: str, *, lock: bool = False) -> Select:
     query = select(model).where(model.key == key).execution_options(populate_existing=True)
     return query.with_for_update() if lock else query
 

@@ -64,16 +64,17 @@ def seed_demo_org(session: Session, password: str | None = None) -> int:
             session.flush()  # managers first: the next user's foreign key points here
             added += 1
     for key, _name, head, assignee in DEPARTMENTS:
-        dept = session.get(Department, key)
-        if dept.head_id is None and head is not None:
-            dept.head_id = head
-        if dept.default_assignee_id is None and assignee is not None:
-            dept.default_assignee_id = assignee
+        department = session.get(Department, key)
+        assert department is not None  # added above
+        if department.head_id is None and head is not None:
+            department.head_id = head
+        if department.default_assignee_id is None and assignee is not None:
+            department.default_assignee_id = assignee
     if password:
         hashed = None
         for user_id, *_rest in USERS:
             user = session.get(User, user_id)
-            if user.password_hash is None:
+            if user is not None and user.password_hash is None:
                 hashed = hashed or hash_password(password)  # argon2 is slow on purpose: hash once
                 user.password_hash = hashed
     session.flush()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import lru_cache
-
 from typing import Literal
 
 from pydantic import model_validator
@@ -41,6 +40,12 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_seconds: float = 10.0
     webhook_timeout_seconds: float = 10.0
+    # Webhooks (subscriptions and departments' endpoints) go to public addresses only: a URL whose
+    # host is or resolves to a loopback, link-local, private (RFC 1918, fc00::/7), unspecified or
+    # multicast address is refused at registration (422) and at delivery (failed, not retried), so
+    # the service cannot be made to POST into its own network.  Development and the tests, whose
+    # receivers listen on 127.0.0.1, turn this on.
+    webhook_allow_private_targets: bool = False
     # A notification that can never be delivered (invalid address, 5xx SMTP, 4xx webhook) is recorded
     # `failed` and escalated to this operator: a task in their inbox (GET /tasks?assignee=operator).
     operator_user: str = "operator"
@@ -54,7 +59,7 @@ class Settings(BaseSettings):
     webhook_lease_seconds: float = 60.0  # a replica's claim on a subscription; must exceed one attempt
     webhook_gap_grace_seconds: float = 30.0  # longest wait for an uncommitted lower event id
     webhook_max_parallel: int = 8  # subscriptions served at once per worker
-    # Idempotency-Key on POST/PATCH (api/idempotency.py): how long a key is remembered, how long a
+    # Idempotency-Key on POST/PATCH (api/platform/idempotency.py): how long a key is remembered, how long a
     # request holds its key before a crashed one is taken over (renewed while it runs), how long a
     # concurrent request with the same key waits for the first before answering 409.
     idempotency_ttl_seconds: float = 86400.0
@@ -65,11 +70,18 @@ class Settings(BaseSettings):
     # Seed the demo data set (core/demo_data.py: two years of history, live contracts) once, in dev
     # mode (`python3 run.py` turns it on unless SEED_DEMO_DATA=0).
     seed_demo_data: bool = False
-    # Authentication (api/auth.py, core/security.py).  ``production`` refuses to start with demo
+    # Authentication (api/auth/service.py, core/security.py).  ``production`` refuses to start with demo
     # passwords (SEED_DEMO_ORG) or without a real JWT_SECRET; ``dev`` makes up a secret per process.
     environment: Literal["dev", "production"] = "dev"
     jwt_secret: str | None = None
     access_token_minutes: int = 60
+    # Failed log-ins (api/auth/login_throttle.py): this many wrong passwords for one user name, or from one
+    # client address, within the window block log-ins for that name / from that address (429 with
+    # Retry-After) for the lockout.  A successful log-in clears the name's count.
+    login_max_failures: int = 5
+    login_max_failures_per_address: int = 50
+    login_failure_window_seconds: float = 900.0
+    login_lockout_seconds: float = 900.0
     # A bootstrap key with the admin role, for the first API keys and for operators' scripts; unset
     # = none.  Sent as a bearer token, an X-API-Key header or HTTP Basic's password.
     admin_api_key: str | None = None
@@ -77,9 +89,16 @@ class Settings(BaseSettings):
     admin_password: str | None = None
     # In dev the demo people (li.wei, zhang.min...) log in with this password; never in production.
     demo_password: str = "demo"
-    # Uploaded documents (api/documents.py): where the content-addressed files live, and the limits.
+    # Uploaded documents (api/documents/service.py): where the content-addressed files live, and the limits.
     document_dir: str = "./data/documents"
     max_upload_bytes: int = 25 * 1024 * 1024
+    # Request bodies other than uploads (JSON, forms): larger ones are refused with 413 before they
+    # are read whole (api/platform/guards.py).  A finance batch of 5,000 lines with long references fits.
+    max_json_body_bytes: int = 8 * 1024 * 1024
+    # A contract's built spec (what its workflow starts with), encoded as Temporal sends it: a larger
+    # one is refused (422) before its row is written.  Temporal refuses payloads over 2 MB, and the
+    # workflow carries the spec in every continue-as-new and state query.
+    max_contract_spec_bytes: int = 512 * 1024
     # Worker tuning: cached workflows bound worker memory; pollers scale with load.
     max_cached_workflows: int = 2000
     max_concurrent_activities: int = 50
@@ -96,7 +115,7 @@ class Settings(BaseSettings):
     outbox_retry_max_interval_seconds: float = 300.0
 
     @model_validator(mode="after")
-    def _no_dev_credentials_in_production(self) -> "Settings":
+    def _no_dev_credentials_in_production(self) -> Settings:
         if self.environment == "production":
             if not self.jwt_secret or len(self.jwt_secret) < 32:
                 raise ValueError("production needs JWT_SECRET (at least 32 characters)")

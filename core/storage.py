@@ -18,14 +18,16 @@ also repairs a copy that was damaged on disk.  Blobs are made read-only (0444).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Protocol
+from typing import BinaryIO, Protocol
 
 CHUNK = 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -92,7 +94,7 @@ class LocalBlobStore:
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
     # ------------------------------------------------------------------ write
-    def writer(self, max_bytes: int | None = None) -> "LocalBlobWriter":
+    def writer(self, max_bytes: int | None = None) -> LocalBlobWriter:
         return LocalBlobWriter(self, max_bytes)
 
     def put(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> StoredBlob:
@@ -154,7 +156,7 @@ class LocalBlobWriter:
         self.size = 0
         self._hash = hashlib.sha256()
         self._path = store.tmp / f"{uuid.uuid4().hex}.part"
-        self._file: BinaryIO | None = open(self._path, "x+b")
+        self._file: BinaryIO | None = open(self._path, "x+b")  # noqa: SIM115 - written chunk by chunk, closed by finish/abort
 
     def write(self, data: bytes) -> None:
         if self._file is None:
@@ -193,10 +195,8 @@ class LocalBlobWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 def _fsync_dir(path: Path) -> None:

@@ -5,6 +5,7 @@ from models.communication import Communication
 from models.contract import Contract, ContractEvent, Customer, Installment, Milestone, Payment
 from models.document import Document
 from models.idempotency import IdempotencyKey
+from models.login_throttle import LoginThrottle
 from models.notification import Notification, Task
 from models.org import Department, User
 from models.outbox import AmendmentRecord, OutboxNotice
@@ -23,6 +24,7 @@ __all__ = [
     "Document",
     "IdempotencyKey",
     "Installment",
+    "LoginThrottle",
     "Milestone",
     "Notification",
     "OutboxNotice",

@@ -1,10 +1,10 @@
-"""The audit trail: one append-only row per state-changing request (api/audit.py writes them).
+"""The audit trail: one append-only row per state-changing request (api/platform/audit.py writes them).
 
 Who (``actor``: a user id or ``key:<id>``, their kind and roles, and the person they acted for),
 what (``action``: the route's name; ``method`` and ``path``; the ``target`` and, when it concerns one,
 the ``contract_id``), when (``at``), which request (``request_id``: the caller's ``X-Request-ID`` or
 the one the server made up), and the state before and after as SHA-256 digests (what they cover:
-``digest_of``, see api/audit.py).
+``digest_of``, see api/platform/audit.py).
 
 Append-only: the migration (0009) puts triggers on the table that refuse UPDATE, DELETE (and
 TRUNCATE on PostgreSQL) for every role, and no API route changes or removes an entry.
@@ -44,6 +44,6 @@ class AuditEntry(Base):
     target_id: Mapped[str | None] = mapped_column(String(200))
     contract_id: Mapped[str | None] = mapped_column(String(40), index=True)
     status: Mapped[int | None] = mapped_column(Integer)  # HTTP status answered (null: written with the change)
-    digest_of: Mapped[str] = mapped_column(String(10))  # "rows" or "request" (api/audit.py)
+    digest_of: Mapped[str] = mapped_column(String(10))  # "rows" or "request" (api/platform/audit.py)
     before_digest: Mapped[str | None] = mapped_column(String(64))
     after_digest: Mapped[str | None] = mapped_column(String(64))

@@ -7,7 +7,7 @@ row, never an edit.
   (``content``, small HTML) and form one series per contract (``series`` = ""): agreement N is
   version N.  ``source_key`` makes generation idempotent: the activity that renders an
   amendment's agreement may run twice, the row is written once.
-* Uploads (api/documents.py) keep their bytes in the content-addressed blob store
+* Uploads (api/documents/service.py) keep their bytes in the content-addressed blob store
   (core/storage.py): ``content`` is NULL and ``storage_key`` names the blob (its SHA-256).  The
   contract text is one series per contract (``series`` = "contract_text"); each attachment is a
   series per title (``series`` = the title, case-folded), so uploading "Drawing.pdf" again makes

@@ -1,4 +1,4 @@
-"""Stored answers to POST/PATCH requests sent with an ``Idempotency-Key`` header (api/idempotency.py).
+"""Stored answers to POST/PATCH requests sent with an ``Idempotency-Key`` header (api/platform/idempotency.py).
 
 One row per (scope, key), where ``scope`` is the SHA-256 of "METHOD path": the same key on another
 route is another row.  The unique constraint settles races: the request whose INSERT wins runs, the

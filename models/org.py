@@ -43,6 +43,6 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # Login: an argon2id hash (core/security.py); None = cannot log in with a password.
     password_hash: Mapped[str | None] = mapped_column(String(200), default=None)
-    # Roles beyond the ones the department and the reporting line give (api/policy.py):
+    # Roles beyond the ones the department and the reporting line give (api/auth/policy.py):
     # space-separated, today only "admin".
     extra_roles: Mapped[str] = mapped_column(String(200), default="", server_default="")

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 
-from api.audit import WRITE_METHODS
-from api.auth_middleware import is_public
+from api.auth.middleware import is_public
+from api.platform.audit import WRITE_METHODS
 from models.db import make_engine
 
 

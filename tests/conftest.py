@@ -8,12 +8,16 @@ and on the PostgreSQL server at 127.0.0.1:5432 (a fresh database per run).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, cast
 
 import psycopg2
 import pytest
@@ -21,17 +25,28 @@ import pytest_asyncio
 import uvicorn
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 
+from core.channels.webhook import verify
 from core.migrate import upgrade
+from core.seed import seed_demo_org
 from core.settings import Settings
 from core.temporal import find_binary
+from models import Department
 from models.db import make_engine, make_session_factory
 from tests.audit_recorder import WriteRecorder
 from workflows import search_attributes as sa
 from workflows.converter import data_converter
 
+# The tests' webhook receivers listen on 127.0.0.1, which production refuses (core/channels/webhook.py):
+# every Settings made in the tests (and in the processes they start) allows it.  Tests of the refusal
+# turn it off explicitly.
+os.environ["WEBHOOK_ALLOW_PRIVATE_TARGETS"] = "1"
+
 PG_ADMIN_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+# The contract search attributes (workflows/search_attributes.py lists keys of several value types).
+SEARCH_ATTRIBUTES = cast(list[SearchAttributeKey[Any]], sa.ALL)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -133,7 +148,7 @@ async def register_search_attributes(env: WorkflowEnvironment) -> None:
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=env.client.namespace,
-            search_attributes={k.name: types[k.indexed_value_type.name] for k in sa.ALL},
+            search_attributes={k.name: types[k.indexed_value_type.name] for k in SEARCH_ATTRIBUTES},
         )
     )
 
@@ -159,7 +174,7 @@ async def dev_env():
     env = await WorkflowEnvironment.start_local(
         data_converter=data_converter,
         dev_server_existing_path=find_binary("temporal"),
-        search_attributes=sa.ALL,
+        search_attributes=SEARCH_ATTRIBUTES,
         dev_server_extra_args=[
             "--sqlite-pragma", "journal_mode=wal",
             "--sqlite-pragma", "synchronous=normal",
@@ -267,6 +282,7 @@ async def task_queue():
     from tests.helpers import end_started_workflows
 
     yield f"tq-{uuid.uuid4().hex[:8]}"
+
     await end_started_workflows()
 
 
@@ -287,7 +303,8 @@ class Service:
 
 
 @asynccontextmanager
-async def running_service(dev_env, database_url: str, smtp_port: int = 1025):
+async def running_service(dev_env, database_url: str, smtp_port: int = 1025, **overrides):
+    """``overrides``: more Settings fields (e.g. webhook_allow_private_targets=False)."""
     task_queue = f"api-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         database_url=database_url,
@@ -302,6 +319,7 @@ async def running_service(dev_env, database_url: str, smtp_port: int = 1025):
         admin_api_key=TEST_ADMIN_KEY,
         jwt_secret="test-jwt-secret-" + "x" * 32,
         document_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), f"contract-docs-{task_queue}"),
+        **overrides,
     )
     from core.webhooks.dispatcher import running_dispatcher
 
@@ -310,9 +328,8 @@ async def running_service(dev_env, database_url: str, smtp_port: int = 1025):
     # As worker.py runs it: the worker and, beside it, the webhook dispatcher.
     async with running_worker(dev_env.client, settings, task_queue), running_dispatcher(
         make_session_factory(engine), settings
-    ):
-        async with running_api(settings, wrap=recorder.wrap) as base_url:
-            yield Service(base_url, dev_env.client, settings)
+    ), running_api(settings, wrap=recorder.wrap) as base_url:
+        yield Service(base_url, dev_env.client, settings)
     engine.dispose()
     import shutil
 
@@ -337,3 +354,68 @@ async def api_service_pg(dev_env, pg_server, mailbox):
             yield service
     finally:
         drop_pg_database(pg_server, name)
+
+
+# ------------------------------------------------------------------ escalation: an organisation with a webhook
+# (tests/test_escalation.py, tests/test_amendments.py)
+WEBHOOK_SECRET = "s3cret-webhook-key"
+
+
+class Receiver:
+    """A real HTTP endpoint that keeps every webhook and checks its signature."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.calls.append({
+                    "body": json.loads(body),
+                    "verified": verify(WEBHOOK_SECRET, self.headers["X-Contracts-Timestamp"], body,
+                                       self.headers["X-Contracts-Signature"]),
+                    "event_id": self.headers["X-Contracts-Event-Id"],
+                })
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def for_contract(self, contract_id: str) -> list[dict]:
+        return [c for c in self.calls if c["body"]["contract_id"] == contract_id]
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture
+def org_db(sqlite_session_url, receiver):
+    """The demo organisation, with the sales department's webhook pointing at the receiver."""
+    engine = make_engine(sqlite_session_url)
+    sessions = make_session_factory(engine)
+    with sessions.begin() as s:
+        seed_demo_org(s)
+        sales = s.get(Department, "sales")
+        sales.webhook_url = f"http://127.0.0.1:{receiver.port}/hooks/contracts"
+        sales.webhook_secret = WEBHOOK_SECRET
+    yield sessions
+    engine.dispose()
+
+
+@pytest.fixture
+async def env_settings(ts_env, sqlite_session_url, mailbox, org_db):
+    settings = Settings(database_url=sqlite_session_url, smtp_port=mailbox.port)
+    yield settings
+    from tests.helpers import end_started_workflows
+
+    await end_started_workflows()

@@ -7,16 +7,16 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
-from api.builder import build_spec
-from api.schemas import ContractCreate
+from api.contracts.builder import build_spec
+from api.contracts.schemas import ContractCreate
 from workflows.contract import ContractWorkflow, ContractWorkflowInput, initial_search_attributes, workflow_id_for
 from workflows.types import (
     CompleteMilestoneInput,
@@ -105,6 +105,7 @@ async def state_of(handle: WorkflowHandle) -> ContractState:
         except RPCError as exc:
             if attempt == 2 or not any(w in str(exc).lower() for w in ("deadline", "timeout")):
                 raise
+    raise AssertionError("unreachable: the third attempt answers or raises")
 
 
 async def pay(handle: WorkflowHandle, reference: str, amount: str, at: datetime, currency: str = "CNY"):
@@ -113,6 +114,25 @@ async def pay(handle: WorkflowHandle, reference: str, amount: str, at: datetime,
 
 async def complete(handle: WorkflowHandle, key: str, by: str = "owner"):
     return await handle.execute_update(ContractWorkflow.complete_milestone, CompleteMilestoneInput(key, by))
+
+
+async def advance_to(env, when, sessions=None) -> None:
+    """Let the time-skipping server's clock reach ``when`` (no-op if it is already past).  With
+    ``sessions`` (the contract database) it stops at each notice the outbox holds and lets it be
+    sent at its time, as real time would (reminders do not wake the contract)."""
+    if sessions is not None:
+        from core.outbox import advance_sending
+
+        await advance_sending(env, when, sessions)
+        return
+    now = await env.get_current_time()
+    if when > now:
+        await env.sleep(when - now)
+
+
+def mails_about(mailbox, contract_id: str) -> list:
+    """(recipients, message) of every mail the test mailbox received about the contract."""
+    return [(rcpts, m) for rcpts, m in mailbox.messages if contract_id in m["X-Contracts-Notification"]]
 
 
 async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1):

@@ -10,11 +10,11 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 
 from models import ContractEvent, Document
 from tests.conftest import running_worker
-from tests.helpers import make_spec, pay, save_history, start_contract, state_of
-from tests.test_escalation import _advance_to, _mails, env_settings, org_db, receiver  # noqa: F401 - fixtures
+from tests.helpers import advance_to, mails_about, make_spec, pay, save_history, start_contract, state_of
 from workflows.contract import ContractWorkflow
 from workflows.types import AmendmentChange, CompleteMilestoneInput, DecideAmendmentInput, RequestAmendmentInput
 
@@ -33,6 +33,7 @@ async def _decide(handle, aid: str, decision: str, by: str, role: str = "", comm
 async def _refused(handle, update, arg) -> str:
     with pytest.raises(WorkflowUpdateFailedError) as info:
         await handle.execute_update(update, arg)
+    assert isinstance(info.value.cause, ApplicationError) and info.value.cause.type
     return info.value.cause.type
 
 
@@ -62,13 +63,13 @@ async def test_moving_late_shipping_stops_its_escalation_and_reminds_on_the_new_
     async with running_worker(ts_env.client, env_settings, tq):
         handle = await start_contract(ts_env.client, spec, tq)
         # Shipping was due on day 10; on day 12 it is 2 days late and its escalation is running.
-        await _advance_to(ts_env, day(12) + timedelta(hours=1), org_db)
+        await advance_to(ts_env, day(12) + timedelta(hours=1), org_db)
         st = await state_of(handle)
         shipping = next(m for m in st.milestones if m.key == "shipping")
         acceptance_due = next(m for m in st.milestones if m.key == "acceptance").due_at
         assert shipping.status == "overdue" and st.escalation_level == 1
         old_due = shipping.due_at
-        assert [m for _, m in _mails(mailbox, cid) if ":escalation1:" in m["X-Contracts-Notification"]]
+        assert [m for _, m in mails_about(mailbox, cid) if ":escalation1:" in m["X-Contracts-Notification"]]
 
         request = _request(
             AmendmentChange("move_due", key="shipping", shift="P10D"),
@@ -98,22 +99,22 @@ async def test_moving_late_shipping_stops_its_escalation_and_reminds_on_the_new_
 
         # The old chain would have reached level 2 on day 13: it does not.  New reminders come
         # P7D and P1D before the new dates (shipping day 20, acceptance day 25).
-        await _advance_to(ts_env, day(13) + timedelta(hours=2), org_db)
-        assert not [m for _, m in _mails(mailbox, cid) if ":escalation2:" in m["X-Contracts-Notification"]]
+        await advance_to(ts_env, day(13) + timedelta(hours=2), org_db)
+        assert not [m for _, m in mails_about(mailbox, cid) if ":escalation2:" in m["X-Contracts-Notification"]]
         assert _events(org_db, cid, "escalation.stopped")  # projected by now
-        await _advance_to(ts_env, day(24) + timedelta(hours=2), org_db)
+        await advance_to(ts_env, day(24) + timedelta(hours=2), org_db)
         new_epoch = str(int(shipping.due_at.timestamp()))
         acc_epoch = str(int(acceptance.due_at.timestamp()))
         reminders = sorted(
             (m["X-Contracts-Notification"].split(":")[2], m["X-Contracts-Notification"].split(":")[3],
              m["X-Contracts-Notification"].split(":")[4])
-            for _, m in _mails(mailbox, cid) if ":reminder" in m["X-Contracts-Notification"]
+            for _, m in mails_about(mailbox, cid) if ":reminder" in m["X-Contracts-Notification"]
         )
         assert ("shipping", new_epoch, "reminder0-P7D") in reminders
         assert ("shipping", new_epoch, "reminder0-P1D") in reminders
         assert ("acceptance", acc_epoch, "reminder0-P7D") in reminders
         assert ("acceptance", acc_epoch, "reminder0-P1D") in reminders
-        told = sorted(m["X-Contracts-Notification"].split(":")[2] for _, m in _mails(mailbox, cid)
+        told = sorted(m["X-Contracts-Notification"].split(":")[2] for _, m in mails_about(mailbox, cid)
                       if ":amended0-v2:" in m["X-Contracts-Notification"])
         assert told == ["acceptance", "shipping"]  # the owner hears of both new dates at once
         sent = [(e.data["key"], e.at) for e in _events(org_db, cid, "notification.reminder")]
@@ -246,16 +247,16 @@ async def test_end_of_term_reminders_and_auto_renewal(ts_env, env_settings, mail
         await pay(early, "BANK-FEE", "9000.00", start)
         handle = await start_contract(ts_env.client, spec, tq)
         await pay(handle, "BANK-FEE", "9000.00", start)
-        await _advance_to(ts_env, day(15), org_db)
+        await advance_to(ts_env, day(15), org_db)
         await early.execute_update(ContractWorkflow.complete_milestone, CompleteMilestoneInput("service", "li.wei"))
         st = await state_of(early)  # done and paid before its end: completed, not renewed
         assert st.status == "completed" and st.renewed_by is None
-        await _advance_to(ts_env, day(61) + timedelta(hours=1), org_db)
-        term = sorted(m["X-Contracts-Notification"].split(":")[4] for _, m in _mails(mailbox, cid)
+        await advance_to(ts_env, day(61) + timedelta(hours=1), org_db)
+        term = sorted(m["X-Contracts-Notification"].split(":")[4] for _, m in mails_about(mailbox, cid)
                       if ":contract:term:" in m["X-Contracts-Notification"])
         assert term == ["reminder0-P30D", "reminder0-P60D"]
 
-        await _advance_to(ts_env, day(90) + timedelta(hours=1), org_db)
+        await advance_to(ts_env, day(90) + timedelta(hours=1), org_db)
         st = await state_of(handle)
         assert st.status == "expired" and st.renewed_by
         nxt = ts_env.client.get_workflow_handle(workflow_id_for(st.renewed_by))
@@ -285,20 +286,20 @@ async def test_a_late_approval_is_reminded_escalated_and_stops_when_decided(ts_e
         handle = await start_contract(ts_env.client, spec, tq)
         a = (await handle.execute_update(ContractWorkflow.request_amendment, _request(
             AmendmentChange("move_due", key="shipping", shift="P5D")))).amendment
-        await _advance_to(ts_env, start + timedelta(hours=1), org_db)
+        await advance_to(ts_env, start + timedelta(hours=1), org_db)
         with org_db() as s:
             tasks = s.execute(select(Task).where(Task.contract_id == cid, Task.assignee == "zhang.min")).scalars().all()
         assert len(tasks) == 1 and "审批" in tasks[0].title  # zhang.min reads Chinese
 
         def approval_mail(kind: str) -> list:
-            return [m for _, m in _mails(mailbox, cid)
+            return [m for _, m in mails_about(mailbox, cid)
                     if f":approval:{a.id}:manager:" in m["X-Contracts-Notification"]
                     and f":{kind}" in m["X-Contracts-Notification"]]
 
         assert len(approval_mail("approval0")) == 1
-        await _advance_to(ts_env, start + timedelta(days=1, hours=1), org_db)
+        await advance_to(ts_env, start + timedelta(days=1, hours=1), org_db)
         assert len(approval_mail("reminder0-P1D")) == 1
-        await _advance_to(ts_env, start + timedelta(days=2, hours=1), org_db)
+        await advance_to(ts_env, start + timedelta(days=2, hours=1), org_db)
         level1 = approval_mail("escalation1")
         assert len(level1) == 1 and level1[0]["To"].addresses[0].addr_spec == "zhang.min@example.com"
         st = await state_of(handle)
@@ -307,13 +308,13 @@ async def test_a_late_approval_is_reminded_escalated_and_stops_when_decided(ts_e
         await _decide(handle, a.id, "approve", "zhang.min", "manager")
         st = await state_of(handle)
         assert not st.approvals and st.contract_version == 2
-        sent = len(_mails(mailbox, cid))
-        await _advance_to(ts_env, start + timedelta(days=12, hours=1), org_db)  # level 2 (P3D) and 3 (P7D) never come
+        sent = len(mails_about(mailbox, cid))
+        await advance_to(ts_env, start + timedelta(days=12, hours=1), org_db)  # level 2 (P3D) and 3 (P7D) never come
         assert not approval_mail("escalation2") and not approval_mail("escalation3")
         stopped = [e.data for e in _events(org_db, cid, "escalation.stopped")]
         assert {"item_type": "approval", "key": f"{a.id}:manager"} in stopped
-        assert len([m for _, m in _mails(mailbox, cid) if ":approval:" in m["X-Contracts-Notification"]]) == 3
-        assert len(_mails(mailbox, cid)) >= sent
+        assert len([m for _, m in mails_about(mailbox, cid) if ":approval:" in m["X-Contracts-Notification"]]) == 3
+        assert len(mails_about(mailbox, cid)) >= sent
         await save_history(handle, "approval_escalated_then_approved")
 
 

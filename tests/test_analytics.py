@@ -1,4 +1,4 @@
-"""Analytics: the SQL (api/analytics.py) against an independent computation in Python.
+"""Analytics: the SQL (api/analytics/service.py) against an independent computation in Python.
 
 A generated data set (core.demo_data.generate: a few hundred contracts over two years, active and
 closed, late stages, partial payments, costs, scores, several currencies) is inserted straight into
@@ -17,12 +17,13 @@ import uuid
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
-from api import analytics as a
+from api.analytics import service as a
 from core.demo_data import generate, insert_rows
 from models.db import make_engine, make_session_factory
 from tests.conftest import IN_CI
@@ -91,7 +92,9 @@ def milestone_ok(m: dict, f: a.Filters) -> bool:
 
 
 def ref_cycle(rows, f):
-    values, by_pb, bars = [], defaultdict(list), defaultdict(int)
+    values: list[float] = []
+    by_pb: defaultdict[str, list[float]] = defaultdict(list)
+    bars: defaultdict[int, int] = defaultdict(int)
     for r in rows:
         c = r.contract
         if not contract_ok(c, r.customer[1], f, owner=True) or c["amount"] <= 0:
@@ -112,8 +115,11 @@ def ref_cycle(rows, f):
 
 
 def ref_stages(rows, f):
-    times, on_time, with_due, due, late = (defaultdict(list), defaultdict(int), defaultdict(int), defaultdict(int),
-                                           defaultdict(int))
+    times: defaultdict[str, list[float]] = defaultdict(list)
+    on_time: defaultdict[str, int] = defaultdict(int)
+    with_due: defaultdict[str, int] = defaultdict(int)
+    due: defaultdict[str, int] = defaultdict(int)
+    late: defaultdict[str, int] = defaultdict(int)
     for r in rows:
         c = r.contract
         if not contract_ok(c, r.customer[1], f, owner=False):
@@ -148,7 +154,8 @@ def fell_due(m: dict, c: dict, f: a.Filters) -> bool:
 
 def ref_receivables(rows, f):
     as_of = f.as_of
-    out = defaultdict(lambda: {"buckets": defaultdict(lambda: [Decimal(0), 0]), "billed": Decimal(0)})
+    out: defaultdict[str, dict[str, Any]] = defaultdict(
+        lambda: {"buckets": defaultdict(lambda: [Decimal(0), 0]), "billed": Decimal(0)})
     for r in rows:
         c = r.contract
         if not contract_ok(c, r.customer[1], f, owner=True):
@@ -173,7 +180,8 @@ def ref_receivables(rows, f):
 
 
 def ref_costs(rows, f):
-    out = defaultdict(lambda: defaultdict(lambda: [0, Decimal(0), Decimal(0), 0]))
+    out: defaultdict[str, defaultdict[str, list[Any]]] = defaultdict(
+        lambda: defaultdict(lambda: [0, Decimal(0), Decimal(0), 0]))
     for r in rows:
         if not contract_ok(r.contract, r.customer[1], f, owner=False):
             continue
@@ -202,7 +210,8 @@ def ref_satisfaction(rows, f):
 
 def ref_bottlenecks(rows, f):
     as_of = f.as_of
-    per = defaultdict(lambda: {"due": 0, "late": 0, "open_late": 0, "delay": 0.0, "owners": defaultdict(float)})
+    per: defaultdict[str, dict[str, Any]] = defaultdict(
+        lambda: {"due": 0, "late": 0, "open_late": 0, "delay": 0.0, "owners": defaultdict(float)})
     for r in rows:
         c = r.contract
         if not contract_ok(c, r.customer[1], f, owner=False):
@@ -284,17 +293,17 @@ def check_all(conn, rows, f: a.Filters) -> dict[str, int]:
     co = a.costs(conn, f)
     ref = ref_costs(rows, f)
     assert [c.currency for c in co.currencies] == sorted(ref)
-    for c in co.currencies:
-        per = ref[c.currency]
+    for cost in co.currencies:
+        per = ref[cost.currency]
         tp, ta = sum(v[1] for v in per.values()), sum(v[2] for v in per.values())
-        assert (c.milestones, c.planned, c.actual, c.over_budget) == (
+        assert (cost.milestones, cost.planned, cost.actual, cost.over_budget) == (
             sum(v[0] for v in per.values()), money(tp), money(ta), sum(v[3] for v in per.values()))
-        assert close(c.overrun, float(ta) / float(tp) - 1)
-        for s in c.stages:
-            n, p, ac, over = per[s.stage]
-            assert (s.milestones, s.planned, s.actual, s.over_budget) == (n, money(p), money(ac), over)
-            assert close(s.overrun, float(ac) / float(p) - 1)
-    seen["costed milestones"] = sum(c.milestones for c in co.currencies)
+        assert close(cost.overrun, float(ta) / float(tp) - 1)
+        for sc in cost.stages:
+            n, p, ac, over = per[sc.stage]
+            assert (sc.milestones, sc.planned, sc.actual, sc.over_budget) == (n, money(p), money(ac), over)
+            assert close(sc.overrun, float(ac) / float(p) - 1)
+    seen["costed milestones"] = sum(cost.milestones for cost in co.currencies)
 
     sat = a.satisfaction(conn, f)
     scores = ref_satisfaction(rows, f)
@@ -307,23 +316,23 @@ def check_all(conn, rows, f: a.Filters) -> dict[str, int]:
     ref = ref_bottlenecks(rows, f)
     order = sorted(ref, key=lambda k: (-ref[k]["delay"], a.STAGE_ORDER.index(k)))
     assert [s.stage for s in bn.stages] == order
-    for s in bn.stages:
-        r = ref[s.stage]
-        assert (s.due, s.late, s.open_late) == (r["due"], r["late"], r["open_late"]), s.stage
-        assert close(s.total_delay_days, r["delay"])
-        assert close(s.mean_delay_days, r["delay"] / r["due"])
+    for b in bn.stages:
+        r = ref[b.stage]
+        assert (b.due, b.late, b.open_late) == (r["due"], r["late"], r["open_late"]), b.stage
+        assert close(b.total_delay_days, r["delay"])
+        assert close(b.mean_delay_days, r["delay"] / r["due"])
         if r["delay"] > 0:
             top = min(r["owners"].items(), key=lambda kv: (-kv[1], kv[0]))
-            assert s.top_owner == top[0], s.stage
-            assert close(s.top_owner_delay_days, top[1]) and close(s.top_owner_share, top[1] / r["delay"])
+            assert b.top_owner == top[0], b.stage
+            assert close(b.top_owner_delay_days, top[1]) and close(b.top_owner_share, top[1] / r["delay"])
         else:
-            assert s.top_owner is None
+            assert b.top_owner is None
     assert [s.rank for s in bn.stages] == list(range(1, len(bn.stages) + 1))
     seen["bottleneck stages"] = len(bn.stages)
     return seen
 
 
-FILTERS = [
+FILTERS: list[dict[str, Any]] = [
     dict(period="all"),
     dict(),  # the last 12 months
     dict(period="2026-Q2"),
@@ -410,7 +419,7 @@ def test_percentiles_and_ageing_boundaries_on_a_small_hand_made_set(sessions):
 def test_filters_and_periods():
     import typing
 
-    from api.schemas import MilestoneKind
+    from api.contracts.schemas import MilestoneKind
 
     assert set(a.STAGE_ORDER) == set(typing.get_args(MilestoneKind))  # every stage the API accepts
     f = a.make_filters(tz=TZ, now=NOW, period="2026-Q1")
@@ -536,13 +545,13 @@ def test_migration_0007_backfills_stage_starts_and_settlements(request, tmp_path
     """A database projected before 0007 gets started_at and settled_at computed by the migration,
     equal to what the projection keeps, and (0012) each item the currency of its contract (on
     SQLite and PostgreSQL)."""
-    from core.migrate import upgrade
     from sqlalchemy import insert, select
 
+    from core.migrate import upgrade
     from models import Contract, Installment, Milestone, Payment
     from tests.conftest import drop_pg_database, new_pg_database
 
-    urls = [("sqlite", f"sqlite:///{tmp_path / 'old.db'}", None)]
+    urls: list[tuple[str, str, tuple[str, str] | None]] = [("sqlite", f"sqlite:///{tmp_path / 'old.db'}", None)]
     try:
         admin = request.getfixturevalue("pg_server")
         name, url = new_pg_database(admin)
@@ -567,7 +576,7 @@ def test_migration_0007_backfills_stage_starts_and_settlements(request, tmp_path
                         (Installment, [strip(i, "currency") for r in rows for i in r.installments]),
                         (Payment, [p for r in rows for p in r.payments]),
                     ):
-                        session.execute(insert(model.__table__), items)
+                        session.execute(insert(model.__table__), items)  # type: ignore[arg-type]  # a Table
                 upgrade(url)
                 with engine.connect() as conn:
                     started = dict(((c, k), v) for c, k, v in conn.execute(

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -137,7 +138,8 @@ def _ms(key: str, **extra) -> dict:
 
 Body = Callable[[datetime], dict]
 
-CREATE_CASES: list[tuple[str, Body, tuple[str, ...]]] = [
+# Cases: (id, body, words the detail names), or a pytest.param of the same.
+CREATE_CASES: list[Any] = [
     ("negative-amount", lambda now: contract_request(now, amount="-5.00"), ("amount", "greater than zero")),
     ("zero-amount", lambda now: contract_request(now, amount="0"), ("amount", "greater than zero")),
     ("zero-amount-with-decimals", lambda now: contract_request(now, amount="0.00"), ("amount", "greater than zero")),
@@ -187,13 +189,15 @@ CREATE_CASES: list[tuple[str, Body, tuple[str, ...]]] = [
         lambda now: contract_request(
             now,
             amount="1000.00",
-            installments=[{"key": "a", "due_after": "P10D", "amount": "400.00"}, {"key": "b", "due_after": "P20D", "amount": "500.00"}],
+            installments=[{"key": "a", "due_after": "P10D", "amount": "400.00"},
+                          {"key": "b", "due_after": "P20D", "amount": "500.00"}],
         ),
         ("installments", "add up to 900.00", "1000.00"),
     ),
     (
         "installment-too-many-decimals",
-        lambda now: contract_request(now, amount="1000.00", installments=[{"key": "a", "due_after": "P10D", "amount": "1000.001"}]),
+        lambda now: contract_request(now, amount="1000.00",
+                                     installments=[{"key": "a", "due_after": "P10D", "amount": "1000.001"}]),
         ("installments[0]", "more decimals"),
     ),
     (

@@ -22,8 +22,8 @@ import pytest
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from api import audit
-from api.principal import CURRENT, Principal, RequestContext
+from api.auth.principal import CURRENT, Principal, RequestContext
+from api.platform import audit
 from models import AuditEntry, IdempotencyKey, User
 from models.db import make_engine
 from tests.helpers import contract_request, login, strip_credentials, wait_for
@@ -241,7 +241,7 @@ async def test_the_audit_actor_is_the_actor_in_the_contracts_event_log(service):
              {"reason": "Customer site not ready",
               "changes": [{"kind": "move_due", "key": "shipping", "shift": "P10D"}]}),
         ]
-        for action, event_type, who, headers, url, body in writes:
+        for _action, _event_type, _who, headers, url, body in writes:
             r = await person.post(url, json=body, headers={**headers, "X-Request-ID": rid()})
             assert r.status_code in (200, 201), r.text
         # An admin key acting for a person: the event names the person, the entry both.
@@ -288,9 +288,8 @@ async def test_the_audit_table_refuses_update_and_delete_from_the_application_ro
         if engine.dialect.name == "postgresql":
             statements.append("TRUNCATE audit_log")
         for sql in statements:
-            with pytest.raises(DBAPIError, match="audit_log is append-only"):
-                with engine.begin() as conn:
-                    conn.execute(text(sql))
+            with pytest.raises(DBAPIError, match="audit_log is append-only"), engine.begin() as conn:
+                conn.execute(text(sql))
         with engine.connect() as conn:
             after = conn.execute(text("SELECT count(*), max(id) FROM audit_log")).one()
             changed = conn.execute(text("SELECT count(*) FROM audit_log WHERE actor = 'someone.else'")).scalar()
@@ -388,11 +387,10 @@ def new_user(user_id: str) -> User:
 
 def test_a_rolled_back_change_takes_its_entry_with_it_and_the_next_transaction_writes_one(watched):
     ctx = serving("POST", "/users", "create_user")
-    with pytest.raises(RuntimeError):
-        with watched.begin() as session:
-            session.add(new_user(uid("gone")))
-            session.flush()
-            raise RuntimeError("the route failed")
+    with pytest.raises(RuntimeError), watched.begin() as session:
+        session.add(new_user(uid("gone")))
+        session.flush()
+        raise RuntimeError("the route failed")
     assert trail(watched, ctx.request_id) == [] and not ctx.audited
     kept = uid("kept")
     with watched.begin() as session:

@@ -1,7 +1,7 @@
 """Authorisation: every route x every role, against the running service (real worker, database).
 
 The expectations below are written from the business rules (issue #5), not read from
-``api/policy.py``: a route missing here, or a rule missing there, fails the suite.
+``api/auth/policy.py``: a route missing here, or a rule missing there, fails the suite.
 
 Roles in the matrix:
   admin      the bootstrap admin key            owner      li.wei, sales, owns the contract
@@ -18,16 +18,14 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from datetime import datetime, timezone
 
 import httpx
 import pytest
 
+from api.auth.policy import POLICY, api_routes, unruled_routes
 from api.main import create_app
-from api.policy import POLICY, api_routes, unruled_routes
 from tests.helpers import contract_request, login
-from datetime import datetime, timezone
-
-
 
 PROBLEM = "application/problem+json"
 ROLES = ["admin", "owner", "manager", "colleague", "delivery", "executor", "finance", "legal", "crm", "erp", "feed"]
@@ -117,7 +115,7 @@ EXPECT: dict[str, dict[str, str]] = {
 def test_every_route_has_a_rule_and_an_expectation():
     app = create_app()
     names = {name for name, _path, _m in api_routes(app)}
-    assert unruled_routes(app) == [], "routes without an authorisation rule in api/policy.py"
+    assert unruled_routes(app) == [], "routes without an authorisation rule in api/auth/policy.py"
     assert sorted(names - set(EXPECT) - PUBLIC) == [], "routes missing from this test's matrix"
     assert sorted(set(POLICY) - names) == [], "rules for routes that do not exist"
     assert sorted(set(EXPECT) - names) == [], "expectations for routes that do not exist"
@@ -241,6 +239,7 @@ async def test_the_matrix_every_route_every_role(api_service):
             if name in PUBLIC:
                 continue
             for role in ROLES:
+                body: dict[str, str] | None
                 if name == "change_password" and role != "admin":
                     body = {"new_password": "x"}  # 422: too short; a person may only change their own
                 else:

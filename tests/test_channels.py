@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from email import message_from_bytes
 from email import policy as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -37,7 +38,7 @@ def free_port() -> int:
 
 
 def smtp_settings(port: int, **extra) -> Settings:
-    values = dict(
+    values: dict[str, Any] = dict(
         smtp_host="127.0.0.1",
         smtp_port=port,
         smtp_from="Contract Tracking <contracts@example.com>",
@@ -55,7 +56,7 @@ class SmtpHandler:
 
     def __init__(self, refuse: dict[str, str] | None = None):
         self.refuse = {k.lower(): v for k, v in (refuse or {}).items()}
-        self.envelopes = []
+        self.envelopes: list[Any] = []
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.refuse.get(address.lower())
@@ -266,24 +267,22 @@ def test_email_delivered_with_both_parts_and_message_id():
 
 def test_email_recipient_refused_550_is_permanent():
     handler = SmtpHandler(refuse={"nobody@example.com": "550 5.1.1 <nobody@example.com>: user unknown"})
-    with smtp_server(handler) as port:
-        with pytest.raises(PermanentDeliveryError) as info:
-            send_email(
-                smtp_settings(port), to=["nobody@example.com"], cc=[], subject="s", text="t", html="<p>t</p>",
-                message_id="m-550",
-            )
+    with smtp_server(handler) as port, pytest.raises(PermanentDeliveryError) as info:
+        send_email(
+            smtp_settings(port), to=["nobody@example.com"], cc=[], subject="s", text="t", html="<p>t</p>",
+            message_id="m-550",
+        )
     assert info.value.code == 550
     assert handler.envelopes == []
 
 
 def test_email_partly_refused_reports_who_got_it():
     handler = SmtpHandler(refuse={"gone@example.com": "550 5.1.1 user unknown"})
-    with smtp_server(handler) as port:
-        with pytest.raises(PermanentDeliveryError) as info:
-            send_email(
-                smtp_settings(port), to=["li.wei@example.com"], cc=["gone@example.com"], subject="s", text="t",
-                html="<p>t</p>", message_id="m-partial",
-            )
+    with smtp_server(handler) as port, pytest.raises(PermanentDeliveryError) as info:
+        send_email(
+            smtp_settings(port), to=["li.wei@example.com"], cc=["gone@example.com"], subject="s", text="t",
+            html="<p>t</p>", message_id="m-partial",
+        )
     assert info.value.delivered == ["li.wei@example.com"]
     assert list(info.value.refused) == ["gone@example.com"]
     assert [e.rcpt_tos for e in handler.envelopes] == [["li.wei@example.com"]]
@@ -291,12 +290,11 @@ def test_email_partly_refused_reports_who_got_it():
 
 def test_email_recipient_deferred_451_is_transient():
     handler = SmtpHandler(refuse={"busy@example.com": "451 4.3.0 Try again later"})
-    with smtp_server(handler) as port:
-        with pytest.raises(TransientDeliveryError) as info:
-            send_email(
-                smtp_settings(port), to=["busy@example.com"], cc=[], subject="s", text="t", html="<p>t</p>",
-                message_id="m-451",
-            )
+    with smtp_server(handler) as port, pytest.raises(TransientDeliveryError) as info:
+        send_email(
+            smtp_settings(port), to=["busy@example.com"], cc=[], subject="s", text="t", html="<p>t</p>",
+            message_id="m-451",
+        )
     assert info.value.code == 451
 
 
@@ -380,23 +378,21 @@ def test_webhook_delivered_signed_and_verified():
 
 
 def test_webhook_503_is_transient_with_retry_after():
-    with http_receiver(status=503, headers={"Retry-After": "30"}) as (url, records):
-        with pytest.raises(TransientDeliveryError) as info:
-            post_webhook(Settings(webhook_timeout_seconds=5), url, SECRET, {"a": 1}, event_id="evt-503")
+    with http_receiver(status=503, headers={"Retry-After": "30"}) as (url, records), \
+            pytest.raises(TransientDeliveryError) as info:
+        post_webhook(Settings(webhook_timeout_seconds=5), url, SECRET, {"a": 1}, event_id="evt-503")
     assert info.value.code == 503 and info.value.retry_after == 30.0
     assert len(records) == 1 and records[0]["verified"]
 
 
 def test_webhook_429_is_transient():
-    with http_receiver(status=429) as (url, _records):
-        with pytest.raises(TransientDeliveryError):
-            post_webhook(Settings(webhook_timeout_seconds=5), url, SECRET, {"a": 1}, event_id="evt-429")
+    with http_receiver(status=429) as (url, _records), pytest.raises(TransientDeliveryError):
+        post_webhook(Settings(webhook_timeout_seconds=5), url, SECRET, {"a": 1}, event_id="evt-429")
 
 
 def test_webhook_400_is_permanent():
-    with http_receiver(status=400) as (url, records):
-        with pytest.raises(PermanentDeliveryError) as info:
-            post_webhook(Settings(webhook_timeout_seconds=5), url, SECRET, {"a": 1}, event_id="evt-400")
+    with http_receiver(status=400) as (url, records), pytest.raises(PermanentDeliveryError) as info:
+        post_webhook(Settings(webhook_timeout_seconds=5), url, SECRET, {"a": 1}, event_id="evt-400")
     assert info.value.code == 400 and "receiver says no" in str(info.value)
     assert len(records) == 1
 
@@ -408,9 +404,8 @@ def test_webhook_connection_refused_is_transient():
 
 
 def test_webhook_timeout_is_transient():
-    with http_receiver(status=200, delay=2.0) as (url, records):
-        with pytest.raises(TransientDeliveryError):
-            post_webhook(Settings(webhook_timeout_seconds=0.3), url, SECRET, {"a": 1}, event_id="evt-slow")
+    with http_receiver(status=200, delay=2.0) as (url, records), pytest.raises(TransientDeliveryError):
+        post_webhook(Settings(webhook_timeout_seconds=0.3), url, SECRET, {"a": 1}, event_id="evt-slow")
     assert len(records) == 1
 
 

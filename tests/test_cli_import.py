@@ -9,6 +9,7 @@ import json
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -39,7 +40,7 @@ def good_row(token: str, k: int) -> dict[str, str]:
 
 
 # Row index (0-based among the data rows) -> how to spoil it, and a word the reason must contain.
-BAD = {
+BAD: dict[int, tuple[dict[str, str | None], str]] = {
     3: ({"title": ""}, "missing title"),
     9: ({"amount": "12,5O0"}, "not a decimal"),
     14: ({"effective_date": "31/02/2026"}, "effective_date"),
@@ -128,7 +129,7 @@ async def test_import_excel_and_dry_run(api_service, tmp_path):
     ws.append(HEADER)
     for k in range(4):
         row = good_row(token, k)
-        values = [row[h] for h in HEADER]
+        values: list[Any] = [row[h] for h in HEADER]
         values[HEADER.index("amount")] = 10000 + k  # a number cell, as Excel keeps it
         values[HEADER.index("effective_date")] = date.today()  # a date cell
         values[HEADER.index("end_date")] = date.today() + timedelta(days=200)

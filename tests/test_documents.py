@@ -164,7 +164,7 @@ async def test_a_20_mb_pdf_uploads_downloads_and_reuploads_with_hash_checks(serv
 
 async def test_a_blob_changed_while_streaming_cuts_the_connection(api_service):
     """The check before sending passed, then the file changed: the last chunk is withheld."""
-    from api import documents as d
+    from api.documents import service as d
     from core.storage import LocalBlobStore
     from models import Document
 
@@ -190,7 +190,7 @@ async def test_a_blob_changed_while_streaming_cuts_the_connection(api_service):
 async def test_a_download_whose_file_changes_after_the_check_is_cut_short(api_service, monkeypatch):
     """Over HTTP: the check before sending is made to pass on a damaged file (as if it changed
     right after): the client gets a short body and a protocol error, never a complete wrong file."""
-    from api import documents as d
+    from api.documents import service as d
 
     async with httpx.AsyncClient(base_url=api_service.base_url, timeout=60) as c:
         cid = await new_contract(c)

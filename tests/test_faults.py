@@ -37,6 +37,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -188,8 +189,9 @@ async def test_worker_killed_at_random_moments_ends_like_the_golden_run(dev_env,
     report("worker_kills", counts)
     assert len(kills) == N_KILLS and all(k["in_flight"] > 0 for k in kills), kills
     if diffs:
-        await save_histories(dev_env.client, [o.cid for k, o in outcomes.items()
-                                            if (o.state, o.db, o.notifications) != (gold[k].state, gold[k].db, gold[k].notifications)][:10], "kills")
+        differ = [o.cid for k, o in outcomes.items()
+                  if (o.state, o.db, o.notifications) != (gold[k].state, gold[k].db, gold[k].notifications)]
+        await save_histories(dev_env.client, differ[:10], "kills")
     # A different event under a number already written (activities/projection.py says so).
     diverged = [line.strip() for log in sorted(Path(tmp_path).glob("kills-worker-*.log"))
                 for line in log.read_text(errors="replace").splitlines() if "diverged" in line]
@@ -493,15 +495,15 @@ async def test_transient_errors_retry_with_backoff_permanent_ones_fail_once_and_
         chat_key = next(k for k, v in transient.items() if v[2] == "webhook")
         assert {v[0] for v in transient.values()} == {"sent"}, transient
         assert mail.attempts[email_key] == 3, dict(mail.attempts)
-        assert [m for m in mail.keys() if m == email_key] == [email_key]  # accepted exactly once
+        assert mail.keys().count(email_key) == 1  # accepted exactly once
         chat = [r for r in hooks.at("/dept/sales") if r["id"] == chat_key]
         assert [r["status"] for r in chat] == [503, 503, 200], [r["status"] for r in chat]
-        gaps = [round(b["t"] - a["t"], 1) for a, b in zip(chat, chat[1:])]
+        gaps = [round(b["t"] - a["t"], 1) for a, b in zip(chat, chat[1:], strict=False)]
         assert gaps[0] >= 1.0 and gaps[1] > gaps[0], gaps  # exponential back-off between activity attempts
 
         # ---- permanent: one attempt each, recorded failed, escalated to the operator
         failed = {name: next(iter(by_contract[name].items())) for name in ("smtp_550", "bad_address", "webhook_410")}
-        for name, (key, (status, error, _ch, _c)) in failed.items():
+        for name, (_key, (status, error, _ch, _c)) in failed.items():
             assert status == "failed", (name, status, error)
         assert "550" in failed["smtp_550"][1][1] and mail.rcpts["ghost@example.com"] == 1, dict(mail.rcpts)
         assert "invalid email address" in failed["bad_address"][1][1]
@@ -513,7 +515,8 @@ async def test_transient_errors_retry_with_backoff_permanent_ones_fail_once_and_
 
         # ---- the workflows' side: permanent failures completed on the first attempt, the
         # transient one on the 5th (2 SMTP + 2 webhook failures); every retry policy bounded.
-        attempts, policies = {}, {}
+        attempts: dict[str, Any] = {}
+        policies: dict[str, Any] = {}
         for name, cid in cids.items():
             async for wf in dev_env.client.list_workflows(f"WorkflowId STARTS_WITH 'contract-{cid}'"):
                 history = await dev_env.client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()

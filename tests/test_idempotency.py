@@ -1,4 +1,4 @@
-"""``Idempotency-Key`` on POST and PATCH (api/idempotency.py), on SQLite and on PostgreSQL.
+"""``Idempotency-Key`` on POST and PATCH (api/platform/idempotency.py), on SQLite and on PostgreSQL.
 
 Through the running service (real uvicorn, Temporal dev server, worker): the same key and body
 answer the stored response once more (``Idempotent-Replayed: true``) and run nothing; the same key
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.idempotency import IdempotencyMiddleware, fingerprint, scope_of
+from api.platform.idempotency import IdempotencyMiddleware, fingerprint, scope_of
 from core.settings import Settings
 from models.idempotency import DONE, IN_PROGRESS, IdempotencyKey
 from tests.helpers import contract_request

@@ -12,12 +12,13 @@ import uuid
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import delete
 
-from api.integrations import reference_tokens
+from api.integrations.service import reference_tokens
 from models import Payment
 from models.db import make_engine, make_session_factory
 from tests.helpers import contract_request, wait_for
@@ -127,7 +128,7 @@ async def finance_batch_posted_twice(service, n_contracts: int, n_lines: int) ->
         # Posted again: every line already applied is a duplicate, nothing is applied twice.
         assert second["totals"] == {"lines": n_lines, "applied": 0, "duplicate": n_new + kinds["repeat"],
                                     "unmatched": kinds["unmatched"], "rejected": kinds["rejected"]}
-        for (kind, cid), r1, r2 in zip(expect["kind"], first["lines"], second["lines"]):
+        for (kind, cid), r1, r2 in zip(expect["kind"], first["lines"], second["lines"], strict=True):
             want = {"new": "applied", "repeat": "duplicate"}.get(kind, kind)
             assert r1["outcome"] == want, (kind, r1)
             assert r2["outcome"] == ("duplicate" if kind in ("new", "repeat") else kind), (kind, r2)
@@ -145,7 +146,7 @@ async def finance_batch_posted_twice(service, n_contracts: int, n_lines: int) ->
                 return (await c.get(f"/contracts/{contract['id']}")).json()
 
         states = await asyncio.gather(*(live(x) for x in contracts))
-        for contract, state in zip(contracts, states):
+        for contract, state in zip(contracts, states, strict=True):
             cid = contract["id"]
             refs = [p["reference"] for p in state["payments"]]
             assert len(refs) == len(set(refs))
@@ -154,7 +155,7 @@ async def finance_batch_posted_twice(service, n_contracts: int, n_lines: int) ->
             assert Decimal(state["outstanding"]) == max(Decimal("1000000.00") - expect["paid"][cid], Decimal(0))
         # Per contract, the last applied line's balance is the contract's balance.
         last_outstanding = {r["contract_id"]: r["outstanding"] for r in first["lines"] if r["outcome"] == "applied"}
-        for contract, state in zip(contracts, states):
+        for contract, state in zip(contracts, states, strict=True):
             if contract["id"] in last_outstanding:
                 assert last_outstanding[contract["id"]] == state["outstanding"]
         return {"first_seconds": t1, "second_seconds": t2}
@@ -354,6 +355,7 @@ async def erp_scenario(service) -> None:
         assert types[("milestone.completed", "order_review")] == 1
 
         # Envelope errors: 422 problem+json, nothing applied.
+        body: dict[str, Any]
         for body in (
             {"lines": []},
             {"lines": [{"erp_order_no": order, "milestone": "shipping", "percent": "lots"}]},

@@ -19,8 +19,8 @@ import pytest
 
 from core.demo_data import LIVE_PREFIX, seed_history, seed_live
 from models.db import make_engine, make_session_factory
-from tests.helpers import DEMO_PASSWORD
 from tests.conftest import ARTIFACTS, IN_CI
+from tests.helpers import DEMO_PASSWORD
 
 pytestmark = pytest.mark.devserver
 
@@ -216,7 +216,7 @@ async def test_pages_without_a_browser(api_service):
         assert r.status_code == 303 and r.headers["location"] == "/ui/contracts"  # never an open redirect
         # A sales person is refused the analytics with a page saying why, and sees no link to them.
         r = await anonymous.post("/ui/login", data={"username": "li.wei", "password": DEMO_PASSWORD})
-        li = r.cookies.get("ct_session")
+        li = r.cookies["ct_session"]
         r = await anonymous.get("/ui/analytics", cookies={"ct_session": li}, headers={"accept": "text/html"})
         assert r.status_code == 403 and r.headers["content-type"].startswith("text/html")
         assert "may not read analytics" in r.text

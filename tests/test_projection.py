@@ -176,9 +176,8 @@ def test_event_log_is_append_only(sessions):
     spec = make_spec(NOW)
     ProjectionActivities(sessions).project_delta(Contract_(spec).delta())
     for statement in ("UPDATE contract_events SET type = 'forged'", "DELETE FROM contract_events"):
-        with pytest.raises(DBAPIError, match="append-only"):
-            with sessions.begin() as session:
-                session.execute(text(statement))
+        with pytest.raises(DBAPIError, match="append-only"), sessions.begin() as session:
+            session.execute(text(statement))
     with sessions() as session:
         assert session.execute(select(ContractEvent.type)).scalars().all() == ["contract.created"]
 

@@ -5,8 +5,8 @@ schemathesis CLI (a subprocess, so this event loop keeps serving) reads it and r
 ``examples``, ``coverage`` (deterministic boundary and negative cases, undeclared methods, missing
 headers), ``fuzzing`` (property-based, ``--generation-deterministic``: the same cases every run,
 one worker: in the same order) and ``stateful`` (sequences along the links schemathesis infers,
-e.g. POST /webhooks then PATCH/DELETE it) with ``--checks all``: no 5xx, status codes / content types / headers / bodies as declared,
-schema-violating requests rejected, schema-valid requests accepted, 405 with ``Allow`` for
+e.g. POST /webhooks then PATCH/DELETE it) with ``--checks all``: no 5xx, status codes / content types /
+headers / bodies as declared, schema-violating requests rejected, schema-valid requests accepted, 405 with ``Allow`` for
 undeclared methods...  Done when it reports 0 failures.
 
 The service is this module's own (fresh database, its own worker and task queue on the session's
@@ -52,8 +52,7 @@ import pytest_asyncio
 
 from core.migrate import upgrade
 from core.settings import Settings
-from models.db import make_engine, make_session_factory
-from tests.conftest import TEST_ADMIN_KEY, ARTIFACTS, Service, running_api, running_worker
+from tests.conftest import ARTIFACTS, TEST_ADMIN_KEY, Service, running_api, running_worker
 from tests.helpers import contract_request
 
 pytestmark = pytest.mark.devserver
@@ -112,7 +111,7 @@ def schemathesis_config(ids: dict[str, list], api_key: str | None = None) -> str
     lines = [
         "[cache]", "enabled = false", "",
         *(["[auth.openapi.apiKey]", f"api_key = {_toml(api_key)}", ""] if api_key else []),
-        # NUL is refused in every text (422, api/guards.py: PostgreSQL cannot store it) but the document does not
+        # NUL is refused in every text (422, api/platform/guards.py: PostgreSQL cannot store it) but the document does not
         # restate that on each string; test_text_the_database_cannot_store_is_refused covers it instead.
         "[generation]", "allow-x00 = false", "",
         "[dictionaries]",
@@ -160,9 +159,8 @@ async def fuzzing_service(dev_env, database_url: str, smtp_port: int):
         jwt_secret="fuzz-jwt-secret-" + "y" * 32,
         document_dir=str(Path(database_url.removeprefix("sqlite:///")).parent / "documents"),
     )
-    async with running_worker(dev_env.client, settings, settings.task_queue):
-        async with running_api(settings) as base_url:
-            yield Service(base_url, dev_env.client, settings)
+    async with running_worker(dev_env.client, settings, settings.task_queue), running_api(settings) as base_url:
+        yield Service(base_url, dev_env.client, settings)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -226,6 +224,7 @@ async def run_schemathesis(service, workdir: Path, ids: dict[str, list], *extra:
     proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
+    assert proc.returncode is not None  # communicate() waited for it
     return proc.returncode, out.decode("utf-8", "replace")
 
 

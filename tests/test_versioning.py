@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 from temporalio import activity
 from temporalio.worker import Replayer, Worker
 

@@ -15,10 +15,11 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -137,7 +138,7 @@ class Receiver:
         accepted = [r["id"] for r in rows if r["status"] < 300]
         assert len(accepted) == len(set(accepted)), "an accepted event was sent again"
 
-    def __enter__(self) -> "Receiver":
+    def __enter__(self) -> Receiver:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         return self
@@ -150,7 +151,7 @@ class Receiver:
 
 # ====================================================================== dispatcher on a database
 def fast_settings(**overrides) -> Settings:
-    values = dict(
+    values: dict[str, Any] = dict(
         webhook_retry_initial_seconds=0.05,
         webhook_retry_max_interval_seconds=0.2,
         webhook_max_attempts=5,
@@ -349,7 +350,7 @@ def test_a_crash_between_send_and_record_resends_the_same_event(sessions):
         sid = subscribe(sessions, rx.url("/a", SECRET_A), SECRET_A)
         settings = fast_settings(webhook_lease_seconds=1.0)
         doomed = WebhookDispatcher(sessions, settings, owner="replica-1", post=post_then_die)
-        doomed._release = lambda sid: None  # a dead process releases nothing
+        doomed._release = lambda sid: None  # type: ignore[method-assign]  # a dead process releases nothing
         with pytest.raises(Crash):
             doomed.run_once()
         assert rx.accepted_ids("/a") == [f"{cid}:1", f"{cid}:2"]
@@ -589,8 +590,8 @@ async def contract_life_through_the_service(service) -> None:
             received = [r["id"] for r in rx.at("/all", cid)]
             assert received.count(target["payment"]) == 3 and len(received) == len(ids) + 2
             assert [i for k, i in enumerate(received) if i not in received[:k]] == ids
-            for r in rx.at("/all", cid):
-                data = r["event"]["data"]
+            for received_request in rx.at("/all", cid):
+                data = received_request["event"]["data"]
                 assert data["contract_external_id"] == body["external_id"]
                 assert data["customer_external_id"] == body["customer"]["external_id"]
             print(f"contract {cid}: {len(ids)} events delivered in order, {len(received)} requests, "

@@ -16,8 +16,8 @@ import re
 import smtplib
 import ssl
 from datetime import datetime, timezone
-from email.headerregistry import Address
 from email import policy as email_policy
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses
 

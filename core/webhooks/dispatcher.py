@@ -40,9 +40,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import httpx
 from sqlalchemy import func, or_, select, text, update
@@ -53,6 +54,7 @@ from core.channels.webhook import post_webhook
 from core.settings import Settings
 from core.webhooks.events import CONTENT_TYPE, cloud_event, event_id, matches
 from models import Contract, ContractEvent, Customer, WebhookDelivery, WebhookSubscription
+from models.db import rows_changed
 
 log = logging.getLogger("webhooks")
 
@@ -133,12 +135,12 @@ class _Gaps:
             return False, self.PROBE_AFTER - (now - youngest)
         if any(horizon is None for _, horizon in entries):
             # Every transaction that could hold these ids has an xid below this one by now.
-            xmax = int(session.execute(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")).scalar())
+            xmax = int(session.execute(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")).scalar_one())
             with self._lock:
                 for entry in entries:
                     if entry[1] is None:
                         entry[1] = xmax
-        xmin = int(session.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")).scalar())
+        xmin = int(session.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")).scalar_one())
         if not all(xmin >= horizon for _, horizon in entries):
             return False, None  # a transaction that may hold one of them is still running
         # Those transactions have ended: what they committed is visible to a new statement now.
@@ -269,7 +271,7 @@ class WebhookDispatcher:
         now = _now()
         S = WebhookSubscription
         with self.sessions.begin() as session:
-            claimed = session.execute(
+            claimed = rows_changed(session.execute(
                 update(S)
                 .where(
                     S.id == sid,
@@ -278,7 +280,7 @@ class WebhookDispatcher:
                 )
                 .values(lease_owner=self.owner, lease_until=now + timedelta(seconds=self.settings.webhook_lease_seconds))
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ))
         return claimed == 1
 
     def _release(self, sid: str) -> None:
@@ -357,12 +359,12 @@ class WebhookDispatcher:
         """Move the cursor over events this subscription does not want."""
         S = WebhookSubscription
         with self.sessions.begin() as session:
-            moved = session.execute(
+            moved = rows_changed(session.execute(
                 update(S)
                 .where(S.id == sid, S.lease_owner == self.owner, S.cursor == expected_cursor)
                 .values(cursor=to)
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ))
             if moved != 1:
                 raise LeaseLost(sid)
 
@@ -374,15 +376,17 @@ class WebhookDispatcher:
         now = _now()
         # 1. Record the attempt (and renew the lease) before anything leaves.
         with self.sessions.begin() as session:
-            renewed = session.execute(
+            renewed = rows_changed(session.execute(
                 update(S)
                 .where(S.id == sid, S.lease_owner == self.owner, S.active.is_(True), S.cursor == expected_cursor)
                 .values(lease_until=now + timedelta(seconds=settings.webhook_lease_seconds))
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ))
             if renewed != 1:
                 raise LeaseLost(sid)
             sub = session.get(S, sid)
+            if sub is None:  # deleted since the lease was renewed
+                raise LeaseLost(sid)
             url, secret = sub.url, sub.secret
             delivery = session.execute(
                 select(D).where(D.subscription_id == sid, D.event_id == ev.event_id)
@@ -459,12 +463,12 @@ class WebhookDispatcher:
                     last_failed_at=done,
                     last_error=message,
                 )
-            moved = session.execute(
+            moved = rows_changed(session.execute(
                 update(S)
                 .where(S.id == sid, S.lease_owner == self.owner, S.cursor == expected_cursor)
                 .values(**values)
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ))
             if moved != 1:
                 session.rollback()
                 raise LeaseLost(sid)
@@ -487,7 +491,7 @@ class WebhookDispatcher:
             log.warning("webhook %s: %s %s failed after %d attempt(s): %s", sid, ev.type, ev.event_id, attempt, message)
         else:
             log.info("webhook %s: %s %s attempt %d: %s; retry at %s", sid, ev.type, ev.event_id, attempt, message,
-                     retry_at.isoformat())
+                     retry_at.isoformat() if retry_at else None)
         return outcome != PENDING
 
 

@@ -10,8 +10,9 @@ the attempt's timestamp).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"

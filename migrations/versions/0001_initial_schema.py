@@ -1,13 +1,13 @@
 """contracts, milestones, installments, payments, events
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-27 07:09:25.057385
 """
-from alembic import op
 import sqlalchemy as sa
-import models.types
+from alembic import op
 
+import models.types
 
 revision = '0001'
 down_revision = None
@@ -87,7 +87,8 @@ def upgrade() -> None:
     sa.Column('due_at', models.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('due_estimated', sa.Boolean(), nullable=False),
     sa.Column('paid_at', models.types.UTCDateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['contract_id'], ['contracts.id'], name=op.f('fk_installments_contract_id_contracts'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['contract_id'], ['contracts.id'], name=op.f('fk_installments_contract_id_contracts'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('contract_id', 'key', name=op.f('pk_installments'))
     )
     op.create_table('milestones',
@@ -107,7 +108,8 @@ def upgrade() -> None:
     sa.Column('progress', sa.Integer(), nullable=False),
     sa.Column('completed_at', models.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('completed_by', sa.String(length=100), nullable=True),
-    sa.ForeignKeyConstraint(['contract_id'], ['contracts.id'], name=op.f('fk_milestones_contract_id_contracts'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['contract_id'], ['contracts.id'], name=op.f('fk_milestones_contract_id_contracts'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('contract_id', 'key', name=op.f('pk_milestones'))
     )
     with op.batch_alter_table('milestones', schema=None) as batch_op:
@@ -124,7 +126,8 @@ def upgrade() -> None:
     sa.Column('recorded_by', sa.String(length=100), nullable=False),
     sa.Column('allocations', sa.JSON(), nullable=False),
     sa.Column('excess', models.types.Money(precision=20, scale=4), nullable=False),
-    sa.ForeignKeyConstraint(['contract_id'], ['contracts.id'], name=op.f('fk_payments_contract_id_contracts'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['contract_id'], ['contracts.id'], name=op.f('fk_payments_contract_id_contracts'),
+                            ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('contract_id', 'reference', name=op.f('pk_payments'))
     )
     # ### end Alembic commands ###

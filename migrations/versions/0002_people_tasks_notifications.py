@@ -8,10 +8,10 @@ Users and departments refer to each other (a user's department; a department's h
 assignee), so the department → user foreign keys are added after both tables exist.  On SQLite
 that ALTER runs in batch mode (the empty ``departments`` table is rebuilt).
 """
-from alembic import op
 import sqlalchemy as sa
-import models.types
+from alembic import op
 
+import models.types
 
 revision = '0002'
 down_revision = '0001'

@@ -4,10 +4,10 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-27 09:40:00
 """
-from alembic import op
 import sqlalchemy as sa
-import models.types
+from alembic import op
 
+import models.types
 
 revision = '0003'
 down_revision = '0002'

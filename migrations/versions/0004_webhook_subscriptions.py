@@ -4,10 +4,10 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-28 10:00:00
 """
-from alembic import op
 import sqlalchemy as sa
-import models.types
+from alembic import op
 
+import models.types
 
 revision = '0004'
 down_revision = '0003'

@@ -9,10 +9,10 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-11-27 12:00:00
 """
-from alembic import op
 import sqlalchemy as sa
-import models.types
+from alembic import op
 
+import models.types
 
 revision = '0007'
 down_revision = '0006'

@@ -12,10 +12,10 @@ grant it only SELECT and INSERT on audit_log; the triggers hold whatever the gra
 On SQLite: a later batch migration that recreates audit_log would drop its triggers; such a
 migration must create them again (``create_triggers`` below).
 """
-from alembic import op
 import sqlalchemy as sa
-import models.types
+from alembic import op
 
+import models.types
 
 revision = '0009'
 down_revision = '0008'

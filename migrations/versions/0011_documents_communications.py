@@ -4,10 +4,10 @@ Revision ID: 0011
 Revises: 0010
 Create Date: 2026-11-27 12:30:00
 """
-from alembic import op
 import sqlalchemy as sa
-import models.types
+from alembic import op
 
+import models.types
 
 revision = '0011'
 down_revision = '0010'

@@ -17,9 +17,8 @@ Revision ID: 0012
 Revises: 0011
 Create Date: 2026-11-27 13:30:00
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0012'
 down_revision = '0011'

@@ -26,10 +26,11 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from email import policy as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
@@ -251,7 +252,7 @@ class MailCatcher:
         self.port = free_port()
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
-    def start(self) -> "MailCatcher":
+    def start(self) -> MailCatcher:
         self.controller.start()
         return self
 
@@ -346,7 +347,7 @@ class HttpReceiver:
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def start(self) -> "HttpReceiver":
+    def start(self) -> HttpReceiver:
         self._thread.start()
         return self
 
@@ -372,7 +373,7 @@ class TcpProxy:
         self.down = False
         self.connections = 0
 
-    async def start(self) -> "TcpProxy":
+    async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
         self.down = False
         return self
@@ -459,7 +460,7 @@ class Observer:
             self._tick = asyncio.Event()
             await asyncio.sleep(self.interval)
 
-    def start(self) -> "Observer":
+    def start(self) -> Observer:
         self._task = asyncio.create_task(self._run())
         return self
 

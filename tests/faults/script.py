@@ -27,10 +27,11 @@ import re
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import httpx
 from sqlalchemy import text
@@ -66,7 +67,8 @@ ESCALATION = [
     {"after": "PT3S", "to": ["owner"], "cc": ["manager"], "channels": ["email", "webhook"]},
 ]
 FAR = "PT10M"  # items completed or paid early: far enough that no timer competes
-STEP_TIMEOUT = float(os.environ.get("FAULTS_STEP_TIMEOUT", "600"))  # one scripted wait: generous (killed activities time out first; CI machines are small)
+# One scripted wait: generous (killed activities time out first; CI machines are small).
+STEP_TIMEOUT = float(os.environ.get("FAULTS_STEP_TIMEOUT", "600"))
 
 
 # ====================================================================== the plan
@@ -144,7 +146,7 @@ def plan(k: int) -> Plan:
 
 
 def _m(key: str, kind: str, owner: str, department: str, due_after: str, after: str | None = None) -> dict:
-    m = {"key": key, "name": key.replace("_", " ").title(), "kind": kind, "owner": owner,
+    m: dict[str, Any] = {"key": key, "name": key.replace("_", " ").title(), "kind": kind, "owner": owner,
          "department": department, "due_after": due_after}
     if after:
         m["after"] = after
@@ -296,7 +298,7 @@ class Stack:
             raw = d.raw_description
             wft = raw.pending_workflow_task
             lines.append(f"workflow: {d.status.name if d.status else '?'}, history {d.history_length} events, "
-                         f"pending workflow task: {'state %s attempt %s' % (wft.state, wft.attempt) if wft.attempt else 'none'}")
+                         f"pending workflow task: {f'state {wft.state} attempt {wft.attempt}' if wft.attempt else 'none'}")
             lines.append("pending activities: " + repr([
                 f"{a.activity_type.name} attempt {a.attempt} state {a.state} last failure {a.last_failure.message!r}"
                 for a in raw.pending_activities] or "none"))
@@ -565,7 +567,7 @@ async def collect(stack: Stack, db_url: str, timeout: float = 240.0) -> dict[int
             return await final_state(stack.client, cid)
 
     keys = list(stack.cids)
-    states = dict(zip(keys, await asyncio.gather(*(one(stack.cids[k]) for k in keys))))
+    states = dict(zip(keys, await asyncio.gather(*(one(stack.cids[k]) for k in keys)), strict=True))
     engine = create_engine(db_url, poolclass=NullPool)
     try:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,261 @@
+"""Amendments and versions: what the amendment routes call.
+
+The workflow decides (its update validators refuse a change that contradicts the contract);
+this layer turns the request into the workflow's terms and answers who may approve: it
+resolves each required role to a person (the owner's manager, finance's and legal's default
+assignees) and checks that whoever approves holds the role they approve for.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.amendments import schemas as s
+from api.contracts.builder import due_rule
+from api.contracts.schemas import InstallmentIn, MilestoneIn
+from api.contracts.service import ContractService
+from api.platform.problems import Problem
+from core import org
+from core.durations import DurationError, check_duration
+from models import AmendmentRecord
+from workflows.contract import amendments as rules
+from workflows.contract import ContractWorkflow
+from workflows.types import (
+    AmendmentChange,
+    AmendmentImpact,
+    AmendmentResult,
+    AmendmentState,
+    ContractState,
+    DecideAmendmentInput,
+    InstallmentSpec,
+    MilestoneSpec,
+    RequestAmendmentInput,
+)
+
+
+class AmendmentService:
+    def __init__(self, contracts: ContractService) -> None:
+        self.contracts = contracts
+        self.sessions = contracts.sessions
+
+    # ------------------------------------------------------------------ request
+    async def request(self, contract_id: str, body: s.AmendmentRequestIn) -> s.AmendmentAccepted:
+        changes = [_change(c, f"changes[{i}]") for i, c in enumerate(body.changes)]
+        state = await self._state(contract_id)
+        roles = rules.required_roles(state, changes)
+        with self.sessions() as session:
+            approvers = {role: _approver_for(session, role, state) for role in roles}
+        result: AmendmentResult = await self.contracts.send_update(
+            contract_id,
+            ContractWorkflow.request_amendment,
+            RequestAmendmentInput(uuid.uuid4().hex[:12], body.requested_by or "", body.reason, changes, approvers),
+        )
+        return _accepted(result)
+
+    # ------------------------------------------------------------------ decide
+    async def decide(self, contract_id: str, amendment_id: str, decision: str, body) -> s.AmendmentAccepted:
+        state = await self._state(contract_id)
+        a = _find(state, amendment_id)
+        role = getattr(body, "role", None) or ""
+        if decision != "withdraw":
+            if not role:
+                if len(a.required_roles) == 1:
+                    role = a.required_roles[0]
+                else:
+                    raise Problem(422, f"say which role you {decision} for ('role'): one of "
+                                       f"{', '.join(a.required_roles)}", slug="invalid")
+            if role in a.required_roles:
+                with self.sessions() as session:
+                    reason = _not_eligible(session, body.by, role, a, state)
+                if reason:
+                    raise Problem(403, reason, slug="not-an-approver")
+        result = await self.contracts.send_update(
+            contract_id,
+            ContractWorkflow.decide_amendment,
+            DecideAmendmentInput(amendment_id, decision, body.by, role, body.comment),
+        )
+        return _accepted(result)
+
+    # ------------------------------------------------------------------ read
+    async def list_amendments(self, contract_id: str) -> list[s.AmendmentOut]:
+        state = await self._state(contract_id)
+        return [_out(a) for a in state.amendments]
+
+    async def get(self, contract_id: str, amendment_id: str) -> s.AmendmentOut:
+        return _out(_find(await self._state(contract_id), amendment_id))
+
+    async def versions(self, contract_id: str) -> list[s.VersionOut]:
+        state = await self._state(contract_id)
+        versions = list(state.versions)
+        out = [] if versions else [s.VersionOut(version=1, at=state.spec.effective_at, amendment_id=None,
+                                                 summary="as signed", clauses=[], approved_by=[])]
+        for v in versions:
+            out.append(s.VersionOut(
+                version=v.version, at=v.at, amendment_id=v.amendment_id, summary=v.summary,
+                clauses=[s.ClauseOut(**vars(c)) for c in v.clauses],
+                approved_by=[s.DecisionOut(**vars(d)) for d in v.approvals],
+            ))
+        return out
+
+    async def _state(self, contract_id: str) -> ContractState:
+        row = self.contracts.row(contract_id)
+        state = await self.contracts.live_state(row)
+        # A decided amendment's impact lives in the read model (the workflow lets it go).
+        missing = {a.id: a for a in state.amendments if a.impact is None}
+        if missing:
+            from core.serde import from_jsonable
+
+            with self.sessions() as session:
+                records = session.execute(select(AmendmentRecord).where(
+                    AmendmentRecord.contract_id == contract_id, AmendmentRecord.amendment_id.in_(list(missing)))
+                ).scalars().all()
+            for r in records:
+                if r.record.get("impact") is not None:
+                    missing[r.amendment_id].impact = from_jsonable(AmendmentImpact, r.record["impact"])
+            if any(a.impact is None for a in missing.values()):
+                raise Problem(503, "an amendment's impact is not in the read model yet; try again in a moment",
+                              slug="read-model-behind")
+        return state
+
+
+# ---------------------------------------------------------------- approvers
+
+
+def _approver_for(session: Session, role: str, state: ContractState) -> str:
+    """The person asked to approve for ``role``."""
+    if role == "manager":
+        chain = org.manager_chain(session, state.spec.owner, 1)
+        if chain:
+            return chain[0].id
+        head = org.department_head(session, "sales")
+        return head.id if head else role
+    user = org.default_assignee(session, rules.ROLE_DEPARTMENTS.get(role, role)) or org.department_head(
+        session, rules.ROLE_DEPARTMENTS.get(role, role))
+    return user.id if user else role
+
+
+def _not_eligible(session: Session, user_id: str, role: str, a: AmendmentState, state: ContractState) -> str | None:
+    """Why ``user_id`` may not decide for ``role`` (None: they may).  Manager: anyone above the
+    sales owner; finance, legal and other roles: anyone in that department; always the person
+    the request named."""
+    if a.approvers.get(role) == user_id:
+        return None
+    user = org.find_user(session, user_id)
+    if user is None or not user.active:
+        return f"{user_id!r} is not an active user"
+    if role == "manager":
+        if user_id in {u.id for u in org.manager_chain(session, state.spec.owner, 5)}:
+            return None
+        return f"{user_id} is not a manager of the contract's owner ({state.spec.owner})"
+    if user.department == rules.ROLE_DEPARTMENTS.get(role, role):
+        return None
+    return f"{user_id} is not in the {role} department"
+
+
+# ---------------------------------------------------------------- conversions
+
+
+def _change(c: s.AmendmentChangeIn, where: str) -> AmendmentChange:
+    return AmendmentChange(
+        kind=c.kind,
+        key=c.key,
+        item_type=c.item_type,
+        shift=_shift(c.shift, f"{where}.shift"),
+        due_at=c.due_at,
+        owner=c.owner,
+        department=c.department,
+        milestone=_milestone(c.milestone, f"{where}.milestone") if c.milestone else None,
+        amount=c.amount,
+        installments=[_installment(x, f"{where}.installments[{i}]") for i, x in enumerate(c.installments)]
+        if c.installments is not None else None,
+        end_at=c.end_at,
+    )
+
+
+def _shift(text: str | None, where: str) -> str | None:
+    """A move_due shift: an ISO 8601 duration, forwards or (with a leading '-') backwards, capped
+    like every duration (core/durations.check_duration) before the workflow adds it to a date."""
+    if text is not None:
+        try:
+            check_duration(text.removeprefix("-"))
+        except DurationError as exc:
+            raise Problem(422, f"{where}: {exc}", slug="invalid", errors=[{"field": where, "message": str(exc)}]) from exc
+    return text
+
+
+def _milestone(m: MilestoneIn, where: str) -> MilestoneSpec:
+    errors: list = []
+    if not (m.name and m.kind and m.owner and m.department):
+        missing = [f for f in ("name", "kind", "owner", "department") if not getattr(m, f)]
+        raise Problem(422, f"{where}: missing {', '.join(missing)}", slug="invalid")
+    rule = due_rule(m, where, errors)
+    if errors or rule is None:
+        raise Problem(422, "; ".join(f"{f}: {msg}" for f, msg in errors), slug="invalid")
+    deps = m.depends_on if m.depends_on is not None else ([rule.after] if rule.after else [])
+    return MilestoneSpec(key=m.key, name=m.name, kind=m.kind, owner=m.owner.strip(), department=m.department,
+                         due=rule, standard=m.standard or "", depends_on=deps, reminders=m.reminders,
+                         planned_cost=m.planned_cost)
+
+
+def _installment(i: InstallmentIn, where: str) -> InstallmentSpec:
+    errors: list = []
+    rule = due_rule(i, where, errors)
+    if errors or rule is None:
+        raise Problem(422, "; ".join(f"{f}: {msg}" for f, msg in errors), slug="invalid")
+    return InstallmentSpec(i.key, i.amount, rule)
+
+
+def _find(state: ContractState, amendment_id: str) -> AmendmentState:
+    for a in state.amendments:
+        if a.id == amendment_id:
+            return a
+    raise Problem(404, f"contract has no amendment {amendment_id!r}", slug="amendment-not-found")
+
+
+def _missing(a: AmendmentState) -> list[str]:
+    done = {d.role for d in a.decisions if d.decision == "approved"}
+    return [r for r in a.required_roles if r not in done] if a.status == "pending" else []
+
+
+def _item(x) -> s.ItemImpactOut:
+    return s.ItemImpactOut(
+        item_type=x.item_type, key=x.key, name=x.name, change=x.change, old_due_at=x.old_due_at,
+        new_due_at=x.new_due_at, shift_days=round(x.shift_seconds / 86400, 4) if x.shift_seconds is not None else None,
+        old_owner=x.old_owner, new_owner=x.new_owner, old_amount=x.old_amount, new_amount=x.new_amount,
+        overdue_before=x.overdue_before, overdue_after=x.overdue_after,
+    )
+
+
+def _out(a: AmendmentState) -> s.AmendmentOut:
+    i = a.impact
+    assert i is not None  # filled from the read model by AmendmentService._state
+    return s.AmendmentOut(
+        id=a.id, number=a.number, status=a.status, requested_by=a.requested_by, reason=a.reason,
+        requested_at=a.requested_at, required_roles=a.required_roles, approvers=a.approvers,
+        missing_roles=_missing(a), decisions=[s.DecisionOut(**vars(d)) for d in a.decisions],
+        decided_at=a.decided_at, contract_version=a.contract_version,
+        impact=s.ImpactOut(
+            milestones=[_item(x) for x in i.items], installments=[_item(x) for x in i.installments],
+            old_amount=i.old_amount, new_amount=i.new_amount, amount_delta=i.amount_delta,
+            old_outstanding=i.old_outstanding, new_outstanding=i.new_outstanding, old_end_at=i.old_end_at,
+            new_end_at=i.new_end_at, becomes_on_time=i.becomes_on_time, becomes_overdue=i.becomes_overdue,
+            affected_people=i.affected_people, clauses=[s.ClauseOut(**vars(c)) for c in i.clauses],
+        ),
+        changes=[_jsonable_change(c) for c in a.changes],
+    )
+
+
+def _jsonable_change(c: AmendmentChange) -> dict:
+    from core.serde import to_jsonable
+
+    data = {k: v for k, v in to_jsonable(c).items() if v is not None}
+    if c.kind != "move_due":
+        data.pop("item_type", None)
+    return data
+
+
+def _accepted(result: AmendmentResult) -> s.AmendmentAccepted:
+    return s.AmendmentAccepted(**_out(result.amendment).model_dump(), current_contract_version=result.contract_version)
