@@ -77,7 +77,7 @@ class NotifyActivities:
         if role == "owner":
             return [org.find_user(session, r.owner) or _unknown(r.owner)]
         if role == "manager":
-            return org.manager_chain(session, r.owner, 1)[:1]
+            return list(org.manager_chain(session, r.owner, 1)[:1])
         if role == "manager_of_manager":
             chain = org.manager_chain(session, r.owner, 2)
             if len(chain) >= 2:

@@ -27,6 +27,7 @@ from temporalio import activity
 
 from core.serde import to_jsonable
 from models import AmendmentRecord, Contract, ContractEvent, Installment, Milestone, OutboxNotice, Payment
+from models.db import rows_changed
 from models.outbox import CANCELLED, PENDING
 from models.repository import new_contract_row
 from workflows.types import ContractEvent as Event
@@ -105,7 +106,7 @@ def _insert_events(session: Session, ins: Callable[..., Any], contract_id: str, 
     rows = [{"contract_id": contract_id, "seq": e.seq, "type": e.type, "at": e.at, "actor": e.actor,
              "data": to_jsonable(e.data)} for e in events]
     stmt = ins(ContractEvent).values(rows).on_conflict_do_nothing(index_elements=["contract_id", "seq"])
-    written = session.execute(stmt).rowcount or 0
+    written = rows_changed(session.execute(stmt)) or 0
     if written < len(rows):
         _check_same_events(session, contract_id, rows)
     return written
@@ -262,7 +263,7 @@ def _apply_snapshot(session: Session, contract: Contract, state: ContractState) 
     session.execute(delete(Installment).where(Installment.contract_id == cid))
     currency = state.spec.currency
     rows = [_milestone_row(cid, pos, m, started, currency)
-            for pos, (m, started) in enumerate(zip(state.milestones, stage_starts(state)))]
+            for pos, (m, started) in enumerate(zip(state.milestones, stage_starts(state), strict=True))]
     if rows:
         session.execute(insert(Milestone).values(rows))
     rows = [_installment_row(cid, pos, i, currency) for pos, i in enumerate(state.installments)]

@@ -19,6 +19,7 @@ machine and its load average.  Target: p50 under 200 ms for each.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -219,8 +220,8 @@ def make_client():
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from api.platform import problems
     from api.analytics import routes
+    from api.platform import problems
     from core.settings import Settings
     from models.db import make_engine, make_session_factory
 
@@ -244,10 +245,8 @@ def _renice(engine, niceness: int) -> None:
         pids += [r[0] for r in conn.execute(text(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))]
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):  # a backend that ended meanwhile
             os.setpriority(os.PRIO_PROCESS, pid, niceness)
-        except OSError:
-            pass
 
 
 def _backend_pids(engine) -> list[int]:

@@ -39,10 +39,11 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -90,9 +91,9 @@ def summary_ms(seconds: list[float]) -> dict[str, Any]:
     return {
         "count": len(ms),
         "mean": round(statistics.fmean(ms), 2),
-        "p50": round(percentile(ms, 50), 2),
-        "p90": round(percentile(ms, 90), 2),
-        "p99": round(percentile(ms, 99), 2),
+        "p50": round(percentile(ms, 50) or 0.0, 2),
+        "p90": round(percentile(ms, 90) or 0.0, 2),
+        "p99": round(percentile(ms, 99) or 0.0, 2),
         "max": round(max(ms), 2),
     }
 
@@ -303,10 +304,10 @@ class DevServer:
     def __init__(self, tmp: Path, extra_args: list[str] | None = None) -> None:
         self.db_path = tmp / "temporal.db"
         self.extra_args = list(extra_args or [])
-        self.env = None
+        self.env: Any = None  # the WorkflowEnvironment, once started
         self.pid: int | None = None
 
-    async def __aenter__(self) -> "DevServer":
+    async def __aenter__(self) -> DevServer:
         from temporalio.testing import WorkflowEnvironment
 
         from core.temporal import find_binary
@@ -386,7 +387,7 @@ class SmtpCatcher:
             self._by_key[key] = self._by_key.get(key, 0) + 1
         return "250 OK"
 
-    def __enter__(self) -> "SmtpCatcher":
+    def __enter__(self) -> SmtpCatcher:
         self.controller.start()
         return self
 
@@ -496,7 +497,7 @@ class ChildProcess:
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.argv = argv
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - the child writes to it until stop() closes it
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
 
@@ -594,7 +595,7 @@ class FloorWorkerProcess(ChildProcess):
 
 
 @contextlib.asynccontextmanager
-async def project_stack(server: "DevServer", settings, tmp: Path, split: bool) -> AsyncIterator[dict[str, Any]]:
+async def project_stack(server: DevServer, settings, tmp: Path, split: bool) -> AsyncIterator[dict[str, Any]]:
     """The project: worker + API in this process, or (``split``) ``python worker.py`` and
     ``uvicorn api.main:app`` as two processes, the production layout.  Yields base_url and the
     child processes (empty in-process)."""
@@ -615,7 +616,7 @@ async def project_stack(server: "DevServer", settings, tmp: Path, split: bool) -
 
 
 @contextlib.asynccontextmanager
-async def floor_stack(server: "DevServer", tmp: Path, split: bool, max_cached_workflows: int = 2000
+async def floor_stack(server: DevServer, tmp: Path, split: bool, max_cached_workflows: int = 2000
                       ) -> AsyncIterator[dict[str, Any]]:
     """The floor's worker on its own task queue: in this process, or (``split``) as its own."""
     from bench.floor import floor_worker
@@ -707,7 +708,7 @@ class VisibilityWatch:
                     fut.set_result(now)
             await asyncio.sleep(self.interval)
 
-    async def __aenter__(self) -> "VisibilityWatch":
+    async def __aenter__(self) -> VisibilityWatch:
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -806,7 +807,7 @@ def run_main(name: str, parser: argparse.ArgumentParser, body: Callable[[argpars
     started = time.perf_counter()
     code = 0
     try:
-        asyncio.run(body(args, result))
+        asyncio.run(body(args, result))  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - report, write what we have, then leave through hard_exit
         logging.exception("benchmark %s failed", name)
         result["error"] = f"{exc.__class__.__name__}: {exc}"

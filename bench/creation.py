@@ -176,7 +176,7 @@ async def body(args: argparse.Namespace, result: dict) -> None:
 
                     await settle(smtp, created)
                     with watch.engine.connect() as conn:
-                        rows = dict(conn.execute(text("SELECT id, status FROM contracts")).all())
+                        rows: dict[str, str] = dict(conn.execute(text("SELECT id, status FROM contracts")).all())
                     reminded = {m.key.split(":")[0] for m in smtp.matching(lambda m: ":reminder" in m.key)}
                     checks = result["checks"]
                     checks["every POST /contracts answered 201"] = all(s == 201 for s in statuses)

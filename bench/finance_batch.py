@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -115,7 +116,7 @@ async def create_contracts(c: httpx.AsyncClient, n: int) -> list[dict]:
     gate = asyncio.Semaphore(16)
 
     async def one(k: int) -> dict:
-        body = {
+        body: dict[str, Any] = {
             "external_id": f"HT-{tag}-{k:04d}",
             "title": f"Supply of spindles, lot {k}",
             "customer": {"name": f"Customer {k}", "external_id": f"CRM-{tag}-{k}"},
@@ -240,7 +241,7 @@ async def measure(base_url: str, args: argparse.Namespace) -> dict:
     ]
     checks["second post applies nothing"] = posts[1]["totals"]["applied"] == 0
     bad = []
-    for contract, state in zip(contracts, states):
+    for contract, state in zip(contracts, states, strict=True):
         refs = [p["reference"] for p in state["payments"]]
         if len(refs) != len(set(refs)) or Decimal(state["paid"]) != paid.get(contract["id"], Decimal(0)):
             bad.append(contract["id"])

@@ -22,6 +22,7 @@ Workflows run in the default sandbox, as the project's do.  Run a floor worker a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -61,10 +62,8 @@ class LedgerWorkflow:
     @workflow.run
     async def run(self, input: LedgerInput) -> int:
         self.balance = input.opening
-        try:
+        with contextlib.suppress(TimeoutError):  # the ledger's far timer: it is closed before
             await workflow.wait_condition(lambda: self.closed, timeout=timedelta(days=input.sleep_days))
-        except asyncio.TimeoutError:
-            pass
         return self.balance
 
     @workflow.update

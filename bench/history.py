@@ -35,6 +35,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     import sys
@@ -85,9 +86,7 @@ def _payloads(msg, path: str = ""):
             continue
         items = [value] if hasattr(value, "ListFields") else list(value)  # a message, or a repeated field
         for v in items:
-            if name == "temporal.api.common.v1.Payloads":
-                yield f"{path}{fd.name}", v.ByteSize()
-            elif name == "temporal.api.common.v1.Payload":
+            if name == "temporal.api.common.v1.Payloads" or name == "temporal.api.common.v1.Payload":
                 yield f"{path}{fd.name}", v.ByteSize()
             else:
                 yield from _payloads(v, f"{path}{fd.name}.")
@@ -150,12 +149,12 @@ def state_breakdown(state) -> dict:
     return out
 
 
-async def run_chain(client, workflow_id: str, first_run_id: str) -> list[dict]:
+async def run_chain(client, workflow_id: str, first_run_id: str | None) -> list[dict]:
     """Every run of the workflow, first to last, following continue-as-new."""
     from temporalio.api.enums.v1 import EventType
 
     runs = []
-    run_id = first_run_id
+    run_id: str | None = first_run_id
     while run_id:
         history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         m = measure_history(history)
@@ -241,7 +240,7 @@ class Driver:
             if st.status != "active":
                 return
             now = await self.env.get_current_time()
-            actions: list[tuple[datetime, str, object]] = []
+            actions: list[tuple[datetime, str, Any]] = []
             if amended < len(amend_at):
                 actions.append((amend_at[amended], "amend", amended))
             for m in st.milestones:

@@ -94,7 +94,7 @@ class Payer:
 
 def _consecutive(values: list, step) -> bool:
     xs = sorted(values, reverse=True)
-    return len(set(xs)) == len(xs) and all(a - b == step for a, b in zip(xs, xs[1:]))
+    return len(set(xs)) == len(xs) and all(a - b == step for a, b in zip(xs, xs[1:], strict=False))
 
 
 async def sequential(payer: Payer, n: int) -> tuple[list[float], list[float]]:
@@ -136,88 +136,87 @@ async def body(args: argparse.Namespace, result: dict) -> None:
             settings = common.bench_settings(db.url, server.address, f"bench-{uuid.uuid4().hex[:8]}", smtp.port)
             async with common.project_stack(server, settings, tmp_path, args.split) as project, \
                     common.floor_stack(server, tmp_path, args.split) as floor, \
-                    common.VisibilityWatch(db.url) as watch:
-                async with httpx.AsyncClient(base_url=project["base_url"], timeout=60) as c:
-                    # ---- set-up: contracts (visible in the read model) and floor ledgers
-                    tag = uuid.uuid4().hex[:6].upper()
-                    now = datetime.now(timezone.utc)
+                    common.VisibilityWatch(db.url) as watch, httpx.AsyncClient(base_url=project["base_url"], timeout=60) as c:
+                # ---- set-up: contracts (visible in the read model) and floor ledgers
+                tag = uuid.uuid4().hex[:6].upper()
+                now = datetime.now(timezone.utc)
 
-                    async def create(k: int) -> str:
-                        r = await c.post("/contracts", json=common.goods_sale_request(tag, k, now, installments=12))
-                        r.raise_for_status()
-                        cid = r.json()["id"]
-                        await asyncio.wait_for(watch.expect(cid), 120)
-                        return cid
+                async def create(k: int) -> str:
+                    r = await c.post("/contracts", json=common.goods_sale_request(tag, k, now, installments=12))
+                    r.raise_for_status()
+                    cid = r.json()["id"]
+                    await asyncio.wait_for(watch.expect(cid), 120)
+                    return cid
 
-                    contracts = await common.gather_limited(args.contracts, 8, create)
-                    ledgers = []
-                    for k in range(args.contracts):
-                        ledgers.append(await server.client.start_workflow(
-                            LedgerWorkflow.run, LedgerInput(1_000_000), id=f"ledger-{tag}-{k}",
-                            task_queue=floor["task_queue"]))
-                    say(f"· {len(contracts)} contracts and {len(ledgers)} floor ledgers open")
-                    payer = Payer(c, server.client, contracts, ledgers)
-                    await sequential(payer, args.warmup)
-                    await asyncio.sleep(1)
+                contracts = await common.gather_limited(args.contracts, 8, create)
+                ledgers = []
+                for k in range(args.contracts):
+                    ledgers.append(await server.client.start_workflow(
+                        LedgerWorkflow.run, LedgerInput(1_000_000), id=f"ledger-{tag}-{k}",
+                        task_queue=floor["task_queue"]))
+                say(f"· {len(contracts)} contracts and {len(ledgers)} floor ledgers open")
+                payer = Payer(c, server.client, contracts, ledgers)
+                await sequential(payer, args.warmup)
+                await asyncio.sleep(1)
 
-                    # ---- concurrency 1, request by request alternating
-                    say(f"· concurrency 1: {args.n} payments and {args.n} bare updates, alternating ...")
-                    proj, flo = await sequential(payer, args.n)
-                    p, f = summary_ms(proj), summary_ms(flo)
-                    level1 = {
-                        "concurrency": 1, "project_latency_ms": p, "floor_latency_ms": f,
-                        "ratio_p50": common.ratio(p["p50"], f["p50"]), "ratio_p99": common.ratio(p["p99"], f["p99"]),
+                # ---- concurrency 1, request by request alternating
+                say(f"· concurrency 1: {args.n} payments and {args.n} bare updates, alternating ...")
+                proj, flo = await sequential(payer, args.n)
+                p, f = summary_ms(proj), summary_ms(flo)
+                level1 = {
+                    "concurrency": 1, "project_latency_ms": p, "floor_latency_ms": f,
+                    "ratio_p50": common.ratio(p["p50"], f["p50"]), "ratio_p99": common.ratio(p["p99"], f["p99"]),
+                    "load_1m": common.load_average()[0],
+                }
+                say(f"c= 1: payment p50 {p['p50']} ms, p90 {p['p90']} ms, p99 {p['p99']} ms | bare update "
+                    f"p50 {f['p50']} ms, p99 {f['p99']} ms -> p50 ratio {level1['ratio_p50']}, "
+                    f"p99 ratio {level1['ratio_p99']}")
+                result["levels"] = [level1]
+
+                # ---- concurrency 16, alternating rounds
+                if args.n16:
+                    per_round = max(1, args.n16 // args.rounds)
+                    pl, fl, pt, ft = [], [], 0.0, 0.0
+                    for _ in range(args.rounds):
+                        lat, secs = await concurrent(payer.floor, per_round, 16)
+                        fl += lat
+                        ft += secs
+                        lat, secs = await concurrent(payer.project, per_round, 16)
+                        pl += lat
+                        pt += secs
+                    p16, f16 = summary_ms(pl), summary_ms(fl)
+                    level16 = {
+                        "concurrency": 16, "project_latency_ms": p16, "floor_latency_ms": f16,
+                        "project_per_second": round(len(pl) / pt, 1), "floor_per_second": round(len(fl) / ft, 1),
+                        "ratio_rate": common.ratio(len(pl) / pt, len(fl) / ft),
+                        "ratio_p50": common.ratio(p16["p50"], f16["p50"]),
                         "load_1m": common.load_average()[0],
                     }
-                    say(f"c= 1: payment p50 {p['p50']} ms, p90 {p['p90']} ms, p99 {p['p99']} ms | bare update "
-                        f"p50 {f['p50']} ms, p99 {f['p99']} ms -> p50 ratio {level1['ratio_p50']}, "
-                        f"p99 ratio {level1['ratio_p99']}")
-                    result["levels"] = [level1]
+                    result["levels"].append(level16)
+                    say(f"c=16: payments {level16['project_per_second']}/s (p50 {p16['p50']} ms, p99 {p16['p99']} ms)"
+                        f" | bare updates {level16['floor_per_second']}/s (p50 {f16['p50']} ms) -> rate ratio "
+                        f"{level16['ratio_rate']}")
 
-                    # ---- concurrency 16, alternating rounds
-                    if args.n16:
-                        per_round = max(1, args.n16 // args.rounds)
-                        pl, fl, pt, ft = [], [], 0.0, 0.0
-                        for _ in range(args.rounds):
-                            lat, secs = await concurrent(payer.floor, per_round, 16)
-                            fl += lat
-                            ft += secs
-                            lat, secs = await concurrent(payer.project, per_round, 16)
-                            pl += lat
-                            pt += secs
-                        p16, f16 = summary_ms(pl), summary_ms(fl)
-                        level16 = {
-                            "concurrency": 16, "project_latency_ms": p16, "floor_latency_ms": f16,
-                            "project_per_second": round(len(pl) / pt, 1), "floor_per_second": round(len(fl) / ft, 1),
-                            "ratio_rate": common.ratio(len(pl) / pt, len(fl) / ft),
-                            "ratio_p50": common.ratio(p16["p50"], f16["p50"]),
-                            "load_1m": common.load_average()[0],
-                        }
-                        result["levels"].append(level16)
-                        say(f"c=16: payments {level16['project_per_second']}/s (p50 {p16['p50']} ms, p99 {p16['p99']} ms)"
-                            f" | bare updates {level16['floor_per_second']}/s (p50 {f16['p50']} ms) -> rate ratio "
-                            f"{level16['ratio_rate']}")
-
-                    # ---- checks
-                    states = [(await c.get(f"/contracts/{cid}")).json() for cid in contracts]
-                    checks = result["checks"]
-                    checks["every payment answered 200 and applied"] = not payer.failures
-                    # Answers to concurrent payments arrive in any order, but each one saw its own
-                    # balance: all distinct, 1.00 apart.
-                    checks["each payment's answer is a distinct balance, 1.00 apart"] = all(
-                        _consecutive(seen, Decimal("1.00")) for seen in payer.outstanding_seen.values())
-                    checks["each bare update's answer is a distinct balance, 1 apart"] = all(
-                        _consecutive(seen, 1) for seen in payer.floor_seen.values())
-                    checks["each contract's paid total is the sum of its payments (live state)"] = all(
-                        Decimal(st["paid"]) == Decimal(payer.paid[cid]) for cid, st in zip(contracts, states))
-                    balances = [await h.query(LedgerWorkflow.balance_query) for h in ledgers]
-                    checks["each floor ledger's balance matches its updates"] = all(
-                        b == 1_000_000 - payer.floor_paid[i] for i, b in enumerate(balances))
-                    if payer.failures:
-                        result["failures"] = payer.failures[:20]
-                    result["payments"] = sum(payer.paid.values())
-                    for h in ledgers:
-                        await h.signal(LedgerWorkflow.close)
+                # ---- checks
+                states = [(await c.get(f"/contracts/{cid}")).json() for cid in contracts]
+                checks = result["checks"]
+                checks["every payment answered 200 and applied"] = not payer.failures
+                # Answers to concurrent payments arrive in any order, but each one saw its own
+                # balance: all distinct, 1.00 apart.
+                checks["each payment's answer is a distinct balance, 1.00 apart"] = all(
+                    _consecutive(seen, Decimal("1.00")) for seen in payer.outstanding_seen.values())
+                checks["each bare update's answer is a distinct balance, 1 apart"] = all(
+                    _consecutive(seen, 1) for seen in payer.floor_seen.values())
+                checks["each contract's paid total is the sum of its payments (live state)"] = all(
+                    Decimal(st["paid"]) == Decimal(payer.paid[cid]) for cid, st in zip(contracts, states, strict=True))
+                balances = [await h.query(LedgerWorkflow.balance_query) for h in ledgers]
+                checks["each floor ledger's balance matches its updates"] = all(
+                    b == 1_000_000 - payer.floor_paid[i] for i, b in enumerate(balances))
+                if payer.failures:
+                    result["failures"] = payer.failures[:20]
+                result["payments"] = sum(payer.paid.values())
+                for h in ledgers:
+                    await h.signal(LedgerWorkflow.close)
     tmp.cleanup()
     lv = result["levels"][0]
     result["targets"]["payment p50 <= 2x bare update p50 (concurrency 1)"] = {

@@ -88,9 +88,9 @@ def drain_figures(accepts: list[float], start: float, expected: int) -> dict:
         "accepted": len(lat),
         "expected": expected,
         "first_s": round(lat[0], 3),
-        "p50_s": round(percentile(lat, 50), 3),
-        "p90_s": round(percentile(lat, 90), 3),
-        "p99_s": round(percentile(lat, 99), 3),
+        "p50_s": round(percentile(lat, 50) or 0.0, 3),
+        "p90_s": round(percentile(lat, 90) or 0.0, 3),
+        "p99_s": round(percentile(lat, 99) or 0.0, 3),
         "all_s": round(lat[-1], 3) if len(lat) >= expected else None,
         "per_second": round(len(lat) / max(lat[-1], 1e-3), 1),
     }
@@ -130,14 +130,14 @@ async def latency_phase(args, c, server, floor_tq: str, smtp: common.SmtpCatcher
     rem, esc, flo = [], [], []
     for s in samples:
         cid = s["id"]
-        m = smtp.matching(lambda m, cid=cid: m.key.startswith(cid + ":") and ":reminder" in m.key)
+        m = smtp.matching(lambda m, cid=cid: m.key.startswith(cid + ":") and ":reminder" in m.key)  # type: ignore[misc]
         if m:
             rem.append(min(x.accepted_at for x in m) - _epoch(s["reminder_at"]))
-        m = smtp.matching(lambda m, cid=cid: m.key.startswith(cid + ":") and ":escalation1" in m.key)
+        m = smtp.matching(lambda m, cid=cid: m.key.startswith(cid + ":") and ":escalation1" in m.key)  # type: ignore[misc]
         if m:
             esc.append(min(x.accepted_at for x in m) - _epoch(s["due"]))
     for key, at in alarms:
-        m = smtp.matching(lambda m, key=key: m.key == key)
+        m = smtp.matching(lambda m, key=key: m.key == key)  # type: ignore[misc]
         if m:
             flo.append(min(x.accepted_at for x in m) - _epoch(at))
     out = {

@@ -83,7 +83,7 @@ class RssWatch:
                     self.max[name] = max(self.max.get(name, 0.0), rss)
             await asyncio.sleep(1)
 
-    def __enter__(self) -> "RssWatch":
+    def __enter__(self) -> RssWatch:
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -146,7 +146,8 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                     "start_seconds": round(floor_started, 1),
                     "per_second": round(n / floor_started, 1),
                     "settled_seconds": round(max(floor_settled, floor_started), 1),
-                    "worker_rss_mb": fw.rss_mb(), "worker_peak_rss_mb": max(fw.peak_rss_mb() or 0, watch_f.max.get("floor_worker", 0)),
+                    "worker_rss_mb": fw.rss_mb(),
+            "worker_peak_rss_mb": max(fw.peak_rss_mb() or 0, watch_f.max.get("floor_worker", 0)),
                     "worker_cpu_seconds": fw.cpu_seconds(),
                 }
                 mem["server_after_floor_mb"] = server.rss_mb()

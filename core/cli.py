@@ -733,8 +733,8 @@ async def _temporal_checks(settings: Any) -> list[Check]:
     from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-    from core.temporal import connect
 
+    from core.temporal import connect
     from workflows import search_attributes as sa
 
     target = f"{settings.temporal_address} (namespace {settings.temporal_namespace})"

@@ -42,6 +42,7 @@ from core.channels import TransientDeliveryError
 from core.serde import from_jsonable
 from core.settings import Settings
 from models import ContractEvent, OutboxNotice
+from models.db import rows_changed
 from models.outbox import FAILED, PENDING, SENT
 from workflows.types import NotifyRequest
 
@@ -137,8 +138,8 @@ class OutboxDispatcher:
     def _mark_sent(self, c: Claimed, request: NotifyRequest, counts: dict[str, int], now: datetime) -> None:
         o = OutboxNotice
         with self._sessions.begin() as session:
-            done = session.execute(update(o).where(o.id == c.id, o.lease_owner == self.owner).values(
-                status=SENT, done_at=_now(), lease_owner=None, lease_until=None, error=None)).rowcount
+            done = rows_changed(session.execute(update(o).where(o.id == c.id, o.lease_owner == self.owner).values(
+                status=SENT, done_at=_now(), lease_owner=None, lease_until=None, error=None)))
             if done and c.kind == "reminder":
                 # Logged like the workflow's own events, under the notice's key instead of a seq.
                 insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -155,8 +156,8 @@ class OutboxDispatcher:
         o, s = OutboxNotice, self._settings
         with self._sessions.begin() as session:
             if c.attempts >= s.outbox_max_attempts:
-                done = session.execute(update(o).where(o.id == c.id, o.lease_owner == self.owner).values(
-                    status=FAILED, done_at=_now(), lease_owner=None, lease_until=None, error=error[:2000])).rowcount
+                done = rows_changed(session.execute(update(o).where(o.id == c.id, o.lease_owner == self.owner).values(
+                    status=FAILED, done_at=_now(), lease_owner=None, lease_until=None, error=error[:2000])))
                 if done:
                     org.open_task(session, key=f"outbox-failed:{c.key}"[:300], contract_id=c.contract_id,
                                   milestone_key=None, assignee=s.operator_user,

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psycopg2
 import pytest
@@ -46,7 +46,7 @@ os.environ["WEBHOOK_ALLOW_PRIVATE_TARGETS"] = "1"
 
 PG_ADMIN_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 # The contract search attributes (workflows/search_attributes.py lists keys of several value types).
-SEARCH_ATTRIBUTES = cast(list[SearchAttributeKey[Any]], sa.ALL)
+SEARCH_ATTRIBUTES: list[SearchAttributeKey[Any]] = sa.ALL
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

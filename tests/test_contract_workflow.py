@@ -283,7 +283,7 @@ async def test_term_end_with_nothing_owed_expires_but_money_owed_keeps_it_open(t
         await ts_env.sleep(timedelta(days=45))
         st = await state_of(handle)
         assert st.status == "active" and st.past_end  # 500.00 still owed: receivables do not expire
-        assert st.installments[0].status == OVERDUE
+        assert st.installments[0].status == "overdue"
         await pay(handle, "LATE-PAY", "500.00", await ts_env.get_current_time())
         final = await closed_state(handle)
         await save_history(handle, "term_ended_paid_late_expired")

@@ -212,7 +212,7 @@ async def test_a_milestone_can_carry_its_own_reminder_offsets(ts_env, env_settin
     )
     async with running_worker(ts_env.client, env_settings, tq):
         handle = await start_contract(ts_env.client, spec, tq)
-        await advance_to(ts_env, start + timedelta(days=9, hours=12), org_db, org_db)
+        await advance_to(ts_env, start + timedelta(days=9, hours=12), org_db)
         keys = sorted(m["X-Contracts-Notification"].strip().split(":")[2] + m["X-Contracts-Notification"].split(":")[4]
                       for _, m in mails_about(mailbox, spec.contract_id) if "reminder" in m["X-Contracts-Notification"])
         assert keys == ["contractreminder0-P5D", "ownreminder0-P2D"]

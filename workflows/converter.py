@@ -26,7 +26,7 @@ from temporalio.converter import (
 _MISSING = dataclasses.MISSING
 
 
-def _is_default(f: dataclasses.Field, value: Any) -> bool:  # type: ignore[type-arg]
+def _is_default(f: dataclasses.Field[Any], value: Any) -> bool:
     if f.default is not _MISSING:
         return bool(value == f.default) and type(value) is type(f.default) or (value is None and f.default is None)
     if f.default_factory is not _MISSING:

@@ -4,6 +4,8 @@
 keeps these current.  The dev launcher and the test fixtures register exactly this list.
 """
 
+from typing import Any
+
 from temporalio.common import SearchAttributeKey
 
 CONTRACT_ID = SearchAttributeKey.for_keyword("ContractId")
@@ -19,7 +21,7 @@ OUTSTANDING_AMOUNT = SearchAttributeKey.for_float("OutstandingAmount")
 # Highest escalation level reached by any open item: "EscalationLevel >= 2" finds the hot ones.
 ESCALATION_LEVEL = SearchAttributeKey.for_int("EscalationLevel")
 
-ALL = [
+ALL: list[SearchAttributeKey[Any]] = [
     CONTRACT_ID,
     CUSTOMER_NAME,
     CONTRACT_STATUS,

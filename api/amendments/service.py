@@ -21,8 +21,8 @@ from api.platform.problems import Problem
 from core import org
 from core.durations import DurationError, check_duration
 from models import AmendmentRecord
-from workflows.contract import amendments as rules
 from workflows.contract import ContractWorkflow
+from workflows.contract import amendments as rules
 from workflows.types import (
     AmendmentChange,
     AmendmentImpact,

@@ -12,10 +12,10 @@ Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-03 08:00:00
 """
-from alembic import op
 import sqlalchemy as sa
-import models.types
+from alembic import op
 
+import models.types
 
 revision = '0013'
 down_revision = '0012'

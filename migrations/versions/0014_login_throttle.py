@@ -1,11 +1,10 @@
 """Login throttle: failed log-ins per user name and per client address (POST /auth/token answers 429)
 
-Numbered 0014 and chained directly after 0012: the workflow engine's 0013 is written in parallel.
-Whichever merges second re-chains its down_revision onto the other (the table is independent of
-0013's changes, so either order works).
+Written beside 0013 (the notification outbox) and chained after it; the table is independent of
+0013's changes.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-03 07:00:00
 """
 import sqlalchemy as sa
@@ -14,7 +13,7 @@ from alembic import op
 import models.types
 
 revision = '0014'
-down_revision = '0012'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from tests.engine.conftest import NOW
 from workflows.contract import milestones, payments
 from workflows.contract.projection import Projector
 from workflows.types import CompleteMilestoneInput, PaymentInput
-
-from tests.engine.conftest import NOW
 
 
 def _delta(c, p):

@@ -121,7 +121,7 @@ def _check_one(s: ContractState, c: AmendmentChange, now: datetime) -> None:
             try:
                 shifted(item.due_at, c.shift)
             except DurationError as exc:
-                raise invalid(str(exc))
+                raise invalid(str(exc)) from None
     elif c.kind == "change_owner":
         m = _item(s, "milestone", c.key)
         if _resolved(m):
@@ -177,10 +177,10 @@ def _check_one(s: ContractState, c: AmendmentChange, now: datetime) -> None:
         given = {i.key: i for i in c.installments}
         for inst in s.installments:
             if Decimal(inst.paid) > 0:
-                new = given.get(inst.key)
-                if new is None:
+                planned = given.get(inst.key)
+                if planned is None:
                     raise conflict(f"installment {inst.key!r} has payments ({inst.paid}); it cannot be removed")
-                if money(s, new.amount) < Decimal(inst.paid):
+                if money(s, planned.amount) < Decimal(inst.paid):
                     raise conflict(f"installment {inst.key!r} cannot drop below what was paid ({inst.paid})")
         for i in c.installments:
             if money(s, i.amount) <= 0:
@@ -220,17 +220,21 @@ def _check_due(s: ContractState, rule: DueRule) -> None:
         try:
             add_duration(s.spec.effective_at, rule.offset)
         except DurationError as exc:
-            raise invalid(str(exc))
+            raise invalid(str(exc)) from None
 
 
 def apply(s: ContractState, changes: list[AmendmentChange], now: datetime) -> list[ClauseChange]:
     """Apply checked changes to ``s`` (the live state, or a copy); returns the changed clauses."""
     places = s.spec.minor_units
     clauses: list[ClauseChange] = []
-    for c in changes:
+    for c in changes:  # checked (_check_one): what each kind needs is there
         if c.kind == "move_due":
             item = _item(s, c.item_type, c.key)
-            new_at = c.due_at if c.due_at is not None else shifted(item.due_at, c.shift)
+            if c.due_at is not None:
+                new_at = c.due_at
+            else:
+                assert item.due_at is not None and c.shift is not None
+                new_at = shifted(item.due_at, c.shift)
             clauses.append(ClauseChange(f"{c.item_type}.{c.key}.due", f"{_name(c.item_type, item)}: due date",
                                         "date", _iso(item.due_at), _iso(new_at)))
             item.due = DueRule(at=new_at)
@@ -243,14 +247,16 @@ def apply(s: ContractState, changes: list[AmendmentChange], now: datetime) -> li
             if c.department:
                 m.department = c.department
         elif c.kind == "add_milestone":
-            m = c.milestone
-            s.milestones.append(milestone_state(m))
-            clauses.append(ClauseChange(f"milestone.{m.key}", f"{m.name}: added", "text", None, _describe(m)))
+            assert c.milestone is not None
+            spec = c.milestone
+            s.milestones.append(milestone_state(spec))
+            clauses.append(ClauseChange(f"milestone.{spec.key}", f"{spec.name}: added", "text", None, _describe(spec)))
         elif c.kind == "remove_milestone":
             m = _item(s, "milestone", c.key)
             s.milestones = [x for x in s.milestones if x.key != c.key]
             clauses.append(ClauseChange(f"milestone.{c.key}", f"{m.name}: removed", "text", m.name, None))
         elif c.kind == "replace_milestone":
+            assert c.milestone is not None
             old = _item(s, "milestone", c.key)
             new = milestone_state(c.milestone)
             new.status = old.status if old.status != OVERDUE else PENDING
@@ -272,32 +278,34 @@ def apply(s: ContractState, changes: list[AmendmentChange], now: datetime) -> li
                     clauses.append(ClauseChange(f"installment.{last.key}.amount", f"Installment {last.key}: amount",
                                                 "money", old_amount, last.amount))
         elif c.kind == "set_installments":
-            old = {i.key: i for i in s.installments}
+            assert c.installments is not None
+            plan = {i.key: i for i in s.installments}
             new_states = []
-            for spec in c.installments:
-                amount = _fmt(money(s, spec.amount), places)
-                prev = old.get(spec.key)
-                state = InstallmentState(key=spec.key, amount=amount, due=spec.due, paid=_fmt(Decimal(0), places))
+            for ispec in c.installments:
+                amount = _fmt(money(s, ispec.amount), places)
+                prev = plan.get(ispec.key)
+                state = InstallmentState(key=ispec.key, amount=amount, due=ispec.due, paid=_fmt(Decimal(0), places))
                 if prev is not None:
                     state.paid, state.paid_at = prev.paid, prev.paid_at
                     state.status = PAID if Decimal(prev.paid) >= Decimal(amount) else (
-                        PARTIALLY_PAID if Decimal(prev.paid) > 0 else PENDING)
+                        PARTIALLY_PAID if Decimal(prev.paid) > 0 else InstallmentStatus.PENDING)
                     if prev.amount != amount:
-                        clauses.append(ClauseChange(f"installment.{spec.key}.amount", f"Installment {spec.key}: amount",
-                                                    "money", prev.amount, amount))
-                    if prev.due != spec.due:
-                        clauses.append(ClauseChange(f"installment.{spec.key}.due", f"Installment {spec.key}: due date",
-                                                    "date", _iso(prev.due_at), _iso(spec.due.at) or spec.due.offset))
+                        clauses.append(ClauseChange(f"installment.{ispec.key}.amount",
+                                                    f"Installment {ispec.key}: amount", "money", prev.amount, amount))
+                    if prev.due != ispec.due:
+                        clauses.append(ClauseChange(f"installment.{ispec.key}.due", f"Installment {ispec.key}: due date",
+                                                    "date", _iso(prev.due_at), _iso(ispec.due.at) or ispec.due.offset))
                 else:
-                    clauses.append(ClauseChange(f"installment.{spec.key}", f"Installment {spec.key}: added", "money",
+                    clauses.append(ClauseChange(f"installment.{ispec.key}", f"Installment {ispec.key}: added", "money",
                                                 None, amount))
                 new_states.append(state)
-            for key, prev in old.items():
+            for key, prev in plan.items():
                 if key not in {i.key for i in c.installments}:
                     clauses.append(ClauseChange(f"installment.{key}", f"Installment {key}: removed", "money",
                                                 prev.amount, None))
             s.installments = new_states
         elif c.kind == "extend_end":
+            assert c.end_at is not None
             clauses.append(ClauseChange("end_at", "End date", "date", _iso(s.spec.end_at), _iso(c.end_at)))
             s.spec.end_at = c.end_at
             if s.past_end and c.end_at > now:
@@ -315,9 +323,7 @@ def assess(state: ContractState, changes: list[AmendmentChange], approvers: dict
     before = state
     after = copy.deepcopy(before)
     clauses = apply(after, changes, now)
-    for x in [*after.milestones, *after.installments]:
-        if x.status not in (DONE, WAIVED, PAID):
-            x.due_at, x.due_estimated = schedule.due(after, x.due, None)
+    schedule.date_open_items(after, None)
     places = before.spec.minor_units
 
     def late(x) -> bool:
@@ -366,7 +372,7 @@ def assess(state: ContractState, changes: list[AmendmentChange], approvers: dict
         change = "added" if oi is None else "removed" if ni is None else "unchanged"
         if oi is not None and ni is not None:
             change = "amount" if oi.amount != ni.amount else "moved" if oi.due_at != ni.due_at else "unchanged"
-        was, will = (oi is not None and oi.status == OVERDUE), (ni is not None and late(ni))
+        was, will = (oi is not None and oi.status == InstallmentStatus.OVERDUE), (ni is not None and late(ni))
         if was and not will and ni is not None:
             on_time.append(f"installment:{key}")
         if will and not was:
@@ -571,7 +577,8 @@ def apply_approved(state: ContractState, a: AmendmentState, journal: Journal) ->
     recorded and its supplementary agreement queued."""
     s, now = state, journal.now()
     watched = {}
-    for item in [*s.milestones, *s.installments]:
+    items: list[MilestoneState | InstallmentState] = [*s.milestones, *s.installments]
+    for item in items:
         if item.status == OVERDUE:
             item_type = "milestone" if isinstance(item, MilestoneState) else "installment"
             watched[(item_type, item.key)] = (item.due_at, getattr(item, "owner", None), item)

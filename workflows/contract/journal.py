@@ -8,9 +8,10 @@ passes ``workflow.now`` as the clock; unit tests pass a fixed one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from workflows.types import ContractEvent, ContractState, NotifyRequest
 

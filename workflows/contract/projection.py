@@ -9,14 +9,13 @@ continue-as-new: the first delta of a run carries every item again (the writes a
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from datetime import datetime
 from typing import Any
 
 from workflows.contract import payments, reminders
-from workflows.contract.schedule import RESOLVED_MILESTONE
 from workflows.contract.journal import Journal
 from workflows.contract.notices import Item, outbox_key
+from workflows.contract.schedule import RESOLVED_MILESTONE
 from workflows.types import (
     AmendmentState,
     AmendmentStatus,
@@ -55,7 +54,8 @@ def stage_starts(state: ContractState) -> list[datetime]:
 def _milestone_signature(m: MilestoneState, position: int, started: datetime) -> tuple[Any, ...]:
     # The stage start counts only once the milestone is resolved (the stage-time analytics read
     # completed rows): an open row is not rewritten each time an earlier one completes.
-    return (position, started if m.status in RESOLVED_MILESTONE else None, m.name, m.kind, m.owner, m.department, m.standard, m.due, tuple(m.depends_on),
+    return (position, started if m.status in RESOLVED_MILESTONE else None, m.name, m.kind, m.owner, m.department,
+            m.standard, m.due, tuple(m.depends_on),
             m.due_at, m.due_estimated, m.status, m.progress, m.progress_message, m.completed_at, m.completed_by,
             m.note, m.overdue_since, m.planned_cost, m.actual_cost, m.satisfaction)
 
@@ -78,8 +78,8 @@ def _amendment_signature(a: AmendmentState) -> tuple[Any, ...]:
 
 class Projector:
     def __init__(self) -> None:
-        self._sent: dict[Hashable, tuple[Any, ...]] = {}  # what the read model holds, by item
-        self._in_flight: dict[Hashable, tuple[Any, ...] | None] = {}
+        self._sent: dict[tuple[str, ...], tuple[Any, ...]] = {}  # what the read model holds, by item
+        self._in_flight: dict[tuple[str, ...], tuple[Any, ...] | None] = {}
         self._payments_sent = 0
         self._payments_in_flight = 0
         self._facts: ContractFacts | None = None
@@ -89,9 +89,9 @@ class Projector:
     def delta(self, state: ContractState, workflow_id: str, journal: Journal, now: datetime) -> ProjectionDelta | None:
         """The next delta, or None when the read model is up to date.  Takes the journal's events
         and notices; ``settle`` or ``abandon`` must follow."""
-        sigs: dict[Hashable, tuple[Any, ...] | None] = {}
+        sigs: dict[tuple[str, ...], tuple[Any, ...] | None] = {}
         d = ProjectionDelta(state.spec.contract_id, workflow_id, state.version, facts(state))
-        for position, (m, started) in enumerate(zip(state.milestones, stage_starts(state))):
+        for position, (m, started) in enumerate(zip(state.milestones, stage_starts(state), strict=True)):
             sig = _milestone_signature(m, position, started)
             if self._sent.get(("m", m.key)) != sig:
                 d.milestones.append(MilestoneRow(position, m, started))

@@ -24,6 +24,7 @@ from workflows.types import (
     ContractState,
     ContractStatus,
     InstallmentState,
+    InstallmentStatus,
     MilestoneState,
     MilestoneStatus,
     ReminderPlan,
@@ -110,7 +111,7 @@ def overdue_items(state: ContractState) -> Iterator[tuple[str, Item]]:
         if m.status == MilestoneStatus.OVERDUE:
             yield "milestone", m
     for i in state.installments:
-        if i.status == MilestoneStatus.OVERDUE:
+        if i.status == InstallmentStatus.OVERDUE:
             yield "installment", i
     for a in state.approvals:
         if a.status == ApprovalStatus.OVERDUE:
@@ -124,7 +125,9 @@ def escalation(state: ContractState, now: datetime) -> tuple[int, datetime | Non
     levels = state.spec.policy.escalation
     reached, upcoming = 0, []
     for _, item in overdue_items(state):
-        times = [item.due_at + to_timedelta(level.after) for level in levels]  # type: ignore[operator]
-        reached = max(reached, sum(1 for t in times if t <= now))
+        if item.due_at is None:
+            continue
+        times = [item.due_at + to_timedelta(level.after) for level in levels]
+        reached = max(reached, len([t for t in times if t <= now]))
         upcoming += [t for t in times if t > now]
     return reached, (min(upcoming) if upcoming else None)

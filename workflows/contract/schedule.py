@@ -93,14 +93,16 @@ def date_open_items(state: ContractState, wanted: list[str] | None) -> None:
 def next_due_at(state: ContractState, now: datetime) -> datetime | None:
     """The earliest date still ahead among open milestones and installments (the NextDueAt
     search attribute and the list's column)."""
-    upcoming = [x.due_at for x in [*state.milestones, *state.installments]
-                if x.status not in (*RESOLVED_MILESTONE, InstallmentStatus.PAID) and x.due_at is not None
-                and x.due_at > now]
+    upcoming = [m.due_at for m in state.milestones
+                if m.status not in RESOLVED_MILESTONE and m.due_at is not None and m.due_at > now]
+    upcoming += [i.due_at for i in state.installments
+                 if i.status != InstallmentStatus.PAID and i.due_at is not None and i.due_at > now]
     return min(upcoming) if upcoming else None
 
 
 def overdue_count(state: ContractState) -> int:
-    return sum(1 for x in [*state.milestones, *state.installments] if x.status == MilestoneStatus.OVERDUE)
+    return (sum(1 for m in state.milestones if m.status == MilestoneStatus.OVERDUE)
+            + sum(1 for i in state.installments if i.status == InstallmentStatus.OVERDUE))
 
 
 def next_deadline(state: ContractState, next_escalation_at: datetime | None) -> datetime | None:

@@ -21,10 +21,11 @@ the frozen legacy code (workflows/legacy/) until their next continue-as-new move
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, SearchAttributeUpdate, TypedSearchAttributes
@@ -32,8 +33,8 @@ from temporalio.exceptions import ApplicationError, CancelledError, ChildWorkflo
 
 with workflow.unsafe.imports_passed_through():
     from core.durations import add_duration
-    from workflows import search_attributes as sa
     from workflows import activities
+    from workflows import search_attributes as sa
     from workflows.contract import amendments, milestones, payments, reminders, renewal, schedule
     from workflows.contract.journal import Journal
     from workflows.contract.notices import Item, facts
@@ -69,9 +70,9 @@ with workflow.unsafe.imports_passed_through():
 
 LEAN = "lean-engine-v1"
 MAX_PAYMENTS_PER_BATCH = payments.MAX_PAYMENTS_PER_BATCH
-PROJECTION = dict(start_to_close_timeout=timedelta(seconds=30),
-                  # Keeps retrying while the database is away; the next delta carries on from it.
-                  retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)))
+PROJECTION: dict[str, Any] = dict(start_to_close_timeout=timedelta(seconds=30),
+                                  # Keeps retrying while the database is away; the next delta carries on.
+                                  retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)))
 
 
 def workflow_id_for(contract_id: str) -> str:
@@ -236,7 +237,7 @@ class ContractWorkflow:
 
     def _sync_search_attributes(self) -> None:
         s = self.state
-        wanted = [
+        wanted: list[SearchAttributeUpdate[Any]] = [
             sa.CONTRACT_STATUS.value_set(s.status.value),
             sa.OVERDUE_COUNT.value_set(s.overdue_count),
             sa.OUTSTANDING_AMOUNT.value_set(float(Decimal(s.outstanding))),
@@ -266,7 +267,7 @@ class ContractWorkflow:
                 continue
             self._projecting = True
             try:
-                await workflow.execute_local_activity(activities.project_delta, delta, **PROJECTION)  # type: ignore[arg-type]
+                await workflow.execute_local_activity(activities.project_delta, delta, **PROJECTION)
             except BaseException:
                 self._projector.abandon(delta, self._journal)
                 raise
@@ -294,7 +295,7 @@ class ContractWorkflow:
 
     def _item(self, item_type: str, key: str) -> Item | None:
         items: list[Any] = {"milestone": self.state.milestones, "installment": self.state.installments,
-                            "approval": self.state.approvals}[item_type]
+                            "approval": self.state.approvals}[item_type]  # type: ignore[assignment]
         return next((x for x in items if x.key == key), None)
 
     def _start_escalation(self, item_type: str, item: Item) -> None:
