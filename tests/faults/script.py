@@ -482,8 +482,19 @@ async def final_state(client, cid: str):
 
     handle = client.get_workflow_handle_for(ContractWorkflow.run, f"contract-{cid}")
     await asyncio.wait_for(handle.result(), timeout=STEP_TIMEOUT)  # closed (the result is its outcome)
-    # The whole final state: the query of the closed run (a worker replays it to answer).
-    return await asyncio.wait_for(handle.query(ContractWorkflow.state_query), timeout=STEP_TIMEOUT)
+    # The whole final state: the query of the closed run, which a worker answers by replaying its
+    # history (under a backlog of such queries the server may give up on one: ask again).
+    from datetime import timedelta
+
+    from temporalio.service import RPCError
+
+    for attempt in range(5):
+        try:
+            return await handle.query(ContractWorkflow.state_query, rpc_timeout=timedelta(seconds=60))
+        except RPCError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(1 + attempt)
 
 
 def _db_rows(conn, cid: str) -> dict:
@@ -560,7 +571,7 @@ async def collect(stack: Stack, db_url: str, timeout: float = 240.0) -> dict[int
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    gate = asyncio.Semaphore(16)
+    gate = asyncio.Semaphore(8)
 
     async def one(cid: str):
         async with gate:
