@@ -29,7 +29,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, SearchAttributeUpdate, TypedSearchAttributes
-from temporalio.exceptions import ApplicationError, CancelledError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from core.durations import add_duration
@@ -70,9 +70,15 @@ with workflow.unsafe.imports_passed_through():
 
 LEAN = "lean-engine-v1"
 MAX_PAYMENTS_PER_BATCH = payments.MAX_PAYMENTS_PER_BATCH
-PROJECTION: dict[str, Any] = dict(start_to_close_timeout=timedelta(seconds=30),
-                                  # Keeps retrying while the database is away; the next delta carries on.
-                                  retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)))
+# The delta is written by a local activity, inside the workflow task that made the change (one
+# marker in the history, and the read model is current when an update answers).  Its attempts are
+# short: while the database is away the task must not be held (updates answer, timers fire), so
+# after them the same delta goes to a regular activity that keeps retrying in the background.
+PROJECTION_NOW: dict[str, Any] = dict(start_to_close_timeout=timedelta(seconds=5),
+                                      retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=200),
+                                                               maximum_attempts=3))
+PROJECTION_LATER: dict[str, Any] = dict(start_to_close_timeout=timedelta(seconds=30),
+                                        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)))
 
 
 def workflow_id_for(contract_id: str) -> str:
@@ -267,7 +273,10 @@ class ContractWorkflow:
                 continue
             self._projecting = True
             try:
-                await workflow.execute_local_activity(activities.project_delta, delta, **PROJECTION)
+                try:
+                    await workflow.execute_local_activity(activities.project_delta, delta, **PROJECTION_NOW)
+                except ActivityError:
+                    await workflow.execute_activity(activities.project_delta, delta, **PROJECTION_LATER)
             except BaseException:
                 self._projector.abandon(delta, self._journal)
                 raise
