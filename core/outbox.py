@@ -95,7 +95,7 @@ class OutboxDispatcher:
                 log.exception("outbox: claiming failed; trying again")
                 claimed = []
             if claimed:
-                await asyncio.gather(*(self._send(c, now) for c in claimed))
+                await asyncio.gather(*(self._send(c, now) for c in claimed), return_exceptions=True)
                 continue
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(_first(self._event, stop), timeout=self._settings.outbox_poll_seconds)
@@ -127,13 +127,22 @@ class OutboxDispatcher:
                 request = from_jsonable(NotifyRequest, c.request)
                 counts = await asyncio.to_thread(self._deliver, request)
             except TransientDeliveryError as exc:
-                await asyncio.to_thread(self._retry_later, c, now, str(exc))
+                await self._settle(self._retry_later, c, now, str(exc))
                 return
             except Exception as exc:  # noqa: BLE001 - a bug or the database: retried like a transient failure
                 log.exception("outbox: notice %s failed", c.key)
-                await asyncio.to_thread(self._retry_later, c, now, f"{exc.__class__.__name__}: {exc}")
+                await self._settle(self._retry_later, c, now, f"{exc.__class__.__name__}: {exc}")
                 return
-            await asyncio.to_thread(self._mark_sent, c, request, counts, now)
+            await self._settle(self._mark_sent, c, request, counts, now)
+
+    async def _settle(self, write: Callable[..., None], *args: Any) -> None:
+        """Record an outcome; if the database refuses (it is away), the claim runs out and the
+        notice is taken again later: its deliveries already recorded are not sent twice."""
+        try:
+            await asyncio.to_thread(write, *args)
+        except Exception:  # noqa: BLE001 - the dispatcher must outlive a database outage
+            log.warning("outbox: could not record the outcome of %s; it will be taken again", args[0].key,
+                        exc_info=True)
 
     def _mark_sent(self, c: Claimed, request: NotifyRequest, counts: dict[str, int], now: datetime) -> None:
         o = OutboxNotice

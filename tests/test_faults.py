@@ -360,13 +360,14 @@ async def _during_outage(stack: Stack, client, cut_at: float, extra: str) -> dic
             "reference": "OUTAGE-1", "amount": "10.00", "currency": "CNY", "received_at": "2026-01-15T10:00:00+08:00"})
         seen["payment_status"] = r.status_code
         seen["payment_applied"] = r.json().get("applied") if r.status_code == 200 else r.text
-    # The projection activity of that contract is failing and being retried with back-off.
+    # The projection of that contract: its local activity gave up within a second (the workflow task
+    # must not wait for the database), and a regular activity is failing and retried with back-off.
     handle = client.get_workflow_handle(f"contract-{extra}")
     attempts = 0
     while time.monotonic() - cut_at < OUTAGE_S - 1.0:
         desc = await handle.describe()
         for pa in desc.raw_description.pending_activities:
-            if pa.activity_type.name == "project_contract":
+            if pa.activity_type.name == "project_delta":
                 attempts = max(attempts, pa.attempt)
                 seen["projection_last_failure"] = pa.last_failure.message[:160]
         await asyncio.sleep(1.0)

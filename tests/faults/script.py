@@ -239,7 +239,10 @@ class Stack:
                 if r.status_code == 409 and attempt > 1 and conflict_ok_on_retry:
                     return r
                 if r.status_code != 503:
-                    raise AssertionError(f"{method} {path} -> {r.status_code} {r.text}")
+                    facts = ""
+                    if m := re.match(r"/contracts/([0-9a-f]+)/", path):
+                        facts = await self.workflow_facts(m.group(1))
+                    raise AssertionError(f"{method} {path} -> {r.status_code} {r.text}{facts}")
                 self.retries[str(r.status_code)] += 1
             if not retry or time.monotonic() > deadline:
                 facts = ""

@@ -29,7 +29,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, SearchAttributeUpdate, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, ChildWorkflowError
+from temporalio.exceptions import ApplicationError, CancelledError, ChildWorkflowError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from core.durations import add_duration
@@ -275,7 +275,9 @@ class ContractWorkflow:
             try:
                 try:
                     await workflow.execute_local_activity(activities.project_delta, delta, **PROJECTION_NOW)
-                except ActivityError:
+                except FailureError as exc:  # a local activity's failure is its ApplicationError itself
+                    if isinstance(exc, CancelledError):
+                        raise
                     await workflow.execute_activity(activities.project_delta, delta, **PROJECTION_LATER)
             except BaseException:
                 self._projector.abandon(delta, self._journal)
