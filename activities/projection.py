@@ -14,13 +14,15 @@ writes nothing twice:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
@@ -53,11 +55,10 @@ class ProjectionActivities:
     def project_delta(self, d: ProjectionDelta) -> int:
         """Returns how many new events were written (0 on a retry that already succeeded)."""
         with self._sessions.begin() as session:
-            ins = _insert_for(session)
-            written = _insert_events(session, ins, d.contract_id, d.events)
-            row = session.execute(
-                select(Contract.version).where(Contract.id == d.contract_id).with_for_update()
-            ).first()
+            conn = session.connection()
+            sql = _statements(conn.dialect.name)
+            written = _insert_events(conn, sql, d.contract_id, d.events)
+            row = conn.execute(sql.version, {"cid": d.contract_id}).first()
             if row is None:
                 if d.spec is None:
                     raise RuntimeError(f"contract {d.contract_id} has no row and the delta carries no spec")
@@ -69,8 +70,8 @@ class ProjectionActivities:
             else:
                 stored_version = row.version
             if d.version >= stored_version:
-                _apply_delta(session, ins, d, first=stored_version <= 0)
-            due_now = _write_notices(session, ins, d, first=stored_version <= 0)
+                _apply_delta(session, conn, sql, d, first=stored_version <= 0)
+            due_now = _write_notices(conn, sql, d, first=stored_version <= 0)
         if due_now:
             self._on_notices()
         return written
@@ -82,7 +83,8 @@ class ProjectionActivities:
         state = input.state
         cid = state.spec.contract_id
         with self._sessions.begin() as session:
-            written = _insert_events(session, _insert_for(session), cid, input.events)
+            conn = session.connection()
+            written = _insert_events(conn, _statements(conn.dialect.name), cid, input.events)
             contract = session.execute(
                 select(Contract).where(Contract.id == cid).with_for_update()
             ).scalar_one_or_none()
@@ -100,69 +102,108 @@ def _insert_for(session: Session) -> Callable[..., Any]:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-def _insert_events(session: Session, ins: Callable[..., Any], contract_id: str, events: list[Event]) -> int:
+MILESTONE_COLUMNS = ("position", "name", "kind", "owner", "department", "standard", "due_rule", "depends_on", "due_at",
+                     "due_estimated", "status", "progress", "completed_at", "completed_by", "overdue_since",
+                     "planned_cost", "actual_cost", "satisfaction", "currency", "started_at")
+INSTALLMENT_COLUMNS = ("position", "amount", "paid", "currency", "status", "due_at", "due_estimated", "paid_at")
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The projection's statements for one dialect, built once: each delta executes them with its
+    rows (executemany), so SQLAlchemy compiles each statement once per process, not per delta."""
+
+    events: Any
+    version: Any
+    contract: Any
+    milestones_insert: Any
+    milestones_upsert: Any
+    installments_insert: Any
+    installments_upsert: Any
+    payments: Any
+    notices: Any
+    reminders: Any
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    C, E, M = Contract.__table__, ContractEvent.__table__, Milestone.__table__
+    Inst, P, O = Installment.__table__, Payment.__table__, OutboxNotice.__table__  # noqa: E741
+
+    def upsert(table, columns):
+        stmt = ins(table)
+        return stmt.on_conflict_do_update(index_elements=["contract_id", "key"],
+                                          set_={c: stmt.excluded[c] for c in columns})
+
+    reminders = ins(O)
+    return _Statements(
+        events=ins(E).on_conflict_do_nothing(index_elements=["contract_id", "seq"]),
+        version=select(C.c.version).where(C.c.id == bindparam("cid")).with_for_update(),
+        contract=update(C).where(C.c.id == bindparam("cid")),
+        milestones_insert=ins(M), milestones_upsert=upsert(M, MILESTONE_COLUMNS),
+        installments_insert=ins(Inst), installments_upsert=upsert(Inst, INSTALLMENT_COLUMNS),
+        payments=ins(P).on_conflict_do_nothing(index_elements=["contract_id", "reference"]),
+        notices=ins(O).on_conflict_do_nothing(index_elements=["key"]),
+        reminders=reminders.on_conflict_do_update(
+            index_elements=["key"],
+            set_={"send_at": reminders.excluded.send_at, "request": reminders.excluded.request, "status": PENDING},
+            where=or_(O.c.status == PENDING, O.c.status == CANCELLED)),  # not an IN: it runs as executemany
+    )
+
+
+def _insert_events(conn: Connection, sql: _Statements, contract_id: str, events: list[Event]) -> int:
     if not events:
         return 0
     rows = [{"contract_id": contract_id, "seq": e.seq, "type": e.type, "at": e.at, "actor": e.actor,
-             "data": to_jsonable(e.data)} for e in events]
-    stmt = ins(ContractEvent).values(rows).on_conflict_do_nothing(index_elements=["contract_id", "seq"])
-    written = rows_changed(session.execute(stmt)) or 0
-    if written < len(rows):
-        _check_same_events(session, contract_id, rows)
-    return written
+             "data": to_jsonable(e.data), "key": None} for e in events]
+    written = rows_changed(conn.execute(sql.events, rows))
+    if 0 <= written < len(rows):
+        _check_same_events(conn, contract_id, rows)
+    return max(written, 0)
 
 
-def _check_same_events(session: Session, contract_id: str, rows: list[dict[str, Any]]) -> None:
+def _check_same_events(conn: Connection, contract_id: str, rows: list[dict[str, Any]]) -> None:
     """A retry finds its events already written: they must be the same events.  A different event
     under the same number means the workflow's event numbering diverged from what an earlier
     execution wrote (the log keeps the first; the newer one is lost): say so loudly."""
     seqs = [r["seq"] for r in rows]
-    stored = dict(session.execute(
-        select(ContractEvent.seq, ContractEvent.type).where(
-            ContractEvent.contract_id == contract_id, ContractEvent.seq.in_(seqs))
-    ).all())
+    E = ContractEvent.__table__
+    stored = dict(conn.execute(select(E.c.seq, E.c.type).where(E.c.contract_id == contract_id, E.c.seq.in_(seqs))).all())
     clashes = [(r["seq"], stored[r["seq"]], r["type"]) for r in rows if stored.get(r["seq"], r["type"]) != r["type"]]
     if clashes:
         log.error("event log of contract %s diverged: (seq, stored, now) %s", contract_id, clashes)
 
 
-def _apply_delta(session: Session, ins: Callable[..., Any], d: ProjectionDelta, *, first: bool) -> None:
+def _apply_delta(session: Session, conn: Connection, sql: _Statements, d: ProjectionDelta, *, first: bool) -> None:
     cid, f, now = d.contract_id, d.facts, _now()
-    session.execute(update(Contract).where(Contract.id == cid).values(
-        status=f.status.value, amount=Decimal(f.amount), end_at=f.end_at, paid_total=Decimal(f.paid_total),
-        outstanding=Decimal(f.outstanding), credit=Decimal(f.credit), overdue_count=f.overdue_count,
-        next_due_at=f.next_due_at, version=d.version, closed_at=f.closed_at, settled_at=f.settled_at,
-        close_reason=f.close_reason or None, updated_at=now,
-    ))
-    currency = d.spec.currency if d.spec is not None else session.execute(
-        select(Contract.currency).where(Contract.id == cid)).scalar_one()
+    conn.execute(sql.contract, {
+        "cid": cid, "status": f.status.value, "amount": Decimal(f.amount), "end_at": f.end_at,
+        "paid_total": Decimal(f.paid_total), "outstanding": Decimal(f.outstanding), "credit": Decimal(f.credit),
+        "overdue_count": f.overdue_count, "next_due_at": f.next_due_at, "version": d.version, "closed_at": f.closed_at,
+        "settled_at": f.settled_at, "close_reason": f.close_reason or None, "updated_at": now,
+    })
+    currency = f.currency or conn.execute(select(Contract.__table__.c.currency).where(
+        Contract.__table__.c.id == cid)).scalar_one()
     if d.milestones:
-        rows = [_milestone_row(cid, r.position, r.milestone, r.started_at, currency) for r in d.milestones]
-        stmt = ins(Milestone).values(rows)
-        if not first:
-            stmt = stmt.on_conflict_do_update(index_elements=["contract_id", "key"],
-                                              set_={k: stmt.excluded[k] for k in rows[0] if k not in ("contract_id", "key")})
-        session.execute(stmt)
+        conn.execute(sql.milestones_insert if first else sql.milestones_upsert,
+                     [_milestone_row(cid, r.position, r.milestone, r.started_at, currency) for r in d.milestones])
     if d.removed_milestones:
-        session.execute(delete(Milestone).where(Milestone.contract_id == cid, Milestone.key.in_(d.removed_milestones)))
+        conn.execute(delete(Milestone).where(Milestone.contract_id == cid, Milestone.key.in_(d.removed_milestones)))
     if d.installments:
-        rows = [_installment_row(cid, r.position, r.installment, currency) for r in d.installments]
-        stmt = ins(Installment).values(rows)
-        if not first:
-            stmt = stmt.on_conflict_do_update(index_elements=["contract_id", "key"],
-                                              set_={k: stmt.excluded[k] for k in rows[0] if k not in ("contract_id", "key")})
-        session.execute(stmt)
+        conn.execute(sql.installments_insert if first else sql.installments_upsert,
+                     [_installment_row(cid, r.position, r.installment, currency) for r in d.installments])
     if d.removed_installments:
-        session.execute(delete(Installment).where(Installment.contract_id == cid,
-                                                  Installment.key.in_(d.removed_installments)))
+        conn.execute(delete(Installment).where(Installment.contract_id == cid,
+                                               Installment.key.in_(d.removed_installments)))
     if d.payments:
-        session.execute(ins(Payment).values([
+        conn.execute(sql.payments, [
             {"contract_id": cid, "reference": p.reference, "amount": Decimal(p.amount), "currency": p.currency,
              "received_at": p.received_at, "recorded_at": p.recorded_at, "recorded_by": p.by,
              "allocations": dict(p.allocations), "excess": Decimal(p.excess)}
             for p in d.payments
-        ]).on_conflict_do_nothing(index_elements=["contract_id", "reference"]))
-    for a in d.amendments:
+        ])
+    for a in d.amendments:  # rare: the ORM is fine here
         record = to_jsonable(a)
         existing = session.get(AmendmentRecord, (cid, a.id))
         if existing is None:
@@ -172,6 +213,8 @@ def _apply_delta(session: Session, ins: Callable[..., Any], d: ProjectionDelta, 
             if record.get("impact") is None:  # let go by the workflow: the stored one stays
                 record["impact"] = existing.record.get("impact")
             existing.status, existing.record, existing.updated_at = a.status.value, record, now
+    if d.amendments:
+        session.flush()
 
 
 def _milestone_row(cid: str, position: int, m: Any, started_at: datetime | None, currency: str) -> dict[str, Any]:
@@ -193,46 +236,39 @@ def _installment_row(cid: str, position: int, i: Any, currency: str) -> dict[str
             "due_estimated": i.due_estimated, "paid_at": i.paid_at}
 
 
-def _write_notices(session: Session, ins: Callable[..., Any], d: ProjectionDelta, *, first: bool) -> bool:
+def _write_notices(conn: Connection, sql: _Statements, d: ProjectionDelta, *, first: bool) -> bool:
     """Queue the delta's notices and apply its reminder plans; whether something is due now."""
     now = _now()
+    if not first:
+        for plan in d.reminders:
+            _cancel_unwanted(conn, d.contract_id, plan)
     due_now = False
-    for plan in d.reminders:
-        if not first:
-            _cancel_unwanted(session, d.contract_id, plan)
-    rows = [_outbox_row(d.contract_id, n, now) for n in d.notices]
-    if rows:
-        session.execute(ins(OutboxNotice).values(rows).on_conflict_do_nothing(index_elements=["key"]))
+    if d.notices:
+        conn.execute(sql.notices, [_outbox_row(d.contract_id, n, now) for n in d.notices])
         due_now = True
     planned = [_outbox_row(d.contract_id, n, now) for plan in d.reminders for n in plan.notices]
     if planned:
-        stmt = ins(OutboxNotice).values(planned)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["key"],
-            set_={"send_at": stmt.excluded.send_at, "request": stmt.excluded.request, "status": PENDING},
-            where=OutboxNotice.status.in_([PENDING, CANCELLED]),
-        )
-        session.execute(stmt)
+        conn.execute(sql.reminders, planned)
         due_now = due_now or any(n["send_at"] <= now for n in planned)
     return due_now
 
 
-def _cancel_unwanted(session: Session, contract_id: str, plan: ReminderPlan) -> None:
+def _cancel_unwanted(conn: Connection, contract_id: str, plan: ReminderPlan) -> None:
+    O = OutboxNotice.__table__  # noqa: E741
+    stmt = update(O).where(O.c.contract_id == contract_id, O.c.item_type == plan.item_type,
+                           O.c.item_key == plan.item_key, O.c.kind == "reminder", O.c.status == PENDING)
     keep = [n.key for n in plan.notices]
-    stmt = update(OutboxNotice).where(
-        OutboxNotice.contract_id == contract_id, OutboxNotice.item_type == plan.item_type,
-        OutboxNotice.item_key == plan.item_key, OutboxNotice.kind == "reminder", OutboxNotice.status == PENDING,
-    )
     if keep:
-        stmt = stmt.where(OutboxNotice.key.not_in(keep))
-    session.execute(stmt.values(status=CANCELLED, done_at=_now()))
+        stmt = stmt.where(O.c.key.not_in(keep))
+    conn.execute(stmt.values(status=CANCELLED, done_at=_now()))
 
 
 def _outbox_row(contract_id: str, n: ScheduledNotice, now: datetime) -> dict[str, Any]:
     r = n.request
     return {"key": n.key, "contract_id": contract_id, "item_type": r.item_type, "item_key": r.item_key,
             "kind": r.kind, "send_at": n.send_at, "status": PENDING, "request": to_jsonable(r), "attempts": 0,
-            "created_at": now}
+            "next_attempt_at": None, "lease_owner": None, "lease_until": None, "created_at": now, "done_at": None,
+            "error": None}
 
 
 # ---------------------------------------------------------------------- legacy snapshot

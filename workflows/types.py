@@ -683,6 +683,7 @@ class ContractFacts:
     closed_at: datetime | None = None
     close_reason: str = ""
     settled_at: datetime | None = None  # when the running total of payments reached the amount
+    currency: str = ""  # fixed at creation; the item rows carry it for the money analytics
 
 
 @dataclass

@@ -36,7 +36,7 @@ def facts(state: ContractState) -> ContractFacts:
         status=state.status, amount=state.spec.amount, end_at=state.spec.end_at, paid_total=state.paid_total,
         outstanding=state.outstanding, credit=state.credit, overdue_count=state.overdue_count,
         next_due_at=state.next_due_at, closed_at=state.closed_at, close_reason=state.close_reason,
-        settled_at=payments.settled_at(state),
+        settled_at=payments.settled_at(state), currency=state.spec.currency,
     )
 
 
