@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
@@ -125,11 +125,15 @@ class _Statements:
     reminders: Any
 
 
+def _table(model: Any) -> Table:
+    return cast(Table, model.__table__)
+
+
 @functools.cache
 def _statements(dialect: str) -> _Statements:
     ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    C, E, M = Contract.__table__, ContractEvent.__table__, Milestone.__table__
-    Inst, P, O = Installment.__table__, Payment.__table__, OutboxNotice.__table__  # noqa: E741
+    C, E, M = _table(Contract), _table(ContractEvent), _table(Milestone)
+    Inst, P, O = _table(Installment), _table(Payment), _table(OutboxNotice)  # noqa: E741
 
     def upsert(table, columns):
         stmt = ins(table)
@@ -254,7 +258,7 @@ def _write_notices(conn: Connection, sql: _Statements, d: ProjectionDelta, *, fi
 
 
 def _cancel_unwanted(conn: Connection, contract_id: str, plan: ReminderPlan) -> None:
-    O = OutboxNotice.__table__  # noqa: E741
+    O = _table(OutboxNotice)  # noqa: E741
     stmt = update(O).where(O.c.contract_id == contract_id, O.c.item_type == plan.item_type,
                            O.c.item_key == plan.item_key, O.c.kind == "reminder", O.c.status == PENDING)
     keep = [n.key for n in plan.notices]
