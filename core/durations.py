@@ -5,6 +5,7 @@ Pure functions with no clock: the workflow imports them, so they must stay deter
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 
 import isodate
@@ -18,6 +19,13 @@ def parse_duration(text: str):
     """Parse an ISO 8601 duration; refuse negative or malformed ones with a readable message."""
     if not isinstance(text, str) or not text.startswith("P"):
         raise DurationError(f"{text!r} is not an ISO 8601 duration such as 'P5D' or 'PT10S'")
+    return _parsed(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str):
+    """Cached: a contract re-dates its items with the same few offsets after every change (the
+    results are immutable: timedelta, or isodate's Duration, which its users never modify)."""
     try:
         value = isodate.parse_duration(text)
     except (isodate.ISO8601Error, ValueError) as exc:

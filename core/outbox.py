@@ -29,8 +29,9 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -125,7 +126,7 @@ class OutboxDispatcher:
         async with self._slots:
             try:
                 request = from_jsonable(NotifyRequest, c.request)
-                counts = await asyncio.to_thread(self._deliver, request)
+                counts = await asyncio.to_thread(self._deliver_current, request)
             except TransientDeliveryError as exc:
                 await self._settle(self._retry_later, c, now, str(exc))
                 return
@@ -143,6 +144,21 @@ class OutboxDispatcher:
         except Exception:  # noqa: BLE001 - the dispatcher must outlive a database outage
             log.warning("outbox: could not record the outcome of %s; it will be taken again", args[0].key,
                         exc_info=True)
+
+    def _deliver_current(self, request: NotifyRequest) -> dict[str, int]:
+        """Deliver, saying what an installment still owes as the reminder goes out (the plan was
+        made when its date was set; payments may have come since)."""
+        if request.item_type == "installment" and request.amount is not None:
+            from models import Installment
+
+            with self._sessions() as session:
+                owed = session.execute(select(Installment.amount - Installment.paid).where(
+                    Installment.contract_id == request.contract_id, Installment.key == request.item_key)
+                ).scalar_one_or_none()
+            if owed is not None:
+                places = max(0, -Decimal(request.amount).as_tuple().exponent)  # type: ignore[operator]
+                request = replace(request, amount=str(Decimal(owed).quantize(Decimal(1).scaleb(-places))))
+        return self._deliver(request)
 
     def _mark_sent(self, c: Claimed, request: NotifyRequest, counts: dict[str, int], now: datetime) -> None:
         o = OutboxNotice

@@ -187,3 +187,16 @@ async def closed_state(handle: WorkflowHandle) -> ContractState:
     state = await state_of(handle._client.get_workflow_handle(handle.id))  # the last run, not the first
     assert state.status == outcome.status and state.version == outcome.version
     return state
+
+
+async def projected(sessions, contract_id: str, version: int = 1) -> None:
+    """Wait until the read model holds the contract at ``version`` or later (its first projection,
+    with its reminder plans, by default): before moving the clock past those reminders."""
+    from models import Contract
+
+    async def there():
+        with sessions() as s:
+            row = s.get(Contract, contract_id)
+            return row is not None and row.version >= version
+
+    await wait_for(there)

@@ -14,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 from models import ContractEvent, Document
 from tests.conftest import running_worker
-from tests.helpers import advance_to, mails_about, make_spec, pay, save_history, start_contract, state_of
+from tests.helpers import advance_to, mails_about, make_spec, pay, projected, save_history, start_contract, state_of
 from workflows.contract import ContractWorkflow
 from workflows.types import AmendmentChange, CompleteMilestoneInput, DecideAmendmentInput, RequestAmendmentInput
 
@@ -62,6 +62,7 @@ async def test_moving_late_shipping_stops_its_escalation_and_reminds_on_the_new_
     cid = spec.contract_id
     async with running_worker(ts_env.client, env_settings, tq):
         handle = await start_contract(ts_env.client, spec, tq)
+        await projected(org_db, spec.contract_id)  # its reminder plans are in the outbox
         # Shipping was due on day 10; on day 12 it is 2 days late and its escalation is running.
         await advance_to(ts_env, day(12) + timedelta(hours=1), org_db)
         st = await state_of(handle)
@@ -140,6 +141,7 @@ async def test_raising_the_amount_needs_finance_and_legal(ts_env, env_settings, 
     spec = make_spec(start)  # goods_sale: 120,000.00 in the playbook's installments
     async with running_worker(ts_env.client, env_settings, tq):
         handle = await start_contract(ts_env.client, spec, tq)
+        await projected(org_db, spec.contract_id)  # its reminder plans are in the outbox
         await pay(handle, "BANK-1", "36000.00", start)
         before = await state_of(handle)
         plan_before = [(i.key, i.amount) for i in before.installments]
@@ -177,6 +179,7 @@ async def test_contradicting_changes_are_refused_and_rejections_change_nothing(t
     spec = make_spec(start)
     async with running_worker(ts_env.client, env_settings, tq):
         handle = await start_contract(ts_env.client, spec, tq)
+        await projected(org_db, spec.contract_id)  # its reminder plans are in the outbox
         await handle.execute_update(ContractWorkflow.complete_milestone, CompleteMilestoneInput("order_review", "li.wei"))
         await pay(handle, "BANK-1", "50000.00", start)
         before = await state_of(handle)
@@ -246,6 +249,7 @@ async def test_end_of_term_reminders_and_auto_renewal(ts_env, env_settings, mail
         early = await start_contract(ts_env.client, done_early, tq)
         await pay(early, "BANK-FEE", "9000.00", start)
         handle = await start_contract(ts_env.client, spec, tq)
+        await projected(org_db, spec.contract_id)  # its reminder plans are in the outbox
         await pay(handle, "BANK-FEE", "9000.00", start)
         await advance_to(ts_env, day(15), org_db)
         await early.execute_update(ContractWorkflow.complete_milestone, CompleteMilestoneInput("service", "li.wei"))
@@ -284,6 +288,7 @@ async def test_a_late_approval_is_reminded_escalated_and_stops_when_decided(ts_e
     cid = spec.contract_id
     async with running_worker(ts_env.client, env_settings, tq):
         handle = await start_contract(ts_env.client, spec, tq)
+        await projected(org_db, spec.contract_id)  # its reminder plans are in the outbox
         a = (await handle.execute_update(ContractWorkflow.request_amendment, _request(
             AmendmentChange("move_due", key="shipping", shift="P5D")))).amendment
         await advance_to(ts_env, start + timedelta(hours=1), org_db)

@@ -20,6 +20,7 @@ from tests.helpers import (
     make_spec,
     outbox_idle,
     pay,
+    projected,
     save_history,
     start_contract,
     state_of,
@@ -44,6 +45,7 @@ async def test_unpaid_installment_escalates_to_the_manager_and_stops_when_paid(
     day = lambda n: start + timedelta(days=n)  # noqa: E731
     async with running_worker(ts_env.client, env_settings, tq):
         handle = await start_contract(ts_env.client, spec, tq)
+        await projected(org_db, spec.contract_id)  # its reminder plans are in the outbox
 
         await advance_to(ts_env, day(29) + timedelta(hours=2), org_db)
         kinds = [m["X-Contracts-Notification"].split(":")[4] for _, m in mails_about(mailbox, cid)]
@@ -55,7 +57,8 @@ async def test_unpaid_installment_escalates_to_the_manager_and_stops_when_paid(
             ).scalars().all()
         # P7D and P1D before the day-30 due date, to within a few seconds (the dispatcher looks
         # every OUTBOX_POLL_SECONDS of real time, while the test server's clock runs)
-        assert [abs((a - b).total_seconds()) < 3 for a, b in zip(sent_at, [day(23), day(29)], strict=False)] == [True, True]
+        assert [abs((a - b).total_seconds()) < 3 for a, b in zip(sent_at, [day(23), day(29)], strict=False)] == [True, True], (
+            sent_at, day(23), day(29))
 
         await advance_to(ts_env, day(30) + timedelta(hours=2), org_db)
         level1 = [m for _, m in mails_about(mailbox, cid) if ":escalation1:" in m["X-Contracts-Notification"]]
@@ -129,6 +132,7 @@ async def test_handoff_goes_to_the_next_owner_and_finance(ts_env, env_settings, 
     cid = spec.contract_id
     async with running_worker(ts_env.client, env_settings, tq):
         handle = await start_contract(ts_env.client, spec, tq)
+        await projected(org_db, spec.contract_id)  # its reminder plans are in the outbox
         for key in ("order_review", "production_scheduling", "shipping"):
             await complete(handle, key)
         await outbox_idle(org_db, ts_env)  # the hand-off goes out at once
@@ -212,6 +216,7 @@ async def test_a_milestone_can_carry_its_own_reminder_offsets(ts_env, env_settin
     )
     async with running_worker(ts_env.client, env_settings, tq):
         handle = await start_contract(ts_env.client, spec, tq)
+        await projected(org_db, spec.contract_id)  # its reminder plans are in the outbox
         await advance_to(ts_env, start + timedelta(days=9, hours=12), org_db)
         keys = sorted(m["X-Contracts-Notification"].strip().split(":")[2] + m["X-Contracts-Notification"].split(":")[4]
                       for _, m in mails_about(mailbox, spec.contract_id) if "reminder" in m["X-Contracts-Notification"])

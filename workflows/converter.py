@@ -11,7 +11,14 @@ workflow show`` read them), with two differences that keep histories small:
 from __future__ import annotations
 
 import dataclasses
+import enum
+import functools
+import inspect
 import json
+import types
+import typing
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import temporalio.api.common.v1
@@ -21,6 +28,7 @@ from temporalio.converter import (
     DataConverter,
     DefaultPayloadConverter,
     JSONPlainPayloadConverter,
+    value_to_type,
 )
 
 _MISSING = dataclasses.MISSING
@@ -51,6 +59,114 @@ class CompactJSONPayloadConverter(JSONPlainPayloadConverter):
             data=json.dumps(value, cls=CompactJSONEncoder, separators=(",", ":"), sort_keys=True,
                             ensure_ascii=False).encode(),
         )
+
+    def from_payload(self, payload: temporalio.api.common.v1.Payload, type_hint: type | None = None) -> Any:
+        try:
+            obj = json.loads(payload.data)
+        except json.JSONDecodeError as err:
+            raise RuntimeError("Failed parsing") from err
+        return decoder(type_hint)(obj) if type_hint is not None else obj
+
+
+# ---------------------------------------------------------------- decoding, fast
+# Temporal's ``value_to_type`` resolves every dataclass's type hints on every value it decodes
+# (measured: 2.2 ms for a payment's projection delta, 20 ms for a new contract's, 6.4 ms for a
+# contract's state).  The same rules, with each type's decoder built once: about ten times less.
+# Anything unusual (a union of several types, a Literal, a TypedDict...) is left to Temporal's.
+
+Decoder = Callable[[Any], Any]
+
+
+def _primitive(kind: type) -> Decoder:
+    def decode(value: Any) -> Any:
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise TypeError(f"Expected value to be bool, was {type(value)}")
+            return value
+        if kind is str:
+            if not isinstance(value, str):
+                raise TypeError(f"Expected value to be str, was {type(value)}")
+            return value
+        if not isinstance(value, (int, float)):
+            raise TypeError(f"Expected value to be int|float, was {type(value)}")
+        return kind(value)
+
+    return decode
+
+
+def _datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"Expected datetime or ISO8601 string, got {type(value)}")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as err:
+        raise TypeError(f"Failed parsing datetime string: {value}") from err
+
+
+def _dataclass(cls: type) -> Decoder:
+    hints = typing.get_type_hints(cls)
+    fields = [(f.name, f.init, decoder(hints[f.name])) for f in dataclasses.fields(cls)]
+
+    def decode(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"Cannot convert to dataclass {cls}, value is {type(value)} not dict")
+        kwargs: dict[str, Any] = {}
+        late: dict[str, Any] = {}
+        for name, init, field_decoder in fields:
+            if name in value:
+                try:
+                    converted = field_decoder(value[name])
+                except Exception as err:
+                    raise TypeError(f"Failed converting field {name} on dataclass {cls}") from err
+                (kwargs if init else late)[name] = converted
+        obj = cls(**kwargs)  # a missing required field fails here, as with Temporal's
+        for name, converted in late.items():
+            object.__setattr__(obj, name, converted)
+        return obj
+
+    return decode
+
+
+@functools.cache
+def decoder(hint: Any) -> Decoder:
+    """The function that turns JSON-loaded ``value`` into ``hint`` (Temporal's rules)."""
+    if hint is Any or hint is object:
+        return lambda value: value
+    if hint is datetime:
+        return _datetime
+    if hint in (int, float, bool, str):
+        return _primitive(hint)
+    if inspect.isclass(hint) and issubclass(hint, enum.Enum):
+        return hint  # Temporal's too: the enum from its value
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _dataclass(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner = decoder(next(a for a in args if a is not type(None)))
+        return lambda value: None if value is None else inner(value)
+    if origin is list and len(args) == 1:
+        item = decoder(args[0])
+
+        def decode_list(value: Any) -> list[Any]:
+            if not isinstance(value, list):
+                raise TypeError(f"Expected list, got {type(value)}")
+            return [item(v) for v in value]
+
+        return decode_list
+    if origin is dict and len(args) == 2 and args[0] is str:
+        val = decoder(args[1])
+
+        def decode_dict(value: Any) -> dict[str, Any]:
+            if not isinstance(value, dict):
+                raise TypeError(f"Expected dict, got {type(value)}")
+            return {k: val(v) for k, v in value.items()}
+
+        return decode_dict
+    if hint in (list, dict):
+        return lambda value: value
+    return lambda value: value_to_type(hint, value)
 
 
 class CompactPayloadConverter(CompositePayloadConverter):

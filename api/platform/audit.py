@@ -46,6 +46,7 @@ TRUNCATE for every role, and the API has only ``GET /audit`` (api/platform/audit
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -437,10 +438,17 @@ def watch(sessions: sessionmaker[Session]) -> None:
 
 # ---------------------------------------------------------------- workflow writes: after the answer
 def write_entry(sessions: sessionmaker[Session], values: dict[str, Any]) -> None:
-    """Insert one entry in its own transaction; a second insert for the request adds nothing."""
-    with sessions.begin() as session:
-        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        session.execute(insert(AuditEntry).values(**values).on_conflict_do_nothing(index_elements=["request_key"]))
+    """Insert one entry in its own transaction; a second insert for the request adds nothing.
+    Straight on a connection with a statement built once: it is on every write request's path."""
+    engine = sessions.kw["bind"]
+    with engine.begin() as conn:
+        conn.execute(_entry_insert(conn.dialect.name), values)
+
+
+@functools.cache
+def _entry_insert(dialect: str):
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(AuditEntry).on_conflict_do_nothing(index_elements=["request_key"])
 
 
 class AuditMiddleware:

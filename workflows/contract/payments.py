@@ -119,6 +119,8 @@ def settled_at(state: ContractState) -> datetime | None:
     """When the contract was paid in full (analytics): the ``received_at`` of the payment that
     brought the running total, in ``received_at`` order, to the amount."""
     total, amount = Decimal(0), Decimal(state.spec.amount)
+    if amount <= 0 or Decimal(state.paid_total) < amount:
+        return None  # not paid in full (yet)
     for p in sorted(state.payments, key=lambda p: (p.received_at, p.reference)):
         total += Decimal(p.amount)
         if amount > 0 and total >= amount:

@@ -65,11 +65,12 @@ def _installment_signature(i: InstallmentState, position: int) -> tuple[Any, ...
 
 
 def _plan_signature(state: ContractState, item_type: str, item: Item) -> tuple[Any, ...]:
-    """Everything a reminder plan depends on, but the clock: a plan is made anew only when it changes."""
-    owed = payments.owed(state, item) if isinstance(item, InstallmentState) else None
+    """Everything a reminder plan depends on, but the clock: a plan is made anew only when it changes.
+    (Not what an installment still owes: the outbox reads that when the reminder goes out, so a
+    partial payment does not re-plan its reminders.)"""
     return (state.status, reminders.is_timed(item), item.due_at, getattr(item, "owner", None),
             getattr(item, "department", None), getattr(item, "name", None), tuple(reminders.offsets(state, item)),
-            getattr(item, "reminders_from", None), owed, state.spec.title)
+            getattr(item, "reminders_from", None), state.spec.title)
 
 
 def _amendment_signature(a: AmendmentState) -> tuple[Any, ...]:
