@@ -37,6 +37,7 @@ FAULT_ENV = "CONTRACTS_FAULT_EXIT_AFTER_DECISION"
 class NotifyActivities:
     def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
         self._sessions = sessions
+        self._engine = sessions.kw["bind"]  # the delivery path's writes go straight on a connection
         self._settings = settings
 
     @activity.defn(name="notify")
@@ -95,9 +96,9 @@ class NotifyActivities:
         key = f"{r.contract_id}:{r.item_type}:{r.item_key}:{due}:{r.kind}{r.level}{r.tag}:{recipient}:{channel}"
         locale = getattr(target, "locale", None) or "zh"
         message = self._render(r, locale, cc, getattr(target, "name", recipient))
-        with self._sessions.begin() as session:
-            row, _created = org.record_notification_decision(
-                session,
+        with self._engine.begin() as conn:
+            status = org.decide_notification(
+                conn,
                 key=key,
                 contract_id=r.contract_id,
                 item_type=r.item_type,
@@ -110,7 +111,6 @@ class NotifyActivities:
                 subject=message.subject,
                 body=message.text,
             )
-            status = row.status
         if status in ("sent", "failed"):
             counts["skipped"] += 1
             return
@@ -160,9 +160,9 @@ class NotifyActivities:
                     event_id=key,
                 )
             elif channel == "inbox":
-                with self._sessions.begin() as session:
-                    org.open_task(
-                        session,
+                with self._engine.begin() as conn:
+                    org.task_once(
+                        conn,
                         key=key,
                         contract_id=r.contract_id,
                         milestone_key=r.item_key if r.item_type == "milestone" else None,
@@ -181,8 +181,8 @@ class NotifyActivities:
             return
         except TransientDeliveryError:
             raise  # Temporal retries the activity with backoff; the decision row stays 'decided'
-        with self._sessions.begin() as session:
-            org.mark_notification_sent(session, key)
+        with self._engine.begin() as conn:
+            org.notification_sent(conn, key)
         counts["sent"] += 1
 
     def _tell_operator(self, session: Session, r: NotifyRequest, key: str, recipient: str, channel: str,

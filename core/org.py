@@ -14,10 +14,11 @@ the API maps them to 404, 409 and 422.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Connection, Select, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -307,6 +308,41 @@ def record_notification_decision(session: Session, **fields: Any) -> tuple[Notif
     values = {**_NOTIFICATION_OPTIONAL, **fields, "status": DECIDED, "attempts": 0, "created_at": _now()}
     created = _insert_once(session, Notification, values)
     return session.execute(_by_key(Notification, fields["key"])).scalar_one(), created
+
+
+def decide_notification(conn: Connection, **fields: Any) -> str:
+    """``record_notification_decision`` straight on a connection (the delivery path: the outbox
+    and the notify activity), with a statement built once; returns the row's status after it."""
+    values = {**_NOTIFICATION_OPTIONAL, **fields, "status": DECIDED, "attempts": 0, "created_at": _now(),
+              "error": None, "sent_at": None}
+    conn.execute(_once_insert(conn.dialect.name, "notifications"), values)
+    return conn.execute(_STATUS_BY_KEY, {"key": fields["key"]}).scalar_one()
+
+
+def notification_sent(conn: Connection, key: str) -> None:
+    """``mark_notification_sent`` on a connection: a notification already sent stays as it was."""
+    conn.execute(_MARK_SENT, {"which": key, "at": _now()})
+
+
+def task_once(conn: Connection, *, key: str, contract_id: str, milestone_key: str | None, assignee: str,
+              title: str, body: str = "") -> None:
+    """``open_task`` on a connection, for the delivery path."""
+    conn.execute(_once_insert(conn.dialect.name, "tasks"), {
+        "key": key, "contract_id": contract_id, "milestone_key": milestone_key, "assignee": assignee,
+        "title": title, "body": body, "status": TASK_OPEN, "created_at": _now(), "acked_at": None,
+        "acked_by": None})
+
+
+@functools.cache
+def _once_insert(dialect: str, table: str):
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    model = Notification if table == "notifications" else Task
+    return insert(model).on_conflict_do_nothing(index_elements=["key"])
+
+
+_STATUS_BY_KEY = select(Notification.status).where(Notification.key == bindparam("key"))
+_MARK_SENT = (update(Notification).where(Notification.key == bindparam("which"), Notification.status != SENT)
+              .values(status=SENT, sent_at=bindparam("at"), error=None, attempts=Notification.attempts + 1))
 
 
 def get_notification(session: Session, key: str, *, lock: bool = False) -> Notification:
