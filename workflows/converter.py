@@ -6,6 +6,12 @@ workflow show`` read them), with two differences that keep histories small:
     with this converter or the default one), so a milestone without costs, reminders or notes
     costs only what it says;
   * text is written as UTF-8, not ``\\uXXXX`` escapes (a Chinese milestone name is half the size).
+
+A local activity's input is not in the history, but Temporal's core keeps it with the cached
+workflow until the run is evicted or continues as new: a contract's first projection delta (every
+item, every reminder plan, ~21 KB) was ~1/8 of a cached contract's memory.  So a large one is
+sent zlib-compressed (``json/plain+zlib``, ~8x smaller, ~0.2 ms); only local activities, never
+what the history or the Temporal UI shows.
 """
 
 from __future__ import annotations
@@ -17,17 +23,22 @@ import inspect
 import json
 import types
 import typing
+import zlib
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import temporalio.api.common.v1
 from temporalio.converter import (
+    ActivitySerializationContext,
     AdvancedJSONEncoder,
     CompositePayloadConverter,
     DataConverter,
     DefaultPayloadConverter,
+    EncodingPayloadConverter,
     JSONPlainPayloadConverter,
+    SerializationContext,
+    WithSerializationContext,
     value_to_type,
 )
 
@@ -169,10 +180,62 @@ def decoder(hint: Any) -> Decoder:
     return lambda value: value_to_type(hint, value)
 
 
+COMPRESS_LOCAL_INPUT_OVER = 2048  # bytes of JSON
+
+
+def _is_local(context: SerializationContext) -> bool:
+    return isinstance(context, ActivitySerializationContext) and context.is_local
+
+
+class ZlibJSONPayloadConverter(EncodingPayloadConverter, WithSerializationContext):
+    """``json/plain+zlib``: compact JSON, compressed.  Decodes wherever it is met; encodes only
+    a large dataclass given to a local activity (``with_context`` of a local activity's context),
+    and otherwise declines, so the next converter writes plain JSON."""
+
+    def __init__(self, local: bool = False) -> None:
+        self._local = local
+        self._json = CompactJSONPayloadConverter()
+
+    @property
+    def encoding(self) -> str:
+        return "json/plain+zlib"
+
+    def with_context(self, context: SerializationContext) -> ZlibJSONPayloadConverter:
+        return _LOCAL_ZLIB if _is_local(context) else _ZLIB
+
+    def to_payload(self, value: Any) -> temporalio.api.common.v1.Payload | None:
+        if not self._local or not dataclasses.is_dataclass(value):
+            return None
+        plain = self._json.to_payload(value)
+        if plain is None or len(plain.data) <= COMPRESS_LOCAL_INPUT_OVER:
+            return None
+        return temporalio.api.common.v1.Payload(metadata={"encoding": self.encoding.encode()},
+                                                data=zlib.compress(plain.data))
+
+    def from_payload(self, payload: temporalio.api.common.v1.Payload, type_hint: type | None = None) -> Any:
+        obj = json.loads(zlib.decompress(payload.data))
+        return decoder(type_hint)(obj) if type_hint is not None else obj
+
+
+_ZLIB = ZlibJSONPayloadConverter()
+_LOCAL_ZLIB = ZlibJSONPayloadConverter(local=True)
+
+
 class CompactPayloadConverter(CompositePayloadConverter):
-    def __init__(self) -> None:
-        super().__init__(*[CompactJSONPayloadConverter() if isinstance(c, JSONPlainPayloadConverter) else c
+    def __init__(self, local: bool = False) -> None:
+        super().__init__(_LOCAL_ZLIB if local else _ZLIB,
+                         *[CompactJSONPayloadConverter() if isinstance(c, JSONPlainPayloadConverter) else c
                            for c in DefaultPayloadConverter.default_encoding_payload_converters])
+
+    def with_context(self, context: SerializationContext) -> CompactPayloadConverter:
+        # Stateless: one converter for local activities' inputs, this one for everything else
+        # (Temporal would build a new composite for every activity call otherwise).
+        return _local_converter() if _is_local(context) else self
+
+
+@functools.cache
+def _local_converter() -> CompactPayloadConverter:
+    return CompactPayloadConverter(local=True)
 
 
 data_converter = dataclasses.replace(DataConverter.default, payload_converter_class=CompactPayloadConverter)

@@ -70,7 +70,7 @@ PENDING, IN_PROGRESS, DONE, OVERDUE, WAIVED = (MilestoneStatus.PENDING, Mileston
 PARTIALLY_PAID, PAID = InstallmentStatus.PARTIALLY_PAID, InstallmentStatus.PAID
 
 
-@dataclass
+@dataclass(slots=True)
 class DueRule:
     """When something is due: an absolute instant, or an ISO 8601 offset.
 
@@ -83,7 +83,7 @@ class DueRule:
     after: str | None = None  # milestone key
 
 
-@dataclass
+@dataclass(slots=True)
 class EscalationLevel:
     """One step of an escalation chain: ``after`` the due time, notify ``to`` (copying ``cc``).
 
@@ -105,7 +105,7 @@ def default_escalation() -> list[EscalationLevel]:
     ]
 
 
-@dataclass
+@dataclass(slots=True)
 class NotificationPolicy:
     """Reminders before due and the escalation chain after it; from the playbook or the contract."""
 
@@ -119,7 +119,7 @@ class NotificationPolicy:
     business_timezone: str = "Asia/Shanghai"
 
 
-@dataclass
+@dataclass(slots=True)
 class BusinessDueRequest:
     base: datetime
     offset: str  # ISO 8601; whole days count as working days
@@ -135,7 +135,7 @@ def default_approvals() -> dict[str, list[str]]:
     }
 
 
-@dataclass
+@dataclass(slots=True)
 class AmendmentPolicy:
     """Which roles approve which category of change, and the approval deadline."""
 
@@ -144,7 +144,7 @@ class AmendmentPolicy:
     approval_reminders: list[str] = field(default_factory=lambda: ["P1D"])  # before the deadline
 
 
-@dataclass
+@dataclass(slots=True)
 class RenewalPolicy:
     reminders: list[str] = field(default_factory=lambda: ["P60D", "P30D"])  # before the end date
     channels: list[str] = field(default_factory=lambda: ["email", "inbox"])
@@ -152,7 +152,7 @@ class RenewalPolicy:
     term: str = "P1Y"  # length of the next term when auto-renewing
 
 
-@dataclass
+@dataclass(slots=True)
 class MilestoneSpec:
     key: str
     name: str
@@ -166,14 +166,14 @@ class MilestoneSpec:
     planned_cost: str | None = None  # decimal string in the contract currency, for cost-overrun analytics
 
 
-@dataclass
+@dataclass(slots=True)
 class InstallmentSpec:
     key: str
     amount: str  # decimal string in the contract currency
     due: DueRule
 
 
-@dataclass
+@dataclass(slots=True)
 class ContractSpec:
     """Everything the workflow needs to run one contract, fully expanded (no playbook lookups)."""
 
@@ -208,7 +208,7 @@ class ContractSpec:
 # ---- operations (update and signal inputs) -------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class PaymentInput:
     reference: str
     amount: str
@@ -217,7 +217,7 @@ class PaymentInput:
     by: str = "finance"
 
 
-@dataclass
+@dataclass(slots=True)
 class PaymentResult:
     applied: bool
     outstanding: str
@@ -226,14 +226,14 @@ class PaymentResult:
     allocations: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class PaymentBatchInput:
     """Several payments in one update (a bank statement's lines for this contract), applied in order."""
 
     payments: list[PaymentInput]
 
 
-@dataclass
+@dataclass(slots=True)
 class PaymentOutcome:
     """One payment of a batch: applied, already recorded (applied False, no error), or refused."""
 
@@ -246,7 +246,7 @@ class PaymentOutcome:
     error: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class CompleteMilestoneInput:
     key: str
     by: str
@@ -255,7 +255,7 @@ class CompleteMilestoneInput:
     satisfaction: int | None = None  # 1-5, the customer's score, captured at acceptance
 
 
-@dataclass
+@dataclass(slots=True)
 class ProgressInput:
     key: str
     percent: int
@@ -263,20 +263,20 @@ class ProgressInput:
     source: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class WaiveMilestoneInput:
     key: str
     by: str
     reason: str
 
 
-@dataclass
+@dataclass(slots=True)
 class TerminateInput:
     reason: str
     by: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class OperationResult:
     """What milestone and termination updates return: the contract after the change."""
 
@@ -286,7 +286,7 @@ class OperationResult:
     changed: bool = True  # False: the same report was already recorded (a redelivery)
 
 
-@dataclass
+@dataclass(slots=True)
 class AmendmentChange:
     """One proposed change.  ``kind`` is one of:
 
@@ -315,7 +315,7 @@ class AmendmentChange:
     end_at: datetime | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestAmendmentInput:
     amendment_id: str
     requested_by: str
@@ -325,7 +325,7 @@ class RequestAmendmentInput:
     approvers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class DecideAmendmentInput:
     amendment_id: str
     decision: str  # approve, reject, withdraw
@@ -334,7 +334,7 @@ class DecideAmendmentInput:
     comment: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class ApprovalRecord:
     by: str
     role: str
@@ -343,7 +343,7 @@ class ApprovalRecord:
     at: datetime
 
 
-@dataclass
+@dataclass(slots=True)
 class ClauseChange:
     """One clause of the contract, before and after: what a supplementary agreement lists."""
 
@@ -354,7 +354,7 @@ class ClauseChange:
     new: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class ItemImpact:
     item_type: str  # milestone, installment
     key: str
@@ -371,7 +371,7 @@ class ItemImpact:
     overdue_after: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class AmendmentImpact:
     items: list[ItemImpact]
     old_amount: str
@@ -388,7 +388,7 @@ class AmendmentImpact:
     clauses: list[ClauseChange]
 
 
-@dataclass
+@dataclass(slots=True)
 class AmendmentState:
     id: str
     number: int  # 1, 2, ... per contract
@@ -407,14 +407,14 @@ class AmendmentState:
     note: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class AmendmentResult:
     amendment: AmendmentState
     contract_version: int
     created: bool = True  # False: the same amendment id was already requested
 
 
-@dataclass
+@dataclass(slots=True)
 class ContractVersion:
     version: int
     at: datetime
@@ -424,7 +424,7 @@ class ContractVersion:
     approvals: list[ApprovalRecord] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class AgreementRequest:
     """Render and store a supplementary agreement (补充协议) for an applied amendment."""
 
@@ -445,7 +445,7 @@ class AgreementRequest:
     approvals: list[ApprovalRecord]
 
 
-@dataclass
+@dataclass(slots=True)
 class ApprovalState:
     """One role's pending approval of an amendment: a timed item like a milestone, so it is
     reminded before its deadline and escalated after it."""
@@ -466,7 +466,7 @@ class ApprovalState:
         return f"Approve amendment {self.amendment_id} ({self.role})"
 
 
-@dataclass
+@dataclass(slots=True)
 class RenewalRequest:
     """Start the next term of a contract as a new contract linked to the old one."""
 
@@ -477,7 +477,7 @@ class RenewalRequest:
 # ---- live state ----------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class MilestoneState:
     key: str
     name: str
@@ -505,7 +505,7 @@ class MilestoneState:
     reminders_from: datetime | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class InstallmentState:
     key: str
     amount: str
@@ -518,7 +518,7 @@ class InstallmentState:
     overdue_since: datetime | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class PaymentRecord:
     reference: str
     amount: str
@@ -530,7 +530,7 @@ class PaymentRecord:
     excess: str = "0"
 
 
-@dataclass
+@dataclass(slots=True)
 class ContractEvent:
     """One entry of the contract's append-only event log.
 
@@ -545,7 +545,7 @@ class ContractEvent:
     actor: str = "system"
 
 
-@dataclass
+@dataclass(slots=True)
 class ContractState:
     spec: ContractSpec
     status: ContractStatus = ContractStatus.ACTIVE
@@ -579,7 +579,7 @@ class ContractState:
     pending_renewals: list[RenewalRequest] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class NotifyRequest:
     """One notification decision, sent by the ``notify`` activity exactly once per
     (item, due date, kind+level, recipient, channel)."""
@@ -604,7 +604,7 @@ class NotifyRequest:
     tag: str = ""  # tells apart notices of the same kind and level (e.g. the reminder offset)
 
 
-@dataclass
+@dataclass(slots=True)
 class EscalationInput:
     contract_id: str
     parent_workflow_id: str
@@ -621,7 +621,7 @@ class EscalationInput:
     currency: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class ProjectionInput:
     """A snapshot plus the events not yet written: what the projection activity stores."""
 
@@ -630,7 +630,7 @@ class ProjectionInput:
     workflow_id: str
 
 
-@dataclass
+@dataclass(slots=True)
 class ContractOutcome:
     """What a contract's workflow returns when it closes: the verdict, not the whole state (which
     stays queryable with ``state_query`` and is in the read model).  Its fields are named as in
@@ -653,7 +653,7 @@ class ContractOutcome:
                    s.version, s.contract_version, s.run)
 
 
-@dataclass
+@dataclass(slots=True)
 class ContractWorkflowInput:
     spec: ContractSpec
     # Set when this run continues an earlier one: the whole state, and the events (and, from the
@@ -668,7 +668,7 @@ class ContractWorkflowInput:
 # ---- the projection delta (lean engine) ------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class ContractFacts:
     """The contract row's columns the workflow owns, as of ``ProjectionDelta.version``."""
 
@@ -686,20 +686,20 @@ class ContractFacts:
     currency: str = ""  # fixed at creation; the item rows carry it for the money analytics
 
 
-@dataclass
+@dataclass(slots=True)
 class MilestoneRow:
     position: int
     milestone: MilestoneState
     started_at: datetime | None = None  # the stage's start, for the stage-time analytics
 
 
-@dataclass
+@dataclass(slots=True)
 class InstallmentRow:
     position: int
     installment: InstallmentState
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledNotice:
     """One notice for the notification outbox: sent by the dispatcher at ``send_at``, once per key."""
 
@@ -708,7 +708,7 @@ class ScheduledNotice:
     request: NotifyRequest
 
 
-@dataclass
+@dataclass(slots=True)
 class ReminderPlan:
     """Every reminder an item still wants; the outbox cancels its other unsent reminders."""
 
@@ -717,7 +717,7 @@ class ReminderPlan:
     notices: list[ScheduledNotice] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class ProjectionDelta:
     """What changed since the last projection: the contract's facts, the items that changed, new
     payments, events and notices.  Written by the ``project_delta`` local activity in one

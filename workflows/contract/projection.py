@@ -55,7 +55,7 @@ def _milestone_signature(m: MilestoneState, position: int, started: datetime) ->
     # The stage start counts only once the milestone is resolved (the stage-time analytics read
     # completed rows): an open row is not rewritten each time an earlier one completes.
     return (position, started if m.status in RESOLVED_MILESTONE else None, m.name, m.kind, m.owner, m.department,
-            m.standard, m.due, tuple(m.depends_on),
+            m.standard, (m.due.at, m.due.offset, m.due.after), tuple(m.depends_on),
             m.due_at, m.due_estimated, m.status, m.progress, m.progress_message, m.completed_at, m.completed_by,
             m.note, m.overdue_since, m.planned_cost, m.actual_cost, m.satisfaction)
 
@@ -78,9 +78,13 @@ def _amendment_signature(a: AmendmentState) -> tuple[Any, ...]:
 
 
 class Projector:
+    # An item's signature is kept as its hash: a cached contract holds ~40 of them, and the tuples
+    # (20 fields for a milestone) were ~10 KB of it.  Two different signatures with one 64-bit hash
+    # (odds of 1 in 2^64 per change) would leave that one change out of the read model until the
+    # item changes again (the next continue-as-new rewrites every item).
     def __init__(self) -> None:
-        self._sent: dict[tuple[str, ...], tuple[Any, ...]] = {}  # what the read model holds, by item
-        self._in_flight: dict[tuple[str, ...], tuple[Any, ...] | None] = {}
+        self._sent: dict[tuple[str, ...], int] = {}  # what the read model holds, by item: hash(signature)
+        self._in_flight: dict[tuple[str, ...], int | None] = {}
         self._payments_sent = 0
         self._payments_in_flight = 0
         self._facts: ContractFacts | None = None
@@ -90,15 +94,15 @@ class Projector:
     def delta(self, state: ContractState, workflow_id: str, journal: Journal, now: datetime) -> ProjectionDelta | None:
         """The next delta, or None when the read model is up to date.  Takes the journal's events
         and notices; ``settle`` or ``abandon`` must follow."""
-        sigs: dict[tuple[str, ...], tuple[Any, ...] | None] = {}
+        sigs: dict[tuple[str, ...], int | None] = {}
         d = ProjectionDelta(state.spec.contract_id, workflow_id, state.version, facts(state))
         for position, (m, started) in enumerate(zip(state.milestones, stage_starts(state), strict=True)):
-            sig = _milestone_signature(m, position, started)
+            sig = hash(_milestone_signature(m, position, started))
             if self._sent.get(("m", m.key)) != sig:
                 d.milestones.append(MilestoneRow(position, m, started))
                 sigs[("m", m.key)] = sig
         for position, i in enumerate(state.installments):
-            sig = _installment_signature(i, position)
+            sig = hash(_installment_signature(i, position))
             if self._sent.get(("i", i.key)) != sig:
                 d.installments.append(InstallmentRow(position, i))
                 sigs[("i", i.key)] = sig
@@ -115,7 +119,7 @@ class Projector:
         for item_type, item in reminders.reminder_items(state):
             ident = ("plan", item_type, item.key)
             planned.add(ident)
-            sig = _plan_signature(state, item_type, item)
+            sig = hash(_plan_signature(state, item_type, item))
             if self._sent.get(ident) != sig:
                 d.reminders.append(reminders.plan(state, item_type, item, now))
                 sigs[ident] = sig
@@ -123,7 +127,7 @@ class Projector:
             d.reminders.append(ReminderPlan(ident[1], ident[2]))
             sigs[ident] = None
         for a in state.amendments:
-            sig = _amendment_signature(a)
+            sig = hash(_amendment_signature(a))
             if self._sent.get(("a", a.id)) != sig:
                 d.amendments.append(a)
                 sigs[("a", a.id)] = sig
@@ -156,7 +160,7 @@ class Projector:
         for a in state.amendments:
             if a.status != AmendmentStatus.PENDING and a.impact is not None and ("a", a.id) in self._sent:
                 a.impact = None
-                self._sent[("a", a.id)] = _amendment_signature(a)
+                self._sent[("a", a.id)] = hash(_amendment_signature(a))
 
     def abandon(self, delta: ProjectionDelta, journal: Journal) -> None:
         """The delta was not written (the run is ending): its events and notices go back first."""

@@ -285,6 +285,9 @@ class ContractWorkflow:
             finally:
                 self._projecting = False
             self._projector.settle(self.state)
+            # The written delta is not kept: this frame waits here until the next change, and the
+            # delta (every reminder plan, on a contract's first) would stay cached with the contract.
+            del delta
 
     def _projected(self) -> bool:
         return not self._projecting and not self._projection_wanted and not self._journal.events \
