@@ -399,6 +399,10 @@ async def body(args: argparse.Namespace, result: dict) -> None:
         "value": max_events, "target": f"< {EVENTS_BUDGET}", "met": max_events < EVENTS_BUDGET}
     result["targets"]["every payload < 256 KB"] = {
         "value": f"{max_payload / 1024:.1f} KiB", "target": "< 256 KiB", "met": max_payload < PAYLOAD_BUDGET}
+    per_update = s["events_per_update"]
+    result["targets"]["#12: <= 8 events per update"] = {"value": per_update, "target": "<= 8", "met": per_update <= 8}
+    result["targets"]["#12: largest payload <= 32 KB"] = {
+        "value": f"{max_payload / 1024:.1f} KiB", "target": "<= 32 KB", "met": max_payload <= 32_000}
 
 
 def main() -> None:

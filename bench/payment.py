@@ -224,6 +224,13 @@ async def body(args: argparse.Namespace, result: dict) -> None:
     result["targets"]["payment p99 <= 50 ms (concurrency 1)"] = {
         "value": f"{lv['project_latency_ms']['p99']} ms", "target": "<= 50 ms",
         "met": lv["project_latency_ms"]["p99"] <= 50}
+    # Issue #12's targets (the lean engine).
+    result["targets"]["#12: payment p50 <= 1.5x bare update p50 (concurrency 1)"] = {
+        "value": lv["ratio_p50"], "target": "<= 1.5", "met": lv["ratio_p50"] is not None and lv["ratio_p50"] <= 1.5}
+    if len(result["levels"]) > 1:
+        rate = result["levels"][1]["ratio_rate"]
+        result["targets"]["#12: payment rate >= 0.5x bare update rate (concurrency 16)"] = {
+            "value": rate, "target": ">= 0.5", "met": rate is not None and rate >= 0.5}
 
 
 def main() -> None:

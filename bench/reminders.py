@@ -317,6 +317,9 @@ async def body(args: argparse.Namespace, result: dict) -> None:
             "value": f"{all_s} s", "target": "<= 30 s", "met": all_s is not None and all_s <= 30}
         result["targets"]["burst: 0 duplicates"] = {
             "value": burst["reminders"]["duplicates"], "target": 0, "met": burst["reminders"]["duplicates"] == 0}
+        r = burst.get("ratio_all")
+        result["targets"][f"#12: burst of {burst['contracts']}: all reminders within 2x the floor's time"] = {
+            "value": r, "target": "<= 2", "met": r is not None and r <= 2}
 
 
 def main() -> None:
