@@ -10,12 +10,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 from temporalio.client import Client
-from temporalio.worker import PollerBehaviorAutoscaling, Worker
+from temporalio.worker import Interceptor, PollerBehaviorAutoscaling, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.calendar import business_due_activity
@@ -44,7 +44,7 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 
 def build_worker(
     client: Client, settings: Settings, session_factory: sessionmaker[Session], *, task_queue: str | None = None,
-    on_notices: Callable[[], None] | None = None,
+    on_notices: Callable[[], None] | None = None, interceptors: Sequence[Interceptor] = (),
 ) -> Worker:
     # Configure the ORM now: activities run in threads that Temporal may interrupt (cancellation),
     # and an interruption during SQLAlchemy's lazy mapper set-up would break it for the process.
@@ -72,20 +72,21 @@ def build_worker(
         # Pollers follow the load, so a burst of new contracts does not queue behind 5 pollers.
         workflow_task_poller_behavior=PollerBehaviorAutoscaling(),
         activity_task_poller_behavior=PollerBehaviorAutoscaling(),
+        interceptors=interceptors,
     )
 
 
 @contextlib.asynccontextmanager
 async def running_worker(client: Client, settings: Settings, sessions: sessionmaker[Session], *,
                          task_queue: str | None = None, clock: Clock = wall_clock,
-                         webhooks: bool = True) -> AsyncIterator[Worker]:
+                         webhooks: bool = True, interceptors: Sequence[Interceptor] = ()) -> AsyncIterator[Worker]:
     """The worker with what runs beside it: the notification outbox's dispatcher (woken by the
     projection when it queues a notice due now) and, unless ``webhooks`` is off, the webhook one.
     ``clock`` is the outbox's idea of now (tests on the time-skipping server pass its clock)."""
     deliver = NotifyActivities(sessions, settings).deliver
     async with running_outbox(sessions, settings, deliver, clock) as outbox:
         worker = build_worker(client, settings, sessions, task_queue=task_queue,
-                              on_notices=outbox.wake if outbox is not None else None)
+                              on_notices=outbox.wake if outbox is not None else None, interceptors=interceptors)
         async with worker, contextlib.AsyncExitStack() as stack:
             if webhooks:
                 await stack.enter_async_context(running_dispatcher(sessions, settings))

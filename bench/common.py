@@ -430,7 +430,7 @@ def bench_settings(database_url: str, address: str, task_queue: str, smtp_port: 
 
 
 @contextlib.asynccontextmanager
-async def running_worker(client, settings, clock=None) -> AsyncIterator[None]:
+async def running_worker(client, settings, clock=None, interceptors=()) -> AsyncIterator[None]:
     """The worker as worker.py runs it (outbox and webhook dispatchers beside it), in this process."""
     import worker as worker_module
     from models.db import make_engine, make_session_factory
@@ -438,7 +438,8 @@ async def running_worker(client, settings, clock=None) -> AsyncIterator[None]:
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
     try:
-        async with worker_module.running_worker(client, settings, sessions, clock=clock or worker_module.wall_clock):
+        async with worker_module.running_worker(client, settings, sessions, clock=clock or worker_module.wall_clock,
+                                                interceptors=interceptors):
             yield
     finally:
         engine.dispose()

@@ -69,6 +69,37 @@ async def register_search_attributes(env) -> None:
     ))
 
 
+def delta_sizes_interceptor(sizes: list[tuple[int, int]]):
+    """A worker interceptor recording each projection delta's size: (JSON bytes, bytes as sent).
+    A local activity's input is not in the history, but Temporal's core keeps it with the cached
+    run (the data converter compresses a large one: workflows/converter.py)."""
+    from temporalio import activity
+    from temporalio.converter import ActivitySerializationContext
+    from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
+
+    from workflows.converter import data_converter
+
+    class Inbound(ActivityInboundInterceptor):
+        async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+            info = activity.info()
+            if info.activity_type == "project_delta":
+                plain = data_converter.payload_converter.to_payloads(input.args)[0]
+                sent = plain
+                if info.is_local:
+                    sent = data_converter.with_context(ActivitySerializationContext(
+                        namespace=info.namespace, activity_id=info.activity_id, activity_type=info.activity_type,
+                        activity_task_queue=info.task_queue, workflow_id=info.workflow_id,
+                        workflow_type=info.workflow_type, is_local=True)).payload_converter.to_payloads(input.args)[0]
+                sizes.append((len(plain.data), len(sent.data)))
+            return await self.next.execute_activity(input)
+
+    class Sizes(Interceptor):
+        def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+            return Inbound(next)
+
+    return Sizes()
+
+
 # ------------------------------------------------------------------ history measurements
 def _payloads(msg, path: str = ""):
     """(path, bytes) of every Payloads blob and every free-standing Payload inside a proto message."""
@@ -320,7 +351,9 @@ async def body(args: argparse.Namespace, result: dict) -> None:
             say(f"· {args.years}-year service contract: {len(spec.milestones)} milestones, "
                 f"{len(spec.installments)} installments")
             wall = time.perf_counter()
-            async with common.running_worker(env.client, settings, clock=env.get_current_time):
+            deltas: list[tuple[int, int]] = []
+            async with common.running_worker(env.client, settings, clock=env.get_current_time,
+                                             interceptors=[delta_sizes_interceptor(deltas)]):
                 handle = await env.client.start_workflow(
                     ContractWorkflow.run,
                     ContractWorkflowInput(spec=spec, continue_as_new_after_events=args.continue_as_new_after),
@@ -340,6 +373,14 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                 result["final_state_bytes_by_field"] = state_breakdown(final)
                 result["operations"] = dict(driver.counts)
                 result["driven_seconds"] = round(time.perf_counter() - wall, 1)
+                plain = [p for p, _ in deltas]
+                result["projection_deltas"] = {
+                    "count": len(deltas), "first_bytes": plain[0] if plain else None,
+                    "p50_bytes": sorted(plain)[len(plain) // 2] if plain else None,
+                    "max_bytes": max(plain) if plain else None,
+                    "max_sent_bytes": max(s for _, s in deltas) if deltas else None,
+                    "total_sent_bytes": sum(s for _, s in deltas),
+                }
                 runs = await run_chain(env.client, handle.id, first_run)
                 engine.dispose()
                 # Escalation children, if any late item made one (the diligent driver makes none).
@@ -377,6 +418,10 @@ async def body(args: argparse.Namespace, result: dict) -> None:
     }
     result["floor"] = floor
     result["floor"]["events_per_update"] = round(floor["events"] / max(1, floor["updates"]), 1)
+    d = result.get("projection_deltas") or {}
+    if d.get("count"):
+        say(f"projection deltas: {d['count']}, first {d['first_bytes'] / 1024:.1f} KiB, p50 {d['p50_bytes']} B, "
+            f"largest {d['max_bytes'] / 1024:.1f} KiB ({d['max_sent_bytes'] / 1024:.1f} KiB as sent)")
     result["ratio_events"] = common.ratio(total_events, floor["events"])
     result["ratio_largest_payload"] = common.ratio(max_payload, floor["largest_payload_bytes"])
     s = result["summary"]
