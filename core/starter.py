@@ -3,6 +3,8 @@ renewal activity (the next term of an auto-renewing contract), so both start it 
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
@@ -19,7 +21,7 @@ async def start_contract_workflow(client: Client, spec: ContractSpec, task_queue
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=initial_search_attributes(spec),
+        search_attributes=initial_search_attributes(spec, datetime.now(timezone.utc)),
         memo={"title": spec.title, "customer": spec.customer_name, "currency": spec.currency, "amount": spec.amount},
         static_summary=f"{spec.title} · {spec.customer_name} · {spec.amount} {spec.currency}",
     )

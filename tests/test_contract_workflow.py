@@ -102,6 +102,35 @@ async def test_one_year_goods_sale_with_12_installments_completes_in_seconds(ts_
     assert (await ts_env.get_current_time()) - now > timedelta(days=300)  # a year really passed
 
 
+async def test_a_new_contract_starts_with_its_search_attributes_and_upserts_nothing(ts_env, settings, task_queue):
+    """The starter sets what the first task would work out (next due date, escalation level), so
+    that task has no upsert of its own: one visibility write less per new contract."""
+    from workflows.contract import ContractWorkflowInput, initial_search_attributes, workflow_id_for
+
+    now = await ts_env.get_current_time()
+    spec = make_spec(now, amount="120000.00", installments=monthly_installments("120000.00"))
+    async with running_worker(ts_env.client, settings, task_queue):
+        handle = await ts_env.client.start_workflow(
+            ContractWorkflow.run, ContractWorkflowInput(spec=spec), id=workflow_id_for(spec.contract_id),
+            task_queue=task_queue, search_attributes=initial_search_attributes(spec, now))
+        st = await state_of(handle)
+        desc = await handle.describe()
+        assert st.next_due_at is not None
+        assert desc.typed_search_attributes.get(sa.NEXT_DUE_AT) == st.next_due_at
+        assert desc.typed_search_attributes.get(sa.ESCALATION_LEVEL) == 0
+        history = await handle.fetch_history()
+        ours = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+                and set(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
+                != {"TemporalChangeVersion"}]
+        assert ours == []
+        # The old start (no next due date given) still ends with the same attributes, upserted.
+        spec2 = make_spec(now, amount="120000.00", installments=monthly_installments("120000.00"))
+        handle2 = await start_contract(ts_env.client, spec2, task_queue)
+        st2 = await state_of(handle2)
+        assert (await handle2.describe()).typed_search_attributes.get(sa.NEXT_DUE_AT) == st2.next_due_at
+        await handle.terminate("test done")
+
+
 async def test_milestone_turns_overdue_at_its_due_time(ts_env, settings, task_queue):
     now = await ts_env.get_current_time()
     spec = make_spec(

@@ -8,7 +8,9 @@ assignees) and checks that whoever approves holds the role they approve for.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,6 +36,11 @@ from workflows.types import (
     MilestoneSpec,
     RequestAmendmentInput,
 )
+
+
+def _fields(item: Any) -> dict[str, Any]:
+    """A dataclass's fields, one level deep (the workflow's types have ``__slots__``: no ``vars()``)."""
+    return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
 
 
 class AmendmentService:
@@ -95,8 +102,8 @@ class AmendmentService:
         for v in versions:
             out.append(s.VersionOut(
                 version=v.version, at=v.at, amendment_id=v.amendment_id, summary=v.summary,
-                clauses=[s.ClauseOut(**vars(c)) for c in v.clauses],
-                approved_by=[s.DecisionOut(**vars(d)) for d in v.approvals],
+                clauses=[s.ClauseOut(**_fields(c)) for c in v.clauses],
+                approved_by=[s.DecisionOut(**_fields(d)) for d in v.approvals],
             ))
         return out
 
@@ -235,14 +242,14 @@ def _out(a: AmendmentState) -> s.AmendmentOut:
     return s.AmendmentOut(
         id=a.id, number=a.number, status=a.status, requested_by=a.requested_by, reason=a.reason,
         requested_at=a.requested_at, required_roles=a.required_roles, approvers=a.approvers,
-        missing_roles=_missing(a), decisions=[s.DecisionOut(**vars(d)) for d in a.decisions],
+        missing_roles=_missing(a), decisions=[s.DecisionOut(**_fields(d)) for d in a.decisions],
         decided_at=a.decided_at, contract_version=a.contract_version,
         impact=s.ImpactOut(
             milestones=[_item(x) for x in i.items], installments=[_item(x) for x in i.installments],
             old_amount=i.old_amount, new_amount=i.new_amount, amount_delta=i.amount_delta,
             old_outstanding=i.old_outstanding, new_outstanding=i.new_outstanding, old_end_at=i.old_end_at,
             new_end_at=i.new_end_at, becomes_on_time=i.becomes_on_time, becomes_overdue=i.becomes_overdue,
-            affected_people=i.affected_people, clauses=[s.ClauseOut(**vars(c)) for c in i.clauses],
+            affected_people=i.affected_people, clauses=[s.ClauseOut(**_fields(c)) for c in i.clauses],
         ),
         changes=[_jsonable_change(c) for c in a.changes],
     )

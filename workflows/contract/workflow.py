@@ -85,16 +85,29 @@ def workflow_id_for(contract_id: str) -> str:
     return f"contract-{contract_id}"
 
 
-def initial_search_attributes(spec: ContractSpec) -> TypedSearchAttributes:
-    """What the starter sets when it starts the workflow, so a new contract is findable at once."""
-    return TypedSearchAttributes([
+def initial_search_attributes(spec: ContractSpec, now: datetime | None = None) -> TypedSearchAttributes:
+    """What the starter sets when it starts the workflow, so a new contract is findable at once.
+    With ``now``, also the next due date and escalation level the first task would work out (the
+    same pure rules; items waiting on the working-day calendar have no date yet): then that task
+    has nothing to upsert, one visibility write less per new contract.  Where the starter's guess
+    differs, the workflow upserts what it computed, as before."""
+    pairs: list[SearchAttributePair[Any]] = [
         SearchAttributePair(sa.CONTRACT_ID, spec.contract_id),
         SearchAttributePair(sa.CUSTOMER_NAME, spec.customer_name),
         SearchAttributePair(sa.CONTRACT_STATUS, ContractStatus.ACTIVE.value),
         SearchAttributePair(sa.OWNER, spec.owner),
         SearchAttributePair(sa.OVERDUE_COUNT, 0),
         SearchAttributePair(sa.OUTSTANDING_AMOUNT, float(Decimal(spec.amount))),
-    ])
+    ]
+    if now is not None:
+        state = initial_state(spec)
+        schedule.date_open_items(state, [])
+        next_due = schedule.next_due_at(state, now)
+        if next_due is not None:
+            pairs.append(SearchAttributePair(sa.NEXT_DUE_AT, next_due))
+        if spec.policy is not None:
+            pairs.append(SearchAttributePair(sa.ESCALATION_LEVEL, 0))
+    return TypedSearchAttributes(pairs)
 
 
 def initial_state(spec: ContractSpec) -> ContractState:
