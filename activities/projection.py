@@ -24,8 +24,10 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from core.serde import to_jsonable
 from models import AmendmentRecord, Contract, ContractEvent, Installment, Milestone, OutboxNotice, Payment
@@ -54,6 +56,12 @@ class ProjectionActivities:
     @activity.defn(name="project_delta")
     def project_delta(self, d: ProjectionDelta) -> int:
         """Returns how many new events were written (0 on a retry that already succeeded)."""
+        try:
+            return self._project_delta(d)
+        except DBAPIError as exc:
+            raise read_model_failure(d.contract_id, exc) from None
+
+    def _project_delta(self, d: ProjectionDelta) -> int:
         with self._sessions.begin() as session:
             conn = session.connection()
             sql = _statements(conn.dialect.name)
@@ -80,6 +88,12 @@ class ProjectionActivities:
     @activity.defn(name="project_contract")
     def project_contract(self, input: ProjectionInput) -> int:
         """Returns how many new events were written (0 on a retry that already succeeded)."""
+        try:
+            return self._project_contract(input)
+        except DBAPIError as exc:
+            raise read_model_failure(input.state.spec.contract_id, exc) from None
+
+    def _project_contract(self, input: ProjectionInput) -> int:
         state = input.state
         cid = state.spec.contract_id
         with self._sessions.begin() as session:
@@ -96,6 +110,16 @@ class ProjectionActivities:
             if state.version >= contract.version:
                 _apply_snapshot(session, contract, state)
         return written
+
+
+def read_model_failure(contract_id: str, exc: DBAPIError) -> ApplicationError:
+    """The database's own words, short, as the activity's failure (retried).  SQLAlchemy's error
+    carries the statement and its parameters (a whole delta's rows): Temporal's server refuses a
+    failure that large and shows operators "Failure exceeds size limit" instead of the reason."""
+    reason = (str(exc.orig).strip().splitlines() or [""])[0][:300]
+    log.warning("projection of contract %s failed: %s: %s", contract_id, type(exc.orig).__name__, reason)
+    return ApplicationError(f"read model write failed: {type(exc.orig).__name__}: {reason}",
+                            type="ReadModelUnavailable")
 
 
 def _insert_for(session: Session) -> Callable[..., Any]:

@@ -334,6 +334,8 @@ async def test_postgres_outage_of_30s_mid_run_then_projections_converge(dev_env,
     assert outage["payment_status"] == 200 and outage["payment_applied"] is True, outage
     # Back-off: a few attempts in 30 s (1, 2, 4, 8, 16 s...), not one a second.
     assert 2 <= outage["projection_attempts"] <= 8, outage
+    # What an operator reads on the pending activity is the database's reason, not "Failure exceeds size limit".
+    assert outage.get("projection_last_failure", "").startswith("read model write failed: "), outage
     assert not diffs, "\n".join(diffs[:20])
     assert not d.problems, d.problems
     assert d.duplicates == 0 and dup_payments == 0

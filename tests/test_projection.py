@@ -194,3 +194,27 @@ def test_naive_datetimes_are_refused(sessions):
     d.facts.next_due_at = datetime(2026, 12, 1, 8, 0)  # no zone
     with pytest.raises(Exception, match="naive datetime"):
         ProjectionActivities(sessions).project_delta(d)
+
+
+def test_a_database_failure_is_reported_in_a_few_words(sessions, tmp_path):
+    """A projection the database refuses fails with the database's reason, short: SQLAlchemy's own
+    error carries the statement and a whole delta's rows, a failure Temporal's server refuses to
+    keep ("Failure exceeds size limit" is all an operator would see)."""
+    from temporalio.exceptions import ApplicationError
+
+    from models.db import make_engine, make_session_factory
+
+    c = Contract_(make_spec(NOW, amount="1000.10"))
+    delta = c.delta()
+    engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")  # a real database, without the schema
+    try:
+        with pytest.raises(ApplicationError) as caught:
+            ProjectionActivities(make_session_factory(engine)).project_delta(delta)
+    finally:
+        engine.dispose()
+    failure = caught.value
+    assert failure.type == "ReadModelUnavailable" and not failure.non_retryable
+    assert failure.message.startswith("read model write failed: OperationalError: no such table")
+    assert len(failure.message) < 400 and failure.__cause__ is None
+    # The same delta on the real schema goes through (nothing was half-written).
+    assert ProjectionActivities(sessions).project_delta(delta) == 1
