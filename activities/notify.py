@@ -25,6 +25,7 @@ from core import org
 from core.channels import PermanentDeliveryError, TransientDeliveryError
 from core.settings import Settings
 from models.org import Department, User
+from workflows.contract.notices import outbox_key
 from workflows.types import NotifyRequest
 
 log = logging.getLogger("notify")
@@ -92,8 +93,7 @@ class NotifyActivities:
 
     # ---------------------------------------------------------------- one delivery
     def _deliver(self, r: NotifyRequest, channel: str, recipient: str, role: str, cc: list[User], target, counts) -> None:
-        due = int(r.due_at.timestamp()) if r.due_at else 0
-        key = f"{r.contract_id}:{r.item_type}:{r.item_key}:{due}:{r.kind}{r.level}{r.tag}:{recipient}:{channel}"
+        key = f"{outbox_key(r)}:{recipient}:{channel}"
         locale = getattr(target, "locale", None) or "zh"
         message = self._render(r, locale, cc, getattr(target, "name", recipient))
         with self._engine.begin() as conn:

@@ -602,6 +602,11 @@ class NotifyRequest:
     amount: str | None = None
     currency: str | None = None
     tag: str = ""  # tells apart notices of the same kind and level (e.g. the reminder offset)
+    # A notice sent at once is logged as the contract's event number ``seq`` and keyed by it: a
+    # workflow task that ran (its local activity wrote the notice) but was never recorded runs
+    # again from the same state, emits the same event number, and so the same key (its due date
+    # may differ: an approval's is "now" plus the policy's delay).  0: keyed by due date (reminders).
+    seq: int = 0
 
 
 @dataclass(slots=True)

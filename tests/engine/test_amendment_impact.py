@@ -61,3 +61,22 @@ def test_request_approve_apply_queues_the_agreement_and_a_new_version(contract):
     assert "notification.amended" in types  # the owner hears of the new date
     with pytest.raises(ApplicationError, match="already applied"):
         amendments.check_decision(c.state, d, NOW)
+
+
+def test_a_notice_keeps_its_key_when_its_task_runs_again_later(contract):
+    """A workflow task whose local activity wrote a notice may never be recorded (the worker died):
+    the task runs again from the same state, later.  The approval's due date moves with the clock,
+    its outbox key does not: it is the number of the event that logged it, so one notice goes out."""
+    from workflows.contract.notices import outbox_key
+
+    r = RequestAmendmentInput("AMD-1", "li.wei", "customer asked", [MOVE], {"manager": "zhang.min"})
+    keys, dues = [], []
+    for later in (timedelta(0), timedelta(seconds=7)):
+        c = contract()
+        c.at(NOW + later)
+        amendments.request(c.state, r, c.journal)
+        [approval] = [n for n in c.journal.notices if n.kind == "approval"]
+        keys.append(outbox_key(approval).removeprefix(c.state.spec.contract_id))
+        dues.append(approval.due_at)
+    assert dues[0] != dues[1] and keys[0] == keys[1]
+    assert keys[0].startswith(":approval:AMD-1:manager:n")

@@ -35,10 +35,12 @@ class Journal:
         return event
 
     def notify(self, request: NotifyRequest) -> None:
-        """A notice to send now (hand-off, approval request, amended date); logged as an event."""
+        """A notice to send now (hand-off, approval request, amended date); logged as an event,
+        whose number keys it in the outbox (``NotifyRequest.seq``)."""
+        event = self.emit(f"notification.{request.kind}", {"item_type": request.item_type, "key": request.item_key,
+                                                           "level": request.level, "to": request.to, "cc": request.cc})
+        request.seq = event.seq
         self.notices.append(request)
-        self.emit(f"notification.{request.kind}", {"item_type": request.item_type, "key": request.item_key,
-                                                   "level": request.level, "to": request.to, "cc": request.cc})
 
     def item_fell_due(self, item_type: str, key: str) -> None:
         self.fell_due.append((item_type, key))

@@ -56,6 +56,8 @@ def notice(state: ContractState, kind: str, item_type: str, item: Item, *, chann
 
 
 def outbox_key(r: NotifyRequest) -> str:
-    """The notice's key in the outbox; delivery adds recipient and channel for each message."""
-    due = int(r.due_at.timestamp()) if r.due_at else 0
-    return f"{r.contract_id}:{r.item_type}:{r.item_key}:{due}:{r.kind}{r.level}{r.tag}"
+    """The notice's key in the outbox; delivery adds recipient and channel for each message.  A
+    notice sent at once is named by its event's number (``n<seq>``), a planned reminder by the
+    due date it is for."""
+    when = f"n{r.seq}" if r.seq else str(int(r.due_at.timestamp()) if r.due_at else 0)
+    return f"{r.contract_id}:{r.item_type}:{r.item_key}:{when}:{r.kind}{r.level}{r.tag}"
