@@ -582,7 +582,7 @@ class ContractState:
 @dataclass(slots=True)
 class NotifyRequest:
     """One notification decision, sent by the ``notify`` activity exactly once per
-    (item, due date, kind+level, recipient, channel)."""
+    (item, due date or logging event, kind+level, recipient, channel)."""
 
     contract_id: str
     kind: str  # reminder, escalation, handoff
