@@ -38,7 +38,6 @@ from temporalio.converter import (
     EncodingPayloadConverter,
     JSONPlainPayloadConverter,
     SerializationContext,
-    WithSerializationContext,
     value_to_type,
 )
 
@@ -187,10 +186,10 @@ def _is_local(context: SerializationContext) -> bool:
     return isinstance(context, ActivitySerializationContext) and context.is_local
 
 
-class ZlibJSONPayloadConverter(EncodingPayloadConverter, WithSerializationContext):
+class ZlibJSONPayloadConverter(EncodingPayloadConverter):
     """``json/plain+zlib``: compact JSON, compressed.  Decodes wherever it is met; encodes only
-    a large dataclass given to a local activity (``with_context`` of a local activity's context),
-    and otherwise declines, so the next converter writes plain JSON."""
+    a large dataclass, and only in the composite used for local activities' inputs
+    (``CompactPayloadConverter.with_context``); otherwise declines, so plain JSON is written."""
 
     def __init__(self, local: bool = False) -> None:
         self._local = local
@@ -199,9 +198,6 @@ class ZlibJSONPayloadConverter(EncodingPayloadConverter, WithSerializationContex
     @property
     def encoding(self) -> str:
         return "json/plain+zlib"
-
-    def with_context(self, context: SerializationContext) -> ZlibJSONPayloadConverter:
-        return _LOCAL_ZLIB if _is_local(context) else _ZLIB
 
     def to_payload(self, value: Any) -> temporalio.api.common.v1.Payload | None:
         if not self._local or not dataclasses.is_dataclass(value):
@@ -213,8 +209,7 @@ class ZlibJSONPayloadConverter(EncodingPayloadConverter, WithSerializationContex
                                                 data=zlib.compress(plain.data))
 
     def from_payload(self, payload: temporalio.api.common.v1.Payload, type_hint: type | None = None) -> Any:
-        obj = json.loads(zlib.decompress(payload.data))
-        return decoder(type_hint)(obj) if type_hint is not None else obj
+        return self._json.from_payload(temporalio.api.common.v1.Payload(data=zlib.decompress(payload.data)), type_hint)
 
 
 _ZLIB = ZlibJSONPayloadConverter()
