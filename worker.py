@@ -23,6 +23,7 @@ from activities.documents import DocumentActivities
 from activities.notify import NotifyActivities
 from activities.projection import ProjectionActivities
 from activities.renewal import RenewalActivities
+from core.channels.email import close_idle_connections
 from core.outbox import Clock, running_outbox, wall_clock
 from core.settings import Settings, get_settings
 from core.temporal import connect, hard_exit
@@ -84,13 +85,16 @@ async def running_worker(client: Client, settings: Settings, sessions: sessionma
     projection when it queues a notice due now) and, unless ``webhooks`` is off, the webhook one.
     ``clock`` is the outbox's idea of now (tests on the time-skipping server pass its clock)."""
     deliver = NotifyActivities(sessions, settings).deliver
-    async with running_outbox(sessions, settings, deliver, clock) as outbox:
-        worker = build_worker(client, settings, sessions, task_queue=task_queue,
-                              on_notices=outbox.wake if outbox is not None else None, interceptors=interceptors)
-        async with worker, contextlib.AsyncExitStack() as stack:
-            if webhooks:
-                await stack.enter_async_context(running_dispatcher(sessions, settings))
-            yield worker
+    try:
+        async with running_outbox(sessions, settings, deliver, clock) as outbox:
+            worker = build_worker(client, settings, sessions, task_queue=task_queue,
+                                  on_notices=outbox.wake if outbox is not None else None, interceptors=interceptors)
+            async with worker, contextlib.AsyncExitStack() as stack:
+                if webhooks:
+                    await stack.enter_async_context(running_dispatcher(sessions, settings))
+                yield worker
+    finally:
+        await asyncio.to_thread(close_idle_connections)  # the SMTP connections kept for reuse
 
 
 async def run(settings: Settings) -> None:

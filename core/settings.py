@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     smtp_password: str | None = None
     smtp_starttls: bool = False
     smtp_timeout_seconds: float = 10.0
+    # Connections to the SMTP server are kept open and reused across messages (core/channels/email.py):
+    # at most this many idle per server and process (0: one connection per message).  One idle
+    # longer than `smtp_pool_idle_seconds` is closed rather than reused (servers drop idle clients).
+    smtp_pool_size: int = 8
+    smtp_pool_idle_seconds: float = 30.0
     webhook_timeout_seconds: float = 10.0
     # Webhooks (subscriptions and departments' endpoints) go to public addresses only: a URL whose
     # host is or resolves to a loopback, link-local, private (RFC 1918, fc00::/7), unspecified or

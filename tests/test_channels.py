@@ -6,6 +6,7 @@ HTTP, and the receiver checks signatures with the same ``verify`` a customer's r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -22,7 +23,8 @@ from aiosmtpd.controller import Controller
 from jinja2 import UndefinedError
 
 from core.channels import PermanentDeliveryError, TransientDeliveryError
-from core.channels.email import send_email
+from core.channels import email as email_channel
+from core.channels.email import close_idle_connections, send_email
 from core.channels.render import RenderedMessage, render_notification
 from core.channels.webhook import post_webhook, sign, verify
 from core.settings import Settings
@@ -331,6 +333,100 @@ def test_email_invalid_address_or_header_is_permanent():
                 message_id="m", headers={"X-Note": "a\r\nBcc: evil@example.com"},
             )
     assert handler.envelopes == []
+
+
+# ------------------------------------------------------------------ email: connection reuse
+class CountingHandler(SmtpHandler):
+    """Records which connection (the client's address) carried each message; ``drop`` says what
+    to do to the connection around the n-th message (1-based): ``"after"`` closes it once the
+    message is accepted (the server dropping an idle client), ``"during"`` aborts it right after
+    the message arrived, before the reply (the client cannot know whether it was accepted)."""
+
+    def __init__(self, drop: dict[int, str] | None = None):
+        super().__init__()
+        self.drop = drop or {}
+        self.peers: list[Any] = []
+        self.ids: list[str] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        self.peers.append(session.peer)
+        self.ids.append(parse(envelope)["Message-ID"])
+        how = self.drop.get(len(self.envelopes))
+        if how == "during":
+            server.transport.abort()
+        elif how == "after":
+            asyncio.get_running_loop().call_later(0.02, server.transport.close)
+        return "250 Message accepted for delivery"
+
+
+def send_plain(settings: Settings, message_id: str) -> None:
+    send_email(settings, to=["li.wei@example.com"], cc=[], subject="s", text="t", html="<p>t</p>",
+               message_id=message_id)
+
+
+@pytest.fixture
+def no_idle_connections():
+    yield
+    close_idle_connections()
+
+
+def test_email_reuses_one_connection(no_idle_connections):
+    handler = CountingHandler()
+    with smtp_server(handler) as port:
+        for k in range(3):
+            send_plain(smtp_settings(port), f"m-reuse-{k}")
+    assert len(handler.envelopes) == 3
+    assert len(set(handler.peers)) == 1, handler.peers
+
+
+def test_email_pool_size_0_opens_a_connection_per_message(no_idle_connections):
+    handler = CountingHandler()
+    with smtp_server(handler) as port:
+        for k in range(2):
+            send_plain(smtp_settings(port, smtp_pool_size=0), f"m-nopool-{k}")
+    assert len(set(handler.peers)) == 2
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["retried-on-a-new-connection", "noop-probe"])
+def test_email_connection_dropped_while_idle_still_delivers_once(no_idle_connections, monkeypatch, probe):
+    """The server closed the pooled connection after the first message: the second goes out on a
+    new connection, exactly once, whether the NOOP probe (after a long idle) or MAIL finds it."""
+    if probe:
+        monkeypatch.setattr(email_channel, "_PROBE_AFTER_SECONDS", 0.0)
+    handler = CountingHandler(drop={1: "after"})
+    with smtp_server(handler) as port:
+        send_plain(smtp_settings(port), "m-drop-1")
+        time.sleep(0.3)  # the server has closed it by now
+        send_plain(smtp_settings(port), "m-drop-2")
+        send_plain(smtp_settings(port), "m-drop-3")
+    assert handler.ids == ["<m-drop-1@contracts>", "<m-drop-2@contracts>", "<m-drop-3@contracts>"]
+    assert handler.peers[0] != handler.peers[1] == handler.peers[2]
+
+
+def test_email_connection_lost_during_data_is_not_resent(no_idle_connections):
+    """Once the message is handed over, a lost connection is reported (transient), never resent on
+    a new connection: the server may have it already."""
+    handler = CountingHandler(drop={2: "during"})
+    with smtp_server(handler) as port:
+        send_plain(smtp_settings(port), "m-data-1")
+        with pytest.raises(TransientDeliveryError):
+            send_plain(smtp_settings(port), "m-data-2")
+        send_plain(smtp_settings(port), "m-data-3")
+    assert handler.ids == ["<m-data-1@contracts>", "<m-data-2@contracts>", "<m-data-3@contracts>"]
+    assert handler.peers[0] == handler.peers[1] != handler.peers[2]
+
+
+def test_email_refusal_on_a_pooled_connection_is_still_permanent(no_idle_connections):
+    handler = SmtpHandler(refuse={"nobody@example.com": "550 5.1.1 user unknown"})
+    with smtp_server(handler) as port:
+        send_plain(smtp_settings(port), "m-ok")
+        with pytest.raises(PermanentDeliveryError) as info:
+            send_email(smtp_settings(port), to=["nobody@example.com"], cc=[], subject="s", text="t",
+                       html="<p>t</p>", message_id="m-550-pooled")
+        send_plain(smtp_settings(port), "m-ok-2")
+    assert info.value.code == 550
+    assert len(handler.envelopes) == 2
 
 
 # ------------------------------------------------------------------ webhook

@@ -1,7 +1,10 @@
 """Send one notification email over SMTP (stdlib ``smtplib``), classifying every failure.
 
-``send_email`` is synchronous and self-contained: one connection per message, STARTTLS and
-login when configured, the timeout from settings.  The ``Message-ID`` is derived from the
+``send_email`` is synchronous and thread-safe: STARTTLS and login when configured, the timeout
+from settings.  Connections are kept open and reused across messages (``SMTP_POOL_SIZE`` idle per
+server, 0 for one connection per message); a pooled connection that fails before the message is
+handed over is dropped and the message sent on a new one (``_transmit``), so a connection the
+server closed while idle neither loses a message nor sends it twice.  The ``Message-ID`` is derived from the
 caller's ``message_id`` (``<{message_id}@contracts>``), so a retried activity produces the same
 message and receivers (and their mail clients) can drop the duplicate.
 
@@ -12,9 +15,14 @@ refused with 5xx, an invalid address or header) or :class:`~core.channels.Transi
 
 from __future__ import annotations
 
+import os
 import re
 import smtplib
 import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email import policy as email_policy
 from email.headerregistry import Address
@@ -115,9 +123,109 @@ def _text(reply: bytes | str) -> str:
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
 
 
-def _transmit(settings: Settings, msg: EmailMessage, envelope_from: str, recipients: list[str]) -> dict:
-    """One connection, one message; returns the recipients refused while others were accepted."""
-    smtp = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout_seconds)
+class _Client(smtplib.SMTP):
+    """``smtplib.SMTP`` that notes when it begins handing a message over (the DATA command): until
+    then the server holds nothing of it, so a failure leaves nothing that a resend could duplicate."""
+
+    data_begun = False
+
+    def data(self, msg):
+        self.data_begun = True
+        return super().data(msg)
+
+
+@dataclass(eq=False)
+class _Pooled:
+    smtp: _Client
+    opened: float
+    used: float
+
+
+# A pooled connection idle longer than this is asked NOOP before it carries a message; one older
+# than this is closed rather than reused (DNS and load balancers change; servers cap sessions).
+_PROBE_AFTER_SECONDS = 2.0
+_MAX_AGE_SECONDS = 300.0
+
+
+class _Pool:
+    """Idle connections to one SMTP server (host, port, TLS, login), most recently used first.
+    A connection is held by one thread at a time: taken out to send, given back after."""
+
+    def __init__(self, size: int, idle_seconds: float) -> None:
+        self.size = size
+        self.idle_seconds = idle_seconds
+        self._idle: deque[_Pooled] = deque()
+        self._lock = threading.Lock()
+
+    def take(self) -> _Pooled | None:
+        now = time.monotonic()
+        stale: list[_Pooled] = []
+        found = None
+        with self._lock:
+            while self._idle and self._expired(self._idle[0], now):  # the oldest first
+                stale.append(self._idle.popleft())
+            if self._idle:
+                found = self._idle.pop()
+        for p in stale:
+            p.smtp.close()
+        return found
+
+    def give(self, pooled: _Pooled) -> None:
+        with self._lock:
+            if len(self._idle) < self.size:
+                self._idle.append(pooled)
+                return
+        _quit(pooled.smtp)
+
+    def close_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = list(self._idle), deque()
+        for p in idle:
+            _quit(p.smtp)
+
+    def _expired(self, p: _Pooled, now: float) -> bool:
+        return now - p.used > self.idle_seconds or now - p.opened > _MAX_AGE_SECONDS
+
+
+_POOLS: dict[tuple, _Pool] = {}
+_POOLS_LOCK = threading.Lock()
+_POOLS_PID = os.getpid()
+
+
+def _pool(settings: Settings) -> _Pool | None:
+    global _POOLS_PID
+    if settings.smtp_pool_size <= 0:
+        return None
+    key = (settings.smtp_host, settings.smtp_port, settings.smtp_starttls, settings.smtp_username,
+           settings.smtp_password, settings.smtp_timeout_seconds)
+    with _POOLS_LOCK:
+        if os.getpid() != _POOLS_PID:  # a forked child: its parent's sockets are not its own
+            _POOLS.clear()
+            _POOLS_PID = os.getpid()
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = _Pool(settings.smtp_pool_size, settings.smtp_pool_idle_seconds)
+        return pool
+
+
+def close_idle_connections() -> None:
+    """QUIT every idle pooled connection (a worker shutting down; tests)."""
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+    for pool in pools:
+        pool.close_idle()
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        smtp.close()
+
+
+def _open(settings: Settings) -> _Client:
+    """A new connection: greeting, EHLO, STARTTLS and login as configured."""
+    smtp = _Client(settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout_seconds)
     try:
         smtp.ehlo()
         if settings.smtp_starttls:
@@ -125,15 +233,58 @@ def _transmit(settings: Settings, msg: EmailMessage, envelope_from: str, recipie
             smtp.ehlo()
         if settings.smtp_username:
             smtp.login(settings.smtp_username, settings.smtp_password or "")
-        refused = smtp.send_message(msg, from_addr=envelope_from, to_addrs=recipients)
     except BaseException:
         smtp.close()
         raise
-    # The message is accepted: a failing QUIT must not turn this into a retry (a duplicate).
+    return smtp
+
+
+def _send_on(smtp: _Client, msg: EmailMessage, envelope_from: str, recipients: list[str]) -> dict:
+    smtp.data_begun = False
     try:
-        smtp.quit()
-    except (smtplib.SMTPException, OSError):
+        return smtp.send_message(msg, from_addr=envelope_from, to_addrs=recipients)
+    except BaseException:
         smtp.close()
+        raise
+
+
+def _alive(smtp: smtplib.SMTP) -> bool:
+    try:
+        return smtp.noop()[0] == 250
+    except (smtplib.SMTPException, OSError):
+        return False
+
+
+def _transmit(settings: Settings, msg: EmailMessage, envelope_from: str, recipients: list[str]) -> dict:
+    """Send one message; returns the recipients refused while others were accepted.
+
+    On a pooled connection first, if one is idle.  Whatever goes wrong there before the message
+    is handed over (the server dropped the connection while it was idle, or answers MAIL or RCPT
+    oddly) only closes that connection: the message goes once more, on a new one, whose outcome
+    is the one reported and classified.  Once DATA has begun, a failure is reported as it is: the
+    server may hold the message, and sending it again could deliver it twice."""
+    pool = _pool(settings)
+    if pool is not None and (pooled := pool.take()) is not None:
+        if time.monotonic() - pooled.used > _PROBE_AFTER_SECONDS and not _alive(pooled.smtp):
+            pooled.smtp.close()
+        else:
+            try:
+                refused = _send_on(pooled.smtp, msg, envelope_from, recipients)
+            except (smtplib.SMTPException, OSError):
+                if pooled.smtp.data_begun:
+                    raise
+            else:
+                pooled.used = time.monotonic()
+                pool.give(pooled)
+                return refused
+    smtp = _open(settings)
+    opened = time.monotonic()
+    refused = _send_on(smtp, msg, envelope_from, recipients)
+    # The message is accepted: from here nothing may turn this into a retry (a duplicate).
+    if pool is not None:
+        pool.give(_Pooled(smtp, opened, time.monotonic()))
+    else:
+        _quit(smtp)
     return refused
 
 
@@ -201,4 +352,4 @@ def send_email(
         raise TransientDeliveryError(f"some recipients were refused for now: {detail}")
 
 
-__all__ = ["send_email", "build_message", "format_message_id"]
+__all__ = ["send_email", "build_message", "format_message_id", "close_idle_connections"]
