@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -32,9 +33,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +46,7 @@ from core.settings import Settings
 from models import ContractEvent, OutboxNotice
 from models.db import rows_changed
 from models.outbox import FAILED, PENDING, SENT
+from models.types import UTCDateTime
 from workflows.types import NotifyRequest
 
 log = logging.getLogger("outbox")
@@ -70,6 +72,7 @@ class OutboxDispatcher:
     def __init__(self, sessions: sessionmaker[Session], settings: Settings,
                  deliver: Callable[[NotifyRequest], dict[str, int]], clock: Clock = wall_clock) -> None:
         self._sessions = sessions
+        self._engine = sessions.kw["bind"]  # the hot path's statements go straight on a connection
         self._settings = settings
         self._deliver = deliver
         self._clock = clock
@@ -103,22 +106,16 @@ class OutboxDispatcher:
 
     # ---------------------------------------------------------------- claim
     def _claim(self, now: datetime) -> list[Claimed]:
-        o = OutboxNotice
-        free = [o.status == PENDING, o.send_at <= now, or_(o.next_attempt_at.is_(None), o.next_attempt_at <= now),
-                or_(o.lease_until.is_(None), o.lease_until < now)]
-        with self._sessions.begin() as session:
-            query = select(o.id).where(*free).order_by(o.send_at, o.id).limit(self._settings.outbox_batch)
-            if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            ids = list(session.execute(query).scalars())
+        """Statements built once per dialect (``_statements``), run straight on a connection: the
+        ORM adds nothing to two statements on one table, and building them each round cost more
+        than running them."""
+        st = _statements(self._engine.dialect.name, self._settings.outbox_batch)
+        until = now + timedelta(seconds=self._settings.outbox_lease_seconds)
+        with self._engine.begin() as conn:
+            ids = list(conn.execute(st.due, {"now": now}).scalars())
             if not ids:
                 return []
-            rows = session.execute(
-                update(o).where(o.id.in_(ids), *free)
-                .values(lease_owner=self.owner, lease_until=now + timedelta(seconds=self._settings.outbox_lease_seconds),
-                        attempts=o.attempts + 1)
-                .returning(o.id, o.key, o.contract_id, o.kind, o.attempts, o.request)
-            ).all()
+            rows = conn.execute(st.claim, {"ids": ids, "now": now, "owner": self.owner, "until": until}).all()
         return sorted((Claimed(*r) for r in rows), key=lambda c: ids.index(c.id))
 
     # ---------------------------------------------------------------- send
@@ -161,19 +158,16 @@ class OutboxDispatcher:
         return self._deliver(request)
 
     def _mark_sent(self, c: Claimed, request: NotifyRequest, counts: dict[str, int], now: datetime) -> None:
-        o = OutboxNotice
-        with self._sessions.begin() as session:
-            done = rows_changed(session.execute(update(o).where(o.id == c.id, o.lease_owner == self.owner).values(
-                status=SENT, done_at=_now(), lease_owner=None, lease_until=None, error=None)))
+        st = _statements(self._engine.dialect.name, self._settings.outbox_batch)
+        with self._engine.begin() as conn:
+            done = conn.execute(st.mark_sent, {"nid": c.id, "owner": self.owner, "done_at": _now()}).rowcount
             if done and c.kind == "reminder":
                 # Logged like the workflow's own events, under the notice's key instead of a seq.
-                insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-                session.execute(insert(ContractEvent).values(
-                    contract_id=c.contract_id, seq=None, key=c.key, type="notification.reminder", at=now,
-                    actor="system", data={"item_type": request.item_type, "key": request.item_key,
-                                          "level": request.level, "to": request.to, "cc": request.cc,
-                                          "tag": request.tag, "sent": counts.get("sent", 0)},
-                ).on_conflict_do_nothing(index_elements=["key"]))
+                conn.execute(st.log_reminder, {
+                    "contract_id": c.contract_id, "seq": None, "key": c.key, "type": "notification.reminder",
+                    "at": now, "actor": "system",
+                    "data": {"item_type": request.item_type, "key": request.item_key, "level": request.level,
+                             "to": request.to, "cc": request.cc, "tag": request.tag, "sent": counts.get("sent", 0)}})
         if done:
             self.sent += 1
 
@@ -194,6 +188,38 @@ class OutboxDispatcher:
             session.execute(update(o).where(o.id == c.id, o.lease_owner == self.owner).values(
                 next_attempt_at=now + timedelta(seconds=delay), lease_owner=None, lease_until=None,
                 error=error[:2000]))
+
+
+@dataclass(frozen=True)
+class _Statements:
+    due: Any
+    claim: Any
+    mark_sent: Any
+    log_reminder: Any
+
+
+@functools.cache
+def _statements(dialect: str, batch: int) -> _Statements:
+    """The claim and the ``sent`` mark, as ``_claim`` and ``_mark_sent`` used to build them each
+    time (same SQL), with their values as bound parameters."""
+    table, events = cast(Table, OutboxNotice.__table__), cast(Table, ContractEvent.__table__)
+    o = table.c
+    now = bindparam("now", type_=UTCDateTime())
+    free = [o.status == PENDING, o.send_at <= now, or_(o.next_attempt_at.is_(None), o.next_attempt_at <= now),
+            or_(o.lease_until.is_(None), o.lease_until < now)]
+    due = select(o.id).where(*free).order_by(o.send_at, o.id).limit(batch)
+    if dialect == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    claim = (update(table).where(o.id.in_(bindparam("ids", expanding=True)), *free)
+             .values(lease_owner=bindparam("owner"), lease_until=bindparam("until", type_=UTCDateTime()),
+                     attempts=o.attempts + 1)
+             .returning(o.id, o.key, o.contract_id, o.kind, o.attempts, o.request))
+    mark_sent = (update(table).where(o.id == bindparam("nid"), o.lease_owner == bindparam("owner"))
+                 .values(status=SENT, done_at=bindparam("done_at", type_=UTCDateTime()), lease_owner=None,
+                         lease_until=None, error=None))
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    log_reminder = insert(events).on_conflict_do_nothing(index_elements=["key"])
+    return _Statements(due, claim, mark_sent, log_reminder)
 
 
 async def _first(*events: asyncio.Event) -> None:
