@@ -14,6 +14,16 @@ come, in due order:
 3. the row is marked ``sent`` (and a reminder logged as a ``notification.reminder`` contract event
    without a workflow seq), only while this dispatcher still holds the lease.
 
+A reminder is *taken* before it goes (``told_at``, in a transaction serialised per item): a
+reminder for the same item, offset and level whose due date is within
+``outbox_same_reminder_within_seconds`` of one already taken is the same reminder, and is cancelled
+instead of sent.  Why: the projection writes plans from a local activity, inside the workflow task
+that made them.  A worker that dies after that write but before the server recorded the task
+leaves a task that runs again later, on a later clock; a milestone dated from a completion in that
+task (due N days after it) gets a due date a few seconds on, so its catch-up reminder, due at once,
+is planned again under another key.  The rerun's plan cancels the first copy if it is still
+pending, but not if a dispatcher already sent it: this check is what keeps that to one message.
+
 A transient failure (SMTP 4xx, a timeout) releases the notice with a back-off; after
 ``outbox_max_attempts`` it is ``failed`` and the operator gets a task.  A cancelled notice (its
 plan changed) is never claimed.  The projection wakes the dispatcher of its own process when it
@@ -34,7 +44,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,7 +54,7 @@ from core.serde import from_jsonable
 from core.settings import Settings
 from models import ContractEvent, OutboxNotice
 from models.db import rows_changed
-from models.outbox import FAILED, PENDING, SENT
+from models.outbox import CANCELLED, FAILED, PENDING, SENT
 from workflows.types import NotifyRequest
 
 log = logging.getLogger("outbox")
@@ -126,6 +136,11 @@ class OutboxDispatcher:
         async with self._slots:
             try:
                 request = from_jsonable(NotifyRequest, c.request)
+                if c.kind == "reminder":
+                    twin = await asyncio.to_thread(self._take_reminder, c, request, now)
+                    if twin is not None:
+                        log.info("outbox: reminder %s is the one already sent as %s; not sent again", c.key, twin)
+                        return
                 counts = await asyncio.to_thread(self._deliver_current, request)
             except TransientDeliveryError as exc:
                 await self._settle(self._retry_later, c, now, str(exc))
@@ -144,6 +159,29 @@ class OutboxDispatcher:
         except Exception:  # noqa: BLE001 - the dispatcher must outlive a database outage
             log.warning("outbox: could not record the outcome of %s; it will be taken again", args[0].key,
                         exc_info=True)
+
+    def _take_reminder(self, c: Claimed, request: NotifyRequest, now: datetime) -> str | None:
+        """Take reminder ``c`` for delivery (``told_at``), unless the same reminder was already
+        taken under another key: then cancel ``c`` and return that key.  One transaction at a time
+        per item: PostgreSQL takes an advisory lock on the item; SQLite's first statement is a write,
+        which holds the database's one write lock, so the look at the others sees every commit."""
+        o = OutboxNotice
+        window = timedelta(seconds=self._settings.outbox_same_reminder_within_seconds)
+        with self._sessions.begin() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                item = f"{c.contract_id}:{request.item_type}:{request.item_key}"
+                session.execute(select(func.pg_advisory_xact_lock(func.hashtext(item))))
+            session.execute(update(o).where(o.id == c.id, o.told_at.is_(None)).values(told_at=now))
+            taken = session.execute(select(o.key, o.request).where(
+                o.contract_id == c.contract_id, o.item_type == request.item_type, o.item_key == request.item_key,
+                o.kind == "reminder", o.id != c.id, o.told_at.is_not(None), o.status != FAILED)).all()
+            for key, other in taken:
+                if _same_reminder(request, other, window):
+                    session.execute(update(o).where(o.id == c.id).values(
+                        status=CANCELLED, told_at=None, done_at=_now(), lease_owner=None, lease_until=None,
+                        error=f"the same reminder went out as {key}"[:2000]))
+                    return str(key)
+        return None
 
     def _deliver_current(self, request: NotifyRequest) -> dict[str, int]:
         """Deliver, saying what an installment still owes as the reminder goes out (the plan was
@@ -194,6 +232,16 @@ class OutboxDispatcher:
             session.execute(update(o).where(o.id == c.id, o.lease_owner == self.owner).values(
                 next_attempt_at=now + timedelta(seconds=delay), lease_owner=None, lease_until=None,
                 error=error[:2000]))
+
+
+def _same_reminder(request: NotifyRequest, other: dict[str, Any], window: timedelta) -> bool:
+    """The same reminder: same offset (tag) and level, for due dates within ``window``."""
+    if other.get("tag") != request.tag or other.get("level") != request.level:
+        return False
+    due = other.get("due_at")
+    if due is None or request.due_at is None:
+        return due is None and request.due_at is None
+    return abs(datetime.fromisoformat(due) - request.due_at) <= window
 
 
 async def _first(*events: asyncio.Event) -> None:
