@@ -14,7 +14,7 @@ come, in due order:
 3. the row is marked ``sent`` (and a reminder logged as a ``notification.reminder`` contract event
    without a workflow seq), only while this dispatcher still holds the lease.
 
-A reminder is *taken* before it goes (``told_at``, in a transaction serialised per item): a
+A reminder is *taken* as it is claimed (``told_at``, in the claim's transaction, serialised per item): a
 reminder for the same item, offset and level whose due date is within
 ``outbox_same_reminder_within_seconds`` of one already taken is the same reminder, and is cancelled
 instead of sent.  Why: the projection writes plans from a local activity, inside the workflow task
@@ -87,6 +87,7 @@ class OutboxDispatcher:
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = asyncio.Semaphore(max(1, settings.outbox_parallel))
+        self._window = timedelta(seconds=settings.outbox_same_reminder_within_seconds)
         self.sent = 0
 
     def wake(self) -> None:
@@ -118,7 +119,8 @@ class OutboxDispatcher:
                 or_(o.lease_until.is_(None), o.lease_until < now)]
         with self._sessions.begin() as session:
             query = select(o.id).where(*free).order_by(o.send_at, o.id).limit(self._settings.outbox_batch)
-            if session.get_bind().dialect.name == "postgresql":
+            postgres = session.get_bind().dialect.name == "postgresql"
+            if postgres:
                 query = query.with_for_update(skip_locked=True)
             ids = list(session.execute(query).scalars())
             if not ids:
@@ -127,20 +129,56 @@ class OutboxDispatcher:
                 update(o).where(o.id.in_(ids), *free)
                 .values(lease_owner=self.owner, lease_until=now + timedelta(seconds=self._settings.outbox_lease_seconds),
                         attempts=o.attempts + 1)
-                .returning(o.id, o.key, o.contract_id, o.kind, o.attempts, o.request)
+                .returning(o.id, o.key, o.contract_id, o.kind, o.attempts, o.request, o.told_at)
             ).all()
-        return sorted((Claimed(*r) for r in rows), key=lambda c: ids.index(c.id))
+            claimed = sorted(rows, key=lambda r: ids.index(r.id))
+            twins = self._take_reminders(session, [r for r in claimed if r.kind == "reminder"], now, postgres)
+        return [Claimed(*r[:6]) for r in claimed if r.id not in twins]
+
+    def _take_reminders(self, session: Session, rows: list[Any], now: datetime, postgres: bool) -> set[int]:
+        """Take the claimed reminders for delivery (``told_at``), but a copy of one already taken
+        under another key: those are cancelled, and their ids returned.  In the claim's
+        transaction, one at a time per item: SQLite's claim holds its one write lock; PostgreSQL
+        takes an advisory lock per item, so two dispatchers holding both copies see each other."""
+        if not rows:
+            return set()
+        o = OutboxNotice
+        items = sorted({(r.contract_id, r.request.get("item_type"), r.request.get("item_key")) for r in rows})
+        if postgres:
+            for item in items:  # in order: two dispatchers never wait on each other's locks
+                session.execute(select(func.pg_advisory_xact_lock(func.hashtext(":".join(map(str, item))))))
+        mine = {r.id for r in rows}
+        taken: dict[tuple[Any, ...], list[tuple[str, dict[str, Any]]]] = {}
+        for key, cid, item_type, item_key, request in session.execute(
+                select(o.key, o.contract_id, o.item_type, o.item_key, o.request).where(
+                    o.contract_id.in_({i[0] for i in items}), o.kind == "reminder", o.told_at.is_not(None),
+                    o.status != FAILED, o.id.not_in(mine))):
+            taken.setdefault((cid, item_type, item_key), []).append((key, request))
+        twins: set[int] = set()
+        newly_taken: list[int] = []
+        for r in sorted(rows, key=lambda r: r.told_at is None):  # those taken before (a retry) first
+            item = (r.contract_id, r.request.get("item_type"), r.request.get("item_key"))
+            twin = next((key for key, other in taken.get(item, []) if _same_reminder(r.request, other, self._window)),
+                        None)
+            if twin is None:
+                taken.setdefault(item, []).append((r.key, r.request))
+                if r.told_at is None:
+                    newly_taken.append(r.id)
+                continue
+            twins.add(r.id)
+            log.info("outbox: reminder %s is the one already sent as %s; not sent again", r.key, twin)
+            session.execute(update(o).where(o.id == r.id).values(
+                status=CANCELLED, done_at=_now(), lease_owner=None, lease_until=None,
+                error=f"the same reminder went out as {twin}"[:2000]))
+        if newly_taken:
+            session.execute(update(o).where(o.id.in_(newly_taken)).values(told_at=now))
+        return twins
 
     # ---------------------------------------------------------------- send
     async def _send(self, c: Claimed, now: datetime) -> None:
         async with self._slots:
             try:
                 request = from_jsonable(NotifyRequest, c.request)
-                if c.kind == "reminder":
-                    twin = await asyncio.to_thread(self._take_reminder, c, request, now)
-                    if twin is not None:
-                        log.info("outbox: reminder %s is the one already sent as %s; not sent again", c.key, twin)
-                        return
                 counts = await asyncio.to_thread(self._deliver_current, request)
             except TransientDeliveryError as exc:
                 await self._settle(self._retry_later, c, now, str(exc))
@@ -159,29 +197,6 @@ class OutboxDispatcher:
         except Exception:  # noqa: BLE001 - the dispatcher must outlive a database outage
             log.warning("outbox: could not record the outcome of %s; it will be taken again", args[0].key,
                         exc_info=True)
-
-    def _take_reminder(self, c: Claimed, request: NotifyRequest, now: datetime) -> str | None:
-        """Take reminder ``c`` for delivery (``told_at``), unless the same reminder was already
-        taken under another key: then cancel ``c`` and return that key.  One transaction at a time
-        per item: PostgreSQL takes an advisory lock on the item; SQLite's first statement is a write,
-        which holds the database's one write lock, so the look at the others sees every commit."""
-        o = OutboxNotice
-        window = timedelta(seconds=self._settings.outbox_same_reminder_within_seconds)
-        with self._sessions.begin() as session:
-            if session.get_bind().dialect.name == "postgresql":
-                item = f"{c.contract_id}:{request.item_type}:{request.item_key}"
-                session.execute(select(func.pg_advisory_xact_lock(func.hashtext(item))))
-            session.execute(update(o).where(o.id == c.id, o.told_at.is_(None)).values(told_at=now))
-            taken = session.execute(select(o.key, o.request).where(
-                o.contract_id == c.contract_id, o.item_type == request.item_type, o.item_key == request.item_key,
-                o.kind == "reminder", o.id != c.id, o.told_at.is_not(None), o.status != FAILED)).all()
-            for key, other in taken:
-                if _same_reminder(request, other, window):
-                    session.execute(update(o).where(o.id == c.id).values(
-                        status=CANCELLED, told_at=None, done_at=_now(), lease_owner=None, lease_until=None,
-                        error=f"the same reminder went out as {key}"[:2000]))
-                    return str(key)
-        return None
 
     def _deliver_current(self, request: NotifyRequest) -> dict[str, int]:
         """Deliver, saying what an installment still owes as the reminder goes out (the plan was
@@ -234,14 +249,15 @@ class OutboxDispatcher:
                 error=error[:2000]))
 
 
-def _same_reminder(request: NotifyRequest, other: dict[str, Any], window: timedelta) -> bool:
-    """The same reminder: same offset (tag) and level, for due dates within ``window``."""
-    if other.get("tag") != request.tag or other.get("level") != request.level:
+def _same_reminder(one: dict[str, Any], other: dict[str, Any], window: timedelta) -> bool:
+    """Two outbox requests are the same reminder: same offset (tag) and level, for due dates
+    within ``window``."""
+    if other.get("tag") != one.get("tag") or other.get("level") != one.get("level"):
         return False
-    due = other.get("due_at")
-    if due is None or request.due_at is None:
-        return due is None and request.due_at is None
-    return abs(datetime.fromisoformat(due) - request.due_at) <= window
+    a, b = one.get("due_at"), other.get("due_at")
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(datetime.fromisoformat(a) - datetime.fromisoformat(b)) <= window
 
 
 async def _first(*events: asyncio.Event) -> None:
