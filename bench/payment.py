@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import defaultdict
@@ -110,6 +111,18 @@ class Payer:
         self.floor_paid[i] += 1
         self.floor_seen[i].append(balance)
         return dt
+
+
+@contextlib.contextmanager
+def _cpu(procs: dict, server, into: dict[str, float]):
+    """Add the CPU seconds each child process (and the dev server) used in the block to ``into``."""
+    pids = {name: p.pid for name, p in procs.items() if p is not None}
+    if server.pid is not None:
+        pids["dev server"] = server.pid
+    before = {name: common.cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
+    yield
+    for name, pid in pids.items():
+        into[name] += (common.cpu_seconds(pid) or 0.0) - before[name]
 
 
 def _consecutive(values: list, step) -> bool:
@@ -203,11 +216,16 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                 if args.n16:
                     per_round = max(1, args.n16 // args.rounds)
                     pl, fl, pt, ft = [], [], 0.0, 0.0
+                    procs = {"api": project["api"], "worker": project["worker"], "floor worker": floor["worker"]}
+                    cpu_project: dict[str, float] = defaultdict(float)
+                    cpu_floor: dict[str, float] = defaultdict(float)
                     for _ in range(args.rounds):
-                        lat, secs = await concurrent(payer.floor, per_round, 16)
+                        with _cpu(procs, server, cpu_floor):
+                            lat, secs = await concurrent(payer.floor, per_round, 16)
                         fl += lat
                         ft += secs
-                        lat, secs = await concurrent(payer.project, per_round, 16)
+                        with _cpu(procs, server, cpu_project):
+                            lat, secs = await concurrent(payer.project, per_round, 16)
                         pl += lat
                         pt += secs
                     p16, f16 = summary_ms(pl), summary_ms(fl)
@@ -218,10 +236,16 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                         "ratio_p50": common.ratio(p16["p50"], f16["p50"]),
                         "load_1m": common.load_average()[0],
                     }
+                    if args.split:  # CPU per operation, by process (bench process excluded)
+                        level16["cpu_ms_per_payment"] = {k: round(v * 1000 / len(pl), 2) for k, v in cpu_project.items()}
+                        level16["cpu_ms_per_bare_update"] = {k: round(v * 1000 / len(fl), 2) for k, v in cpu_floor.items()}
                     result["levels"].append(level16)
                     say(f"c=16: payments {level16['project_per_second']}/s (p50 {p16['p50']} ms, p99 {p16['p99']} ms)"
                         f" | bare updates {level16['floor_per_second']}/s (p50 {f16['p50']} ms) -> rate ratio "
                         f"{level16['ratio_rate']}")
+                    if args.split:
+                        say(f"      CPU per payment, ms: {level16['cpu_ms_per_payment']} | per bare update: "
+                            f"{level16['cpu_ms_per_bare_update']}")
 
                 # ---- checks
                 states = [(await c.get(f"/contracts/{cid}")).json() for cid in contracts]
