@@ -14,15 +14,16 @@ come, in due order:
 3. the row is marked ``sent`` (and a reminder logged as a ``notification.reminder`` contract event
    without a workflow seq), only while this dispatcher still holds the lease.
 
-A reminder is *taken* as it is claimed (``told_at``, in the claim's transaction, serialised per item): a
-reminder for the same item, offset and level whose due date is within
-``outbox_same_reminder_within_seconds`` of one already taken is the same reminder, and is cancelled
-instead of sent.  Why: the projection writes plans from a local activity, inside the workflow task
-that made them.  A worker that dies after that write but before the server recorded the task
-leaves a task that runs again later, on a later clock; a milestone dated from a completion in that
-task (due N days after it) gets a due date a few seconds on, so its catch-up reminder, due at once,
-is planned again under another key.  The rerun's plan cancels the first copy if it is still
-pending, but not if a dispatcher already sent it: this check is what keeps that to one message.
+A reminder is *taken* as it is claimed (``told_at``, in the claim's transaction, serialised per
+item), unless it is a copy of one already taken: same item, offset and level, and either planned
+at the same contract version or due within ``outbox_same_reminder_within_seconds`` (and within its
+offset) of it.  A copy is cancelled instead of sent.  Why: the projection writes plans from a local
+activity, inside the workflow task that made them.  A worker that dies after that write but
+before the server recorded the task leaves the task to run again later, on a later clock; an item
+dated from a completion in that task (the deposit due 7 days after order review) gets a due date
+a few seconds on, so its catch-up reminder, due at once, is planned again under another key.  The
+rerun's plan cancels the first copy if it is still pending, but not if a dispatcher already sent
+it: this check is what keeps that to one message.
 
 A transient failure (SMTP 4xx, a timeout) releases the notice with a back-off; after
 ``outbox_max_attempts`` it is ``failed`` and the operator gets a task.  A cancelled notice (its
@@ -50,6 +51,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import org
 from core.channels import TransientDeliveryError
+from core.durations import to_timedelta
 from core.serde import from_jsonable
 from core.settings import Settings
 from models import ContractEvent, OutboxNotice
@@ -250,14 +252,20 @@ class OutboxDispatcher:
 
 
 def _same_reminder(one: dict[str, Any], other: dict[str, Any], window: timedelta) -> bool:
-    """Two outbox requests are the same reminder: same offset (tag) and level, for due dates
-    within ``window``."""
+    """Two outbox requests are the same reminder: same offset (tag) and level, and either planned
+    at the same contract version (a task run again plans at the version it planned at before,
+    whatever its clock), or for due dates closer than ``window`` and than the offset itself (a
+    "10 seconds before" reminder in a demo is not merged with one for a date a minute later)."""
     if other.get("tag") != one.get("tag") or other.get("level") != one.get("level"):
         return False
+    if one.get("planned_at_version") and one.get("planned_at_version") == other.get("planned_at_version"):
+        return True
     a, b = one.get("due_at"), other.get("due_at")
     if a is None or b is None:
         return a is None and b is None
-    return abs(datetime.fromisoformat(a) - datetime.fromisoformat(b)) <= window
+    with contextlib.suppress(ValueError):  # a tag that is not an offset: the window alone
+        window = min(window, to_timedelta(str(one.get("tag", "")).removeprefix("-")))
+    return abs(datetime.fromisoformat(a) - datetime.fromisoformat(b)) < window
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -131,24 +132,38 @@ async def test_a_catch_up_reminder_planned_again_by_a_rerun_task_goes_out_once(o
     assert twin.told_at is None
 
 
-async def test_a_reminder_for_a_date_moved_further_than_the_window_is_sent(org, mailbox):
+async def test_a_rerun_much_later_is_still_one_reminder_and_a_real_new_date_is_another(org, mailbox):
+    """The copy is recognised by the contract version it was planned at, however late the task ran
+    again (here past a 30 s window); a date that really moved (a later version) is reminded again."""
     sessions = org
     settings = Settings(smtp_port=mailbox.port, outbox_same_reminder_within_seconds=30)
     project = ProjectionActivities(sessions).project_delta
     c = Contract_(make_spec(T0), now=T0)
     project(c.delta())
     c.projector.settle(c.state)
-    other = _fork(c)
+    rerun = _fork(c)
 
     t1 = T0 + timedelta(hours=1)
     _complete_review(c, t1, project)
     await _dispatch(sessions, settings, t1 + timedelta(seconds=1))
     cid = c.state.spec.contract_id
-    before = len(_reminders_for(mailbox, cid, NEXT))
+    assert len(_reminders_for(mailbox, cid, NEXT)) == 1
 
-    _complete_review(other, t1 + timedelta(seconds=40), project)  # 40 s later: outside a 30 s window
-    await _dispatch(sessions, settings, t1 + timedelta(seconds=41))
-    assert len(_reminders_for(mailbox, cid, NEXT)) == before + 1
+    _complete_review(rerun, t1 + timedelta(minutes=10), project)  # ten minutes later: same version
+    await _dispatch(sessions, settings, t1 + timedelta(minutes=10, seconds=1))
+    assert len(_reminders_for(mailbox, cid, NEXT)) == 1
+
+    # The deposit's date really moves (a later version: here an event, as an amendment logs one):
+    # three days earlier, so its 7-day reminder is due again at once.
+    t2 = t1 + timedelta(minutes=20)
+    rerun.now = t2
+    rerun.journal.emit("test.deposit_redated", {})
+    deposit = next(i for i in rerun.state.installments if i.key == NEXT)
+    deposit.due = replace(deposit.due, offset="P4D")
+    project(rerun.delta())
+    rerun.projector.settle(rerun.state)
+    await _dispatch(sessions, settings, t2 + timedelta(seconds=1))
+    assert len(_reminders_for(mailbox, cid, NEXT)) == 2
 
 
 async def test_two_dispatchers_holding_both_copies_at_once_send_one(org, mailbox):

@@ -607,6 +607,9 @@ class NotifyRequest:
     # again from the same state, emits the same event number, and so the same key (its due date
     # may differ: an approval's is "now" plus the policy's delay).  0: keyed by due date (reminders).
     seq: int = 0
+    # A reminder: the contract version its plan was made at.  A task that is run again plans the
+    # same reminder at the same version, whatever its clock: the outbox sends one (core/outbox.py).
+    planned_at_version: int = 0
 
 
 @dataclass(slots=True)
