@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, cast
@@ -34,6 +34,7 @@ from models import AmendmentRecord, Contract, ContractEvent, Installment, Milest
 from models.db import rows_changed
 from models.outbox import CANCELLED, PENDING
 from models.repository import new_contract_row
+from workflows.contract.projection import READ_MODEL_BEHIND
 from workflows.types import ContractEvent as Event
 from workflows.types import (
     ContractState,
@@ -77,12 +78,32 @@ class ProjectionActivities:
                 stored_version = -1
             else:
                 stored_version = row.version
-            if d.version >= stored_version:
+            if d.requires_version is not None and stored_version < d.requires_version:
+                # A delta handed to the API is not there yet: write nothing (the transaction rolls
+                # back); the API tries again, the workflow writes every item again.
+                raise ApplicationError(f"the read model of contract {d.contract_id} is at version {stored_version}, "
+                                       f"this delta needs {d.requires_version}", type=READ_MODEL_BEHIND,
+                                       non_retryable=True)
+            newer = d.version >= stored_version
+            if newer:
                 _apply_delta(session, conn, sql, d, first=stored_version <= 0)
-            due_now = _write_notices(conn, sql, d, first=stored_version <= 0)
+            # An older delta written late (handed to the API) leaves the newer reminder plans alone.
+            due_now = _write_notices(conn, sql, d, first=stored_version <= 0, plans=newer)
         if due_now:
             self._on_notices()
         return written
+
+    def write_handed(self, d: ProjectionDelta) -> bool:
+        """Write a delta an update handed to the API (the API's side of ``project_delta``):
+        False while the read model lacks the delta it builds on (an earlier one still being
+        written by another request): the caller waits a moment and tries again."""
+        try:
+            self._project_delta(d)
+        except ApplicationError as exc:
+            if exc.type == READ_MODEL_BEHIND:
+                return False
+            raise
+        return True
 
     # ------------------------------------------------------------------ legacy engine
     @activity.defn(name="project_contract")
@@ -264,9 +285,12 @@ def _installment_row(cid: str, position: int, i: Any, currency: str) -> dict[str
             "due_estimated": i.due_estimated, "paid_at": i.paid_at}
 
 
-def _write_notices(conn: Connection, sql: _Statements, d: ProjectionDelta, *, first: bool) -> bool:
+def _write_notices(conn: Connection, sql: _Statements, d: ProjectionDelta, *, first: bool, plans: bool = True
+                   ) -> bool:
     """Queue the delta's notices and apply its reminder plans; whether something is due now."""
     now = _now()
+    if not plans:
+        d = replace(d, reminders=[])
     if not first:
         for plan in d.reminders:
             _cancel_unwanted(conn, d.contract_id, plan)

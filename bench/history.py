@@ -201,9 +201,14 @@ async def run_chain(client, workflow_id: str, first_run_id: str | None) -> list[
 
 # ------------------------------------------------------------------ the contract's life
 class Driver:
-    def __init__(self, env, handle, years: int, sessions) -> None:
+    def __init__(self, env, handle, years: int, sessions, settings) -> None:
+        from api.contracts.service import ContractService
+
         self.env = env
         self.sessions = sessions  # the read model: the outbox's notices are sent as time passes
+        # Updates go as the API sends them (its service layer, without HTTP): with the read-model
+        # version, and the delta they answer with written back.
+        self.service = ContractService(env.client, sessions, settings)
         self.handle = handle
         self.years = years
         self.counts: Counter = Counter()
@@ -227,9 +232,8 @@ class Driver:
                 await asyncio.sleep(0.5)
 
     async def update(self, update, arg):
-        # A fresh handle each time: after continue-as-new the update goes to the latest run.
-        handle = self.env.client.get_workflow_handle(self.handle.id)
-        return await handle.execute_update(update, arg)
+        # By contract id: after continue-as-new the update goes to the latest run.
+        return await self.service.send_update(self.handle.id.removeprefix("contract-"), update, arg)
 
     async def amend(self, k: int, st) -> None:
         from workflows.contract import ContractWorkflow
@@ -365,7 +369,7 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                 from models.db import make_engine, make_session_factory
 
                 engine = make_engine(db.url)
-                driver = Driver(env, handle, args.years, make_session_factory(engine))
+                driver = Driver(env, handle, args.years, make_session_factory(engine), settings)
                 await driver.run()
                 outcome = await handle.result()  # follows continue-as-new to the last run
                 final = await driver.state()  # the whole final state (the result is the outcome)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import defaultdict
@@ -78,6 +79,26 @@ class Payer:
             self.outstanding_seen[cid].append(Decimal(r.json()["outstanding"]))
         return dt
 
+    async def direct(self) -> float:
+        """The same payment as an update sent straight to the contract's workflow (no HTTP, no API):
+        splits the project's time between the API and the workflow with its projection."""
+        from workflows.contract.workflow import ContractWorkflow, workflow_id_for
+        from workflows.types import PaymentInput
+
+        k = self.n_project
+        self.n_project += 1
+        cid = self.contracts[k % len(self.contracts)]
+        p = PaymentInput(f"BENCH-{self.tag}-{k}", "1.00", "CNY", datetime.now(timezone.utc), "bench")
+        t0 = time.perf_counter()
+        r = await self.client.get_workflow_handle(workflow_id_for(cid)).execute_update(ContractWorkflow.record_payment, p)
+        dt = time.perf_counter() - t0
+        if not r.applied:
+            self.failures.append(f"{cid}: direct update not applied")
+        else:
+            self.paid[cid] += 1
+            self.outstanding_seen[cid].append(Decimal(r.outstanding))
+        return dt
+
     async def floor(self) -> float:
         from bench.floor import LedgerWorkflow
 
@@ -92,13 +113,26 @@ class Payer:
         return dt
 
 
+@contextlib.contextmanager
+def _cpu(procs: dict, server, into: dict[str, float]):
+    """Add the CPU seconds each child process (and the dev server) used in the block to ``into``."""
+    pids = {name: p.pid for name, p in procs.items() if p is not None}
+    if server.pid is not None:
+        pids["dev server"] = server.pid
+    before = {name: common.cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
+    yield
+    for name, pid in pids.items():
+        into[name] += (common.cpu_seconds(pid) or 0.0) - before[name]
+
+
 def _consecutive(values: list, step) -> bool:
     xs = sorted(values, reverse=True)
     return len(set(xs)) == len(xs) and all(a - b == step for a, b in zip(xs, xs[1:], strict=False))
 
 
-async def sequential(payer: Payer, n: int) -> tuple[list[float], list[float]]:
-    """Concurrency 1, alternating: floor, project, floor, project..."""
+async def sequential(payer: Payer, n: int, direct: list[float] | None = None) -> tuple[list[float], list[float]]:
+    """Concurrency 1, alternating: floor, project, floor, project... (and, given ``direct``, the
+    same payment sent straight to the workflow, every other round)"""
     proj, flo = [], []
     for k in range(n):
         if k % 2 == 0:
@@ -107,6 +141,8 @@ async def sequential(payer: Payer, n: int) -> tuple[list[float], list[float]]:
         else:  # alternate which goes first too
             proj.append(await payer.project())
             flo.append(await payer.floor())
+        if direct is not None and k % 2 == 0:
+            direct.append(await payer.direct())
     return proj, flo
 
 
@@ -161,27 +197,35 @@ async def body(args: argparse.Namespace, result: dict) -> None:
 
                 # ---- concurrency 1, request by request alternating
                 say(f"· concurrency 1: {args.n} payments and {args.n} bare updates, alternating ...")
-                proj, flo = await sequential(payer, args.n)
-                p, f = summary_ms(proj), summary_ms(flo)
+                direct: list[float] = []
+                proj, flo = await sequential(payer, args.n, direct)
+                p, f, d = summary_ms(proj), summary_ms(flo), summary_ms(direct)
                 level1 = {
                     "concurrency": 1, "project_latency_ms": p, "floor_latency_ms": f,
                     "ratio_p50": common.ratio(p["p50"], f["p50"]), "ratio_p99": common.ratio(p["p99"], f["p99"]),
-                    "load_1m": common.load_average()[0],
+                    "direct_update_latency_ms": d, "load_1m": common.load_average()[0],
                 }
                 say(f"c= 1: payment p50 {p['p50']} ms, p90 {p['p90']} ms, p99 {p['p99']} ms | bare update "
                     f"p50 {f['p50']} ms, p99 {f['p99']} ms -> p50 ratio {level1['ratio_p50']}, "
                     f"p99 ratio {level1['ratio_p99']}")
+                say(f"      of which the workflow: the same update sent straight to it (no API) p50 {d['p50']} ms, "
+                    f"p99 {d['p99']} ms")
                 result["levels"] = [level1]
 
                 # ---- concurrency 16, alternating rounds
                 if args.n16:
                     per_round = max(1, args.n16 // args.rounds)
                     pl, fl, pt, ft = [], [], 0.0, 0.0
+                    procs = {"api": project["api"], "worker": project["worker"], "floor worker": floor["worker"]}
+                    cpu_project: dict[str, float] = defaultdict(float)
+                    cpu_floor: dict[str, float] = defaultdict(float)
                     for _ in range(args.rounds):
-                        lat, secs = await concurrent(payer.floor, per_round, 16)
+                        with _cpu(procs, server, cpu_floor):
+                            lat, secs = await concurrent(payer.floor, per_round, 16)
                         fl += lat
                         ft += secs
-                        lat, secs = await concurrent(payer.project, per_round, 16)
+                        with _cpu(procs, server, cpu_project):
+                            lat, secs = await concurrent(payer.project, per_round, 16)
                         pl += lat
                         pt += secs
                     p16, f16 = summary_ms(pl), summary_ms(fl)
@@ -192,10 +236,16 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                         "ratio_p50": common.ratio(p16["p50"], f16["p50"]),
                         "load_1m": common.load_average()[0],
                     }
+                    if args.split:  # CPU per operation, by process (bench process excluded)
+                        level16["cpu_ms_per_payment"] = {k: round(v * 1000 / len(pl), 2) for k, v in cpu_project.items()}
+                        level16["cpu_ms_per_bare_update"] = {k: round(v * 1000 / len(fl), 2) for k, v in cpu_floor.items()}
                     result["levels"].append(level16)
                     say(f"c=16: payments {level16['project_per_second']}/s (p50 {p16['p50']} ms, p99 {p16['p99']} ms)"
                         f" | bare updates {level16['floor_per_second']}/s (p50 {f16['p50']} ms) -> rate ratio "
                         f"{level16['ratio_rate']}")
+                    if args.split:
+                        say(f"      CPU per payment, ms: {level16['cpu_ms_per_payment']} | per bare update: "
+                            f"{level16['cpu_ms_per_bare_update']}")
 
                 # ---- checks
                 states = [(await c.get(f"/contracts/{cid}")).json() for cid in contracts]

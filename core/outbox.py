@@ -14,6 +14,17 @@ come, in due order:
 3. the row is marked ``sent`` (and a reminder logged as a ``notification.reminder`` contract event
    without a workflow seq), only while this dispatcher still holds the lease.
 
+A reminder is *taken* as it is claimed (``told_at``, in the claim's transaction, serialised per
+item), unless it is a copy of one already taken: same item, offset and level, and either planned
+at the same contract version or due within ``outbox_same_reminder_within_seconds`` (and within its
+offset) of it.  A copy is cancelled instead of sent.  Why: the projection writes plans from a local
+activity, inside the workflow task that made them.  A worker that dies after that write but
+before the server recorded the task leaves the task to run again later, on a later clock; an item
+dated from a completion in that task (the deposit due 7 days after order review) gets a due date
+a few seconds on, so its catch-up reminder, due at once, is planned again under another key.  The
+rerun's plan cancels the first copy if it is still pending, but not if a dispatcher already sent
+it: this check is what keeps that to one message.
+
 A transient failure (SMTP 4xx, a timeout) releases the notice with a back-off; after
 ``outbox_max_attempts`` it is ``failed`` and the operator gets a task.  A cancelled notice (its
 plan changed) is never claimed.  The projection wakes the dispatcher of its own process when it
@@ -35,17 +46,18 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import org
 from core.channels import TransientDeliveryError
+from core.durations import to_timedelta
 from core.serde import from_jsonable
 from core.settings import Settings
 from models import ContractEvent, OutboxNotice
 from models.db import rows_changed
-from models.outbox import FAILED, PENDING, SENT
+from models.outbox import CANCELLED, FAILED, PENDING, SENT
 from models.types import UTCDateTime
 from workflows.types import NotifyRequest
 
@@ -80,6 +92,7 @@ class OutboxDispatcher:
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = asyncio.Semaphore(max(1, settings.outbox_parallel))
+        self._window = timedelta(seconds=settings.outbox_same_reminder_within_seconds)
         self.sent = 0
 
     def wake(self) -> None:
@@ -108,7 +121,7 @@ class OutboxDispatcher:
     def _claim(self, now: datetime) -> list[Claimed]:
         """Statements built once per dialect (``_statements``), run straight on a connection: the
         ORM adds nothing to two statements on one table, and building them each round cost more
-        than running them."""
+        than running them.  The reminders claimed are taken in the same transaction."""
         st = _statements(self._engine.dialect.name, self._settings.outbox_batch)
         until = now + timedelta(seconds=self._settings.outbox_lease_seconds)
         with self._engine.begin() as conn:
@@ -116,7 +129,48 @@ class OutboxDispatcher:
             if not ids:
                 return []
             rows = conn.execute(st.claim, {"ids": ids, "now": now, "owner": self.owner, "until": until}).all()
-        return sorted((Claimed(*r) for r in rows), key=lambda c: ids.index(c.id))
+            claimed = sorted(rows, key=lambda r: ids.index(r.id))
+            twins = self._take_reminders(conn, [r for r in claimed if r.kind == "reminder"], now)
+        return [Claimed(*r[:6]) for r in claimed if r.id not in twins]
+
+    def _take_reminders(self, conn: Connection, rows: list[Any], now: datetime) -> set[int]:
+        """Take the claimed reminders for delivery (``told_at``), but a copy of one already taken
+        under another key: those are cancelled, and their ids returned.  In the claim's
+        transaction, one at a time per item: SQLite's claim holds its one write lock; PostgreSQL
+        takes an advisory lock per item, so two dispatchers holding both copies see each other."""
+        if not rows:
+            return set()
+        o = OutboxNotice
+        items = sorted({(r.contract_id, r.request.get("item_type"), r.request.get("item_key")) for r in rows})
+        if conn.dialect.name == "postgresql":
+            for item in items:  # in order: two dispatchers never wait on each other's locks
+                conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(":".join(map(str, item))))))
+        mine = {r.id for r in rows}
+        taken: dict[tuple[Any, ...], list[tuple[str, dict[str, Any]]]] = {}
+        for key, cid, item_type, item_key, request in conn.execute(
+                select(o.key, o.contract_id, o.item_type, o.item_key, o.request).where(
+                    o.contract_id.in_({i[0] for i in items}), o.kind == "reminder", o.told_at.is_not(None),
+                    o.status != FAILED, o.id.not_in(mine))):
+            taken.setdefault((cid, item_type, item_key), []).append((key, request))
+        twins: set[int] = set()
+        newly_taken: list[int] = []
+        for r in sorted(rows, key=lambda r: r.told_at is None):  # those taken before (a retry) first
+            item = (r.contract_id, r.request.get("item_type"), r.request.get("item_key"))
+            twin = next((key for key, other in taken.get(item, []) if _same_reminder(r.request, other, self._window)),
+                        None)
+            if twin is None:
+                taken.setdefault(item, []).append((r.key, r.request))
+                if r.told_at is None:
+                    newly_taken.append(r.id)
+                continue
+            twins.add(r.id)
+            log.info("outbox: reminder %s is the one already sent as %s; not sent again", r.key, twin)
+            conn.execute(update(o).where(o.id == r.id).values(
+                status=CANCELLED, done_at=_now(), lease_owner=None, lease_until=None,
+                error=f"the same reminder went out as {twin}"[:2000]))
+        if newly_taken:
+            conn.execute(update(o).where(o.id.in_(newly_taken)).values(told_at=now))
+        return twins
 
     # ---------------------------------------------------------------- send
     async def _send(self, c: Claimed, now: datetime) -> None:
@@ -213,13 +267,30 @@ def _statements(dialect: str, batch: int) -> _Statements:
     claim = (update(table).where(o.id.in_(bindparam("ids", expanding=True)), *free)
              .values(lease_owner=bindparam("owner"), lease_until=bindparam("until", type_=UTCDateTime()),
                      attempts=o.attempts + 1)
-             .returning(o.id, o.key, o.contract_id, o.kind, o.attempts, o.request))
+             .returning(o.id, o.key, o.contract_id, o.kind, o.attempts, o.request, o.told_at))
     mark_sent = (update(table).where(o.id == bindparam("nid"), o.lease_owner == bindparam("owner"))
                  .values(status=SENT, done_at=bindparam("done_at", type_=UTCDateTime()), lease_owner=None,
                          lease_until=None, error=None))
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     log_reminder = insert(events).on_conflict_do_nothing(index_elements=["key"])
     return _Statements(due, claim, mark_sent, log_reminder)
+
+
+def _same_reminder(one: dict[str, Any], other: dict[str, Any], window: timedelta) -> bool:
+    """Two outbox requests are the same reminder: same offset (tag) and level, and either planned
+    at the same contract version (a task run again plans at the version it planned at before,
+    whatever its clock), or for due dates closer than ``window`` and than the offset itself (a
+    "10 seconds before" reminder in a demo is not merged with one for a date a minute later)."""
+    if other.get("tag") != one.get("tag") or other.get("level") != one.get("level"):
+        return False
+    if one.get("planned_at_version") and one.get("planned_at_version") == other.get("planned_at_version"):
+        return True
+    a, b = one.get("due_at"), other.get("due_at")
+    if a is None or b is None:
+        return a is None and b is None
+    with contextlib.suppress(ValueError):  # a tag that is not an offset: the window alone
+        window = min(window, to_timedelta(str(one.get("tag", "")).removeprefix("-")))
+    return abs(datetime.fromisoformat(a) - datetime.fromisoformat(b)) < window
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = 20  # transient failures retried with back-off, then `failed`
     outbox_retry_initial_seconds: float = 2.0
     outbox_retry_max_interval_seconds: float = 300.0
+    # One reminder (same item, same offset) for due dates this close is one reminder: the copy a
+    # lost-and-rerun workflow task planned a few seconds later is not sent again (core/outbox.py).
+    outbox_same_reminder_within_seconds: float = 12 * 3600
 
     @model_validator(mode="after")
     def _no_dev_credentials_in_production(self) -> Settings:

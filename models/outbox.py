@@ -45,6 +45,9 @@ class OutboxNotice(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error: Mapped[str | None] = mapped_column(Text)
+    # When a dispatcher took this reminder for delivery (core/outbox.py ``_take_reminder``): the
+    # mark that lets a copy of the same reminder, planned again under another key, be recognised.
+    told_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class AmendmentRecord(Base):

@@ -215,6 +215,9 @@ class PaymentInput:
     currency: str
     received_at: datetime
     by: str = "finance"
+    # Set by the API, which writes the read model itself: the version its row held when the request
+    # came in.  The workflow then answers with the delta (``projection``) instead of writing it.
+    read_model_version: int | None = None
 
 
 @dataclass(slots=True)
@@ -224,6 +227,7 @@ class PaymentResult:
     credit: str
     reference: str
     allocations: dict[str, str] = field(default_factory=dict)
+    projection: ProjectionDelta | None = None  # for the API to write (``read_model_version`` given)
 
 
 @dataclass(slots=True)
@@ -253,6 +257,9 @@ class CompleteMilestoneInput:
     note: str = ""
     actual_cost: str | None = None  # what the step really cost (decimal string)
     satisfaction: int | None = None  # 1-5, the customer's score, captured at acceptance
+    # Set by the API, which writes the read model itself: the version its row held when the request
+    # came in.  The workflow then answers with the delta (``projection``) instead of writing it.
+    read_model_version: int | None = None
 
 
 @dataclass(slots=True)
@@ -261,6 +268,9 @@ class ProgressInput:
     percent: int
     message: str = ""
     source: str = ""
+    # Set by the API, which writes the read model itself: the version its row held when the request
+    # came in.  The workflow then answers with the delta (``projection``) instead of writing it.
+    read_model_version: int | None = None
 
 
 @dataclass(slots=True)
@@ -268,6 +278,9 @@ class WaiveMilestoneInput:
     key: str
     by: str
     reason: str
+    # Set by the API, which writes the read model itself: the version its row held when the request
+    # came in.  The workflow then answers with the delta (``projection``) instead of writing it.
+    read_model_version: int | None = None
 
 
 @dataclass(slots=True)
@@ -284,6 +297,7 @@ class OperationResult:
     item_status: str | None = None
     version: int = 0
     changed: bool = True  # False: the same report was already recorded (a redelivery)
+    projection: ProjectionDelta | None = None  # for the API to write (``read_model_version`` given)
 
 
 @dataclass(slots=True)
@@ -607,6 +621,9 @@ class NotifyRequest:
     # again from the same state, emits the same event number, and so the same key (its due date
     # may differ: an approval's is "now" plus the policy's delay).  0: keyed by due date (reminders).
     seq: int = 0
+    # A reminder: the contract version its plan was made at.  A task that is run again plans the
+    # same reminder at the same version, whatever its clock: the outbox sends one (core/outbox.py).
+    planned_at_version: int = 0
 
 
 @dataclass(slots=True)
@@ -743,3 +760,7 @@ class ProjectionDelta:
     amendments: list[AmendmentState] = field(default_factory=list)  # changed, with their impact
     # The spec, in the first delta of a run only: to write the contract's row if it is missing.
     spec: ContractSpec | None = None
+    # The version the read model must already hold for this delta to apply: the last delta the
+    # workflow handed to the API to write (api-projection-v1).  Not there yet: nothing is written
+    # (``ReadModelBehind``).
+    requires_version: int | None = None

@@ -6,22 +6,25 @@ reads of one contract query the workflow; lists and event logs read the database
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 from fastapi import Request
 from sqlalchemy import and_, bindparam, func, or_, select
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import Session, defer, sessionmaker
 from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.projection import ProjectionActivities
 from api.contracts import schemas
 from api.contracts.builder import SpecError, build_spec
 from api.platform.problems import Problem
@@ -32,6 +35,7 @@ from core.starter import start_contract_workflow
 from core.temporal import UpdateLost, execute_update_retrying
 from core.webhooks.events import event_id
 from models import Contract, ContractEvent, Customer
+from models.db import make_session_factory
 from models.repository import new_contract_row
 from workflows import errors as wf_errors
 from workflows.contract import ContractWorkflow, ContractWorkflowInput, workflow_id_for
@@ -43,6 +47,7 @@ from workflows.types import (
     PaymentInput,
     PaymentOutcome,
     ProgressInput,
+    ProjectionDelta,
     TerminateInput,
     WaiveMilestoneInput,
 )
@@ -50,13 +55,20 @@ from workflows.types import (
 log = logging.getLogger("api.service")
 
 STARTING = "starting"
-_TARGET = select(Contract.workflow_id, Contract.status).where(Contract.id == bindparam("id"))
+_TARGET = select(Contract.workflow_id, Contract.status, Contract.version).where(Contract.id == bindparam("id"))
+# An update's delta the read model cannot take yet (an earlier request's delta is still being
+# written): tried again this many times, a little later each time (about a second in all).
+WRITE_BACK_ATTEMPTS = 8
 FINAL = ("completed", "terminated", "expired")
 _STATUS_FOR_TYPE = {wf_errors.NOT_FOUND: 404, wf_errors.CONFLICT: 409, wf_errors.INVALID: 422}
 
 
 class ContractService:
     def __init__(self, client: Client, sessions: sessionmaker[Session], settings: Settings) -> None:
+        # The read model's writer for deltas the workflow hands back (the worker's own code), on a
+        # session factory of its own: the audit trail's listener watches the app's, and a workflow
+        # write is audited as the request (api/platform/audit.py), not as the rows it touched.
+        self._projection = ProjectionActivities(make_session_factory(sessions.kw["bind"]))
         self.client = client
         self.sessions = sessions
         self.settings = settings
@@ -188,19 +200,20 @@ class ContractService:
                         contract_id, exc.__class__.__name__)
             return Contract(id=contract_id, workflow_id=workflow_id_for(contract_id), status="active")
 
-    def _target(self, contract_id: str) -> tuple[str, str]:
-        """The contract's workflow id and status, for an update: two columns, read straight from
-        the table (it is on every write's path); through a database outage, its workflow alone."""
+    def _target(self, contract_id: str) -> tuple[str, str, int | None]:
+        """The contract's workflow id, status and read-model version, for an update: three
+        columns, read straight from the table (it is on every write's path); through a database
+        outage, its workflow alone (no version: the workflow writes the read model itself)."""
         try:
             with self.sessions.kw["bind"].connect() as conn:
                 found = conn.execute(_TARGET, {"id": contract_id}).first()
         except (OperationalError, InterfaceError, SQLAlchemyTimeoutError) as exc:
             log.warning("database unavailable, reaching contract %s through its workflow: %s",
                         contract_id, exc.__class__.__name__)
-            return workflow_id_for(contract_id), "active"
+            return workflow_id_for(contract_id), "active", None
         if found is None:
             raise Problem(404, f"no contract with id {contract_id!r}", slug="contract-not-found")
-        return found.workflow_id, found.status
+        return found.workflow_id, found.status, found.version
 
     async def get(self, contract_id: str) -> schemas.ContractOut:
         row = self._row_or_stand_in(contract_id)
@@ -417,14 +430,16 @@ class ContractService:
         """Send a workflow update to the contract and answer its result; what the workflow refuses
         (or Temporal cannot deliver) becomes the problem the API answers.  Amendments send theirs
         through it too."""
-        workflow_id, status = self._target(contract_id)
+        workflow_id, status, version = self._target(contract_id)
         if status in FINAL:
             raise Problem(409, f"contract is {status}; it can no longer change", slug="contract-closed")
+        if version is not None and hasattr(arg, "read_model_version"):
+            arg = replace(arg, read_model_version=version)  # the answer brings the delta to write
         handle = self.client.get_workflow_handle(workflow_id)
         try:
             # Re-sent if the run was continuing as new at that instant (not accepted, so safe).
-            return await execute_update_retrying(handle, update, arg,
-                                                 rpc_timeout=timedelta(seconds=self.settings.update_timeout_seconds))
+            result = await execute_update_retrying(handle, update, arg,
+                                                   rpc_timeout=timedelta(seconds=self.settings.update_timeout_seconds))
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             if isinstance(cause, ApplicationError) and cause.type in _STATUS_FOR_TYPE:
@@ -446,6 +461,28 @@ class ContractService:
                 # a running workflow is re-sent by execute_update_retrying, never reported here).
                 raise Problem(409, "contract is closed; it can no longer change", slug="contract-closed") from exc
             raise Problem(503, f"Temporal is unreachable: {exc.message}", slug="temporal-unavailable") from exc
+        delta = getattr(result, "projection", None)
+        if delta is not None:
+            await self._write_back(delta)
+            result = replace(result, projection=None)
+        return result
+
+    async def _write_back(self, delta: ProjectionDelta) -> None:
+        """Write the delta the update answered with, before the request answers: the next read
+        sees the change.  If it cannot be written (the database is away, or the delta it builds on
+        never arrives), the change stands all the same: the workflow finds the read model behind at
+        its next write or request and writes every item again."""
+        for attempt in range(WRITE_BACK_ATTEMPTS):
+            try:
+                if await asyncio.to_thread(self._projection.write_handed, delta):
+                    return
+            except DBAPIError as exc:
+                log.warning("contract %s: its read model could not take version %s (%s); the workflow writes it "
+                            "later", delta.contract_id, delta.version, exc.__class__.__name__)
+                return
+            await asyncio.sleep(0.005 * 2**attempt)
+        log.warning("contract %s: version %s builds on %s, which its read model still lacks; the workflow writes "
+                    "it later", delta.contract_id, delta.version, delta.requires_version)
 
 
 def _operation(r) -> schemas.OperationOut:

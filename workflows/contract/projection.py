@@ -5,11 +5,19 @@ it on, and builds the next ``ProjectionDelta`` from what differs, plus the new e
 and payments.  A delta is small whatever the contract's length: a payment touches the
 installments it pays, a completion its milestone and the next one.  Nothing here is kept across
 continue-as-new: the first delta of a run carries every item again (the writes are idempotent).
+
+A delta made in an update from the API is *handed over*: the update answers with it and the API
+writes it (api-projection-v1), so the update's task runs no local activity.  Until the workflow
+knows the read model holds it (the API's next request says which version it read; a later local
+activity's write finds it there), the handed delta's events and notices are kept: if one never
+arrives (the API died between the answer and its write), ``reset`` puts them back and the next
+delta carries every item again.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from workflows.contract import payments, reminders
@@ -19,12 +27,14 @@ from workflows.contract.schedule import RESOLVED_MILESTONE
 from workflows.types import (
     AmendmentState,
     AmendmentStatus,
+    ContractEvent,
     ContractFacts,
     ContractState,
     InstallmentRow,
     InstallmentState,
     MilestoneRow,
     MilestoneState,
+    NotifyRequest,
     ProjectionDelta,
     ReminderPlan,
     ScheduledNotice,
@@ -77,6 +87,24 @@ def _amendment_signature(a: AmendmentState) -> tuple[Any, ...]:
     return (a.status, len(a.decisions), a.contract_version, a.impact is not None)
 
 
+@dataclass(slots=True)
+class Handed:
+    """A delta handed to the API to write, until the read model is known to hold it."""
+
+    version: int
+    at: datetime
+    events: list[ContractEvent] = field(default_factory=list)
+    notices: list[NotifyRequest] = field(default_factory=list)
+
+
+# The projection's failure when the read model lacks a delta this one builds on (``requires_version``).
+READ_MODEL_BEHIND = "ReadModelBehind"
+
+# Handed deltas larger than this go through the local activity as before: the answer (kept in the
+# history with the update) stays small.
+MAX_HANDED_ROWS = 40
+
+
 class Projector:
     # An item's signature is kept as its hash: a cached contract holds ~40 of them, and the tuples
     # (20 fields for a milestone) were ~10 KB of it.  Two different signatures with one 64-bit hash
@@ -90,10 +118,14 @@ class Projector:
         self._facts: ContractFacts | None = None
         self._facts_in_flight: ContractFacts | None = None
         self.first = True
+        self.handed: list[Handed] = []
+        self._facts_version = -1  # the version of the last delta written (settled)
+        self._version_in_flight = -1
 
-    def delta(self, state: ContractState, workflow_id: str, journal: Journal, now: datetime) -> ProjectionDelta | None:
-        """The next delta, or None when the read model is up to date.  Takes the journal's events
-        and notices; ``settle`` or ``abandon`` must follow."""
+    def delta(self, state: ContractState, workflow_id: str, journal: Journal, now: datetime, *,
+              force: bool = False) -> ProjectionDelta | None:
+        """The next delta, or None when the read model is up to date (``force``: an empty one
+        then).  Takes the journal's events and notices; ``settle`` or ``abandon`` must follow."""
         sigs: dict[tuple[str, ...], int | None] = {}
         d = ProjectionDelta(state.spec.contract_id, workflow_id, state.version, facts(state))
         for position, (m, started) in enumerate(zip(state.milestones, stage_starts(state), strict=True)):
@@ -136,13 +168,14 @@ class Projector:
         d.notices = [ScheduledNotice(outbox_key(r), journal.now(), r) for r in journal.notices]
         if self.first:
             d.spec = state.spec
-        if not (sigs or d.payments or d.events or d.notices or self.first) and d.facts == self._facts:
+        if not (sigs or d.payments or d.events or d.notices or self.first or force) and d.facts == self._facts:
             return None
         journal.events.clear()
         journal.notices.clear()
         self._in_flight = sigs
         self._payments_in_flight = len(state.payments)
         self._facts_in_flight = d.facts
+        self._version_in_flight = d.version
         return d
 
     def settle(self, state: ContractState) -> None:
@@ -155,6 +188,7 @@ class Projector:
                 self._sent[ident] = sig
         self._payments_sent = self._payments_in_flight
         self._facts = self._facts_in_flight
+        self._facts_version = self._version_in_flight
         self._in_flight = {}
         self.first = False
         for a in state.amendments:
@@ -167,4 +201,45 @@ class Projector:
         journal.events[:0] = delta.events
         journal.notices[:0] = [n.request for n in delta.notices]
         self._in_flight = {}
+
+    # ---------------------------------------------------------------- handed to the API
+    def hand_over(self, state: ContractState, workflow_id: str, journal: Journal, now: datetime
+                  ) -> ProjectionDelta | None:
+        """The next delta, for the API to write; None when there is nothing to write or it is
+        better written by the local activity (a run's first delta, a large one)."""
+        if self.first:
+            return None
+        base = self._facts_version  # the last delta written or handed over
+        delta = self.delta(state, workflow_id, journal, now)
+        if delta is None:
+            return None
+        rows = len(delta.milestones) + len(delta.installments) + len(delta.reminders) + len(delta.amendments) \
+            + len(delta.notices) + len(delta.payments)
+        if rows > MAX_HANDED_ROWS or delta.removed_milestones or delta.removed_installments:
+            self.abandon(delta, journal)
+            return None
+        delta.requires_version = base
+        self.settle(state)
+        self.handed.append(Handed(delta.version, now, list(delta.events), [n.request for n in delta.notices]))
+        return delta
+
+    def confirm(self, version: int) -> None:
+        """The read model holds ``version``: the deltas handed up to it are written."""
+        self.handed = [h for h in self.handed if h.version > version]
+
+    def missing(self, seen: int, now: datetime, grace: timedelta) -> bool:
+        """The read model (at ``seen``) lacks a delta handed over more than ``grace`` ago: its
+        writer is gone."""
+        return any(h.version > seen and now - h.at >= grace for h in self.handed)
+
+    def requires(self) -> int | None:
+        """What a delta written now needs the read model to hold (the last one handed over)."""
+        return self.handed[-1].version if self.handed else None
+
+    def reset(self, journal: Journal) -> Projector:
+        """A handed delta never reached the read model: a new projector, whose first delta carries
+        every item again, with the handed deltas' events and notices put back in order."""
+        journal.events[:0] = [e for h in self.handed for e in h.events]
+        journal.notices[:0] = [n for h in self.handed for n in h.notices]
+        return Projector()
 

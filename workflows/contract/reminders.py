@@ -91,6 +91,7 @@ def _reminder(state: ContractState, item_type: str, item: Item, offset: str, at:
               channels: list[str]) -> ScheduledNotice:
     days = max(1, -(-int((item.due_at - at).total_seconds()) // 86400))  # type: ignore[operator]
     request = notice(state, "reminder", item_type, item, channels=channels, days=days, tag=f"-{offset}")
+    request.planned_at_version = state.version
     return ScheduledNotice(outbox_key(request), at, request)
 
 

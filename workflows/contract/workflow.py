@@ -29,7 +29,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, SearchAttributeUpdate, TypedSearchAttributes
-from temporalio.exceptions import ApplicationError, CancelledError, ChildWorkflowError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, ChildWorkflowError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from core.durations import add_duration
@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.contract import amendments, milestones, payments, reminders, renewal, schedule
     from workflows.contract.journal import Journal
     from workflows.contract.notices import Item, facts
-    from workflows.contract.projection import Projector
+    from workflows.contract.projection import READ_MODEL_BEHIND, Projector
     from workflows.contract.queue import WorkQueue
     from workflows.errors import conflict, invalid
     from workflows.escalation import EscalationWorkflow, escalation_workflow_id
@@ -69,6 +69,11 @@ with workflow.unsafe.imports_passed_through():
     )
 
 LEAN = "lean-engine-v1"
+# Updates from the API answer with their delta and the API writes it (no local activity in the
+# update's task); see Projector.hand_over.  A handed delta the read model still lacks this long
+# after is taken as lost (its writer died between the answer and the write): every item again.
+API_PROJECTION = "api-projection-v1"
+HANDED_GRACE = timedelta(seconds=1)
 MAX_PAYMENTS_PER_BATCH = payments.MAX_PAYMENTS_PER_BATCH
 # The delta is written by a local activity, inside the workflow task that made the change (one
 # marker in the history, and the read model is current when an update answers).  Its attempts are
@@ -145,6 +150,7 @@ class ContractWorkflow:
         self._dirty = False  # the state changed since the run loop last looked
         self._projection_wanted = True
         self._projecting = False
+        self._verify_handed = False  # closing or continuing as new: handed deltas must be confirmed
         self._timer: asyncio.Task[None] | None = None
         self._timer_at: datetime | None = None
         self._escalations: dict[str, asyncio.Task[None]] = {}
@@ -194,7 +200,7 @@ class ContractWorkflow:
         self._publish()
         await workflow.wait_condition(lambda: all(t.done() for t in [*self._escalations.values(), *self._stopping]))
         await workflow.wait_condition(lambda: self._documents.idle() and self._renewals.idle())
-        self._projection_wanted = True
+        self._verify_handed = self._projection_wanted = True
         await workflow.wait_condition(lambda: self._projected() or any(t.done() for t in loops))
         _raise_if_crashed(loops)
         for task in loops:
@@ -281,30 +287,62 @@ class ContractWorkflow:
         while True:
             await workflow.wait_condition(lambda: self._projection_wanted)
             self._projection_wanted = False
-            delta = self._projector.delta(self.state, workflow.info().workflow_id, self._journal, workflow.now())
+            p = self._projector
+            # Closing or continuing as new: a delta handed to the API must be known written first.
+            delta = p.delta(self.state, workflow.info().workflow_id, self._journal, workflow.now(),
+                            force=self._verify_handed and bool(p.handed))
             if delta is None:
                 continue
+            delta.requires_version = p.requires()
             self._projecting = True
             try:
                 try:
                     await workflow.execute_local_activity(activities.project_delta, delta, **PROJECTION_NOW)
                 except FailureError as exc:  # a local activity's failure is its ApplicationError itself
-                    if isinstance(exc, CancelledError):
+                    if isinstance(exc, CancelledError) or _behind(exc):
                         raise
                     await workflow.execute_activity(activities.project_delta, delta, **PROJECTION_LATER)
+            except FailureError as exc:
+                if not _behind(exc):
+                    p.abandon(delta, self._journal)
+                    raise
+                # A delta handed to the API never reached the read model: every item again.
+                p.abandon(delta, self._journal)
+                self._projector = p.reset(self._journal)
+                self._projection_wanted = True
+                continue
             except BaseException:
-                self._projector.abandon(delta, self._journal)
+                p.abandon(delta, self._journal)
                 raise
             finally:
                 self._projecting = False
-            self._projector.settle(self.state)
+            if delta.requires_version is not None:
+                p.confirm(delta.requires_version)
+            p.settle(self.state)
             # The written delta is not kept: this frame waits here until the next change, and the
             # delta (every reminder plan, on a contract's first) would stay cached with the contract.
             del delta
 
     def _projected(self) -> bool:
         return not self._projecting and not self._projection_wanted and not self._journal.events \
-            and not self._journal.notices
+            and not self._journal.notices and not self._projector.handed
+
+    def _answer(self, result: Any, seen: int | None) -> Any:
+        """An update from the API (``seen``: the version its read-model row held) answers with the
+        delta of what it changed, for the API to write: this task then runs no local activity.
+        Otherwise (another caller, a local activity already writing, a closing contract, a delta
+        the API never wrote) the run loop's local activity writes it, as before."""
+        if seen is None or self._projecting or self.state.status != ContractStatus.ACTIVE \
+                or not workflow.patched(API_PROJECTION):
+            return result
+        p, now = self._projector, workflow.now()
+        p.confirm(seen)
+        if p.missing(seen, now, HANDED_GRACE):
+            self._projector = p.reset(self._journal)
+            self._projection_wanted = True
+            return result
+        delta = p.hand_over(self.state, workflow.info().workflow_id, self._journal, now)
+        return result if delta is None else replace(result, projection=delta)
 
     # ------------------------------------------------------------------ escalation
     def _settle_escalations(self) -> None:
@@ -442,7 +480,7 @@ class ContractWorkflow:
                                       and self._documents.idle() and self._renewals.idle())
         self._journal.emit("contract.continued", {"run": self.state.run + 1,
                                                   "history_length": workflow.info().get_current_history_length()})
-        self._projection_wanted = True
+        self._verify_handed = self._projection_wanted = True
         await workflow.wait_condition(lambda: self._projected() and workflow.all_handlers_finished())
         workflow.continue_as_new(ContractWorkflowInput(
             spec=self.state.spec, carried=self.state,
@@ -461,7 +499,7 @@ class ContractWorkflow:
         if self._legacy is not None:
             return self._legacy.record_payment(p)
         payments.check(self.state, p)
-        return self._pay(p)
+        return self._answer(self._pay(p), p.read_model_version)
 
     @record_payment.validator
     def _validate_payment(self, p: PaymentInput) -> None:
@@ -507,7 +545,7 @@ class ContractWorkflow:
         if self._legacy is not None:
             return self._legacy.complete_milestone(c)
         milestones.check_complete(self.state, c)
-        return self._done(milestones.complete(self.state, c, self._journal))
+        return self._answer(self._done(milestones.complete(self.state, c, self._journal)), c.read_model_version)
 
     @complete_milestone.validator
     def _validate_complete(self, c: CompleteMilestoneInput) -> None:
@@ -521,7 +559,7 @@ class ContractWorkflow:
             return self._legacy.report_progress(p)
         milestones.check_progress(self.state, p)
         result = milestones.report_progress(self.state, p, self._journal)
-        return self._done(result) if result.changed else result
+        return self._answer(self._done(result), p.read_model_version) if result.changed else result
 
     @report_progress.validator
     def _validate_progress(self, p: ProgressInput) -> None:
@@ -534,7 +572,7 @@ class ContractWorkflow:
         if self._legacy is not None:
             return self._legacy.waive_milestone(w)
         milestones.check_waive(self.state, w)
-        return self._done(milestones.waive(self.state, w, self._journal))
+        return self._answer(self._done(milestones.waive(self.state, w, self._journal)), w.read_model_version)
 
     @waive_milestone.validator
     def _validate_waive(self, w: WaiveMilestoneInput) -> None:
@@ -648,6 +686,13 @@ class ContractWorkflow:
             return
         apply()
 
+
+
+def _behind(exc: BaseException) -> bool:
+    """The projection found the read model without a delta handed to the API (the local
+    activity's own failure, or the regular activity's cause)."""
+    cause = exc.cause if isinstance(exc, ActivityError) else exc
+    return isinstance(cause, ApplicationError) and cause.type == READ_MODEL_BEHIND
 
 
 def _raise_if_crashed(loops: list[asyncio.Task[None]]) -> None:
