@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import Session, defer, sessionmaker
@@ -60,6 +60,7 @@ _TARGET = select(Contract.workflow_id, Contract.status, Contract.version).where(
 # written): tried again this many times, a little later each time (about a second in all).
 WRITE_BACK_ATTEMPTS = 8
 FINAL = ("completed", "terminated", "expired")
+_MARK_STARTED = update(Contract).where(Contract.id == bindparam("cid"), Contract.status == STARTING).values(status="active")
 _STATUS_FOR_TYPE = {wf_errors.NOT_FOUND: 404, wf_errors.CONFLICT: 409, wf_errors.INVALID: 422}
 
 
@@ -129,7 +130,8 @@ class ContractService:
                 id=contract_id,
             ) from exc
         self._mark_started(contract_id)
-        return self._created(self.row(contract_id)), True
+        return schemas.ContractCreated(id=contract_id, workflow_id=workflow_id_for(contract_id), status="active",
+                                       external_id=req.external_id), True
 
     def _check_spec_size(self, spec: ContractSpec) -> None:
         """Refuse (422) a spec its workflow could not start with, before its row is written: Temporal
@@ -147,10 +149,10 @@ class ContractService:
         await start_contract_workflow(self.client, spec, self.settings.task_queue)
 
     def _mark_started(self, contract_id: str) -> None:
-        with self.sessions.begin() as session:
-            row = session.get(Contract, contract_id)
-            if row is not None and row.status == STARTING:
-                row.status = "active"
+        """``starting`` -> ``active``: one statement on a connection (not the row with its spec
+        loaded through the audited session: the request's entry is the row's creation)."""
+        with self.sessions.kw["bind"].begin() as conn:
+            conn.execute(_MARK_STARTED, {"cid": contract_id})
 
     async def reconcile_starting(self) -> int:
         """Start the workflow of every row stuck in 'starting' (API crashed or Temporal was down)."""
