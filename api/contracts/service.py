@@ -478,9 +478,10 @@ class ContractService:
             try:
                 if await asyncio.to_thread(self._projection.write_handed, delta):
                     return
-            except DBAPIError as exc:
-                log.warning("contract %s: its read model could not take version %s (%s); the workflow writes it "
-                            "later", delta.contract_id, delta.version, exc.__class__.__name__)
+            except Exception as exc:  # noqa: BLE001 - the change is made: the request must not fail on its copy
+                level = logging.WARNING if isinstance(exc, DBAPIError) else logging.ERROR
+                log.log(level, "contract %s: its read model could not take version %s (%s: %s); the workflow writes "
+                        "it later", delta.contract_id, delta.version, exc.__class__.__name__, str(exc)[:200])
                 return
             await asyncio.sleep(0.005 * 2**attempt)
         log.warning("contract %s: version %s builds on %s, which its read model still lacks; the workflow writes "
