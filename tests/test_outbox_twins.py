@@ -42,6 +42,14 @@ def org(sessions):
     return sessions
 
 
+def _registered(project) -> Contract_:
+    """A goods-sale contract registered at T0, its first delta written."""
+    c = Contract_(make_spec(T0), now=T0)
+    project(c.delta())
+    c.projector.settle(c.state)
+    return c
+
+
 def _fork(c: Contract_) -> Contract_:
     """The contract as the server recorded it: what a task that is lost runs again from."""
     twin = copy.deepcopy(c)
@@ -103,9 +111,7 @@ async def test_a_catch_up_reminder_planned_again_by_a_rerun_task_goes_out_once(o
     sessions = org
     settings = Settings(smtp_port=mailbox.port)
     project = ProjectionActivities(sessions).project_delta
-    c = Contract_(make_spec(T0), now=T0)
-    project(c.delta())
-    c.projector.settle(c.state)
+    c = _registered(project)
     rerun = _fork(c)  # what the server recorded before the lost task
 
     t1 = T0 + timedelta(hours=1)
@@ -138,9 +144,7 @@ async def test_a_rerun_much_later_is_still_one_reminder_and_a_real_new_date_is_a
     sessions = org
     settings = Settings(smtp_port=mailbox.port, outbox_same_reminder_within_seconds=30)
     project = ProjectionActivities(sessions).project_delta
-    c = Contract_(make_spec(T0), now=T0)
-    project(c.delta())
-    c.projector.settle(c.state)
+    c = _registered(project)
     rerun = _fork(c)
 
     t1 = T0 + timedelta(hours=1)
@@ -170,9 +174,7 @@ async def test_two_dispatchers_holding_both_copies_at_once_send_one(org, mailbox
     sessions = org
     settings = Settings(smtp_port=mailbox.port, outbox_batch=1)
     project = ProjectionActivities(sessions).project_delta
-    c = Contract_(make_spec(T0), now=T0)
-    project(c.delta())
-    c.projector.settle(c.state)
+    c = _registered(project)
     await _dispatch(sessions, settings, T0 + timedelta(seconds=1))  # the creation's own reminders
     rerun = _fork(c)
 
