@@ -6,8 +6,13 @@ payments, amendments, notices and reminder plans.  Idempotent, so a retried or r
 writes nothing twice:
   * events are keyed ``(contract_id, seq)`` and inserted with ON CONFLICT DO NOTHING, notices and
     payments likewise by their keys;
-  * the facts and items are applied only if the delta is at least as new (``version``) as what
-    the row holds, so an old retry never overwrites a newer write.
+  * the facts and items (and reminder plans) are applied only if the delta is at least as new
+    (``version``) as what the row holds, so an old retry never overwrites a newer write;
+  * a delta that builds on one handed to the API (``requires_version``) writes nothing until the
+    read model holds that one (``ReadModelBehind``).
+
+``write_handed`` is the API's side: it writes the delta an update answered with (api-projection-v1)
+through the same code, and says False while the delta it builds on is not there yet.
 
 ``project_contract`` (the legacy engine, frozen with it) writes a whole snapshot.
 """

@@ -431,7 +431,8 @@ class ContractService:
     async def send_update(self, contract_id: str, update: Callable, arg: Any):
         """Send a workflow update to the contract and answer its result; what the workflow refuses
         (or Temporal cannot deliver) becomes the problem the API answers.  Amendments send theirs
-        through it too."""
+        through it too.  An input with ``read_model_version`` gets the version the row holds, and
+        the delta the update answers with is written here before the request answers."""
         workflow_id, status, version = self._target(contract_id)
         if status in FINAL:
             raise Problem(409, f"contract is {status}; it can no longer change", slug="contract-closed")

@@ -9,7 +9,8 @@ How it keeps its history short:
   * one timer, armed for the next thing that must happen on its own (an item or approval falls
     due, the term ends, an escalation level is reached), and re-armed only when that changes;
   * after every change, a *delta* (changed items, new events, notices and reminder plans) goes to
-    the read model through a local activity, in the same workflow task;
+    the read model: an update from the API answers with it and the API writes it (no local
+    activity in that task); any other change goes through a local activity, in the same task;
   * reminders before due are planned here and sent by the notification outbox at their time,
     so they do not wake the contract;
   * search attributes are upserted once per task, and only the ones whose value changed.
