@@ -206,16 +206,19 @@ class Projector:
     def hand_over(self, state: ContractState, workflow_id: str, journal: Journal, now: datetime
                   ) -> ProjectionDelta | None:
         """The next delta, for the API to write; None when there is nothing to write or it is
-        better written by the local activity (a run's first delta, a large one)."""
+        better written by the local activity (a run's first delta, a large one, one with an
+        amendment or a removed item)."""
         if self.first:
             return None
         base = self._facts_version  # the last delta written or handed over
         delta = self.delta(state, workflow_id, journal, now)
         if delta is None:
             return None
-        rows = len(delta.milestones) + len(delta.installments) + len(delta.reminders) + len(delta.amendments) \
-            + len(delta.notices) + len(delta.payments)
-        if rows > MAX_HANDED_ROWS or delta.removed_milestones or delta.removed_installments:
+        rows = len(delta.milestones) + len(delta.installments) + len(delta.reminders) + len(delta.notices) \
+            + len(delta.payments)
+        # Amendments too keep the local activity: settling lets a decided one's impact go from the
+        # state, and only a written delta may do that.
+        if rows > MAX_HANDED_ROWS or delta.amendments or delta.removed_milestones or delta.removed_installments:
             self.abandon(delta, journal)
             return None
         delta.requires_version = base
