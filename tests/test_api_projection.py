@@ -130,7 +130,7 @@ async def test_a_delta_the_api_never_wrote_is_written_again_at_the_next_request(
         lost = await _pay_without_writing(service, sessions, cid, "LOST-1")
         assert lost.applied and lost.projection is not None  # handed over, never written
         assert _paid_in_read_model(sessions, cid) == (Decimal("0.00"), set())
-        await asyncio.sleep(1.2)  # past the grace a write in flight is given
+        await asyncio.sleep(5.2)  # past the grace a write in flight is given (HANDED_GRACE)
         await _pay_api(c, cid, "API-2")
         assert _paid_in_read_model(sessions, cid) == (Decimal("20.00"), {"LOST-1", "API-2"})
         seqs = _event_seqs(sessions, cid)

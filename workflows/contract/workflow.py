@@ -73,8 +73,11 @@ LEAN = "lean-engine-v1"
 # Updates from the API answer with their delta and the API writes it (no local activity in the
 # update's task); see Projector.hand_over.  A handed delta the read model still lacks this long
 # after is taken as lost (its writer died between the answer and the write): every item again.
+# A write in flight lands in milliseconds; the grace is wide so that a request that read the row
+# just before it, and queued under load, is not taken for a lost write (a needless full rewrite).
+# It decides which commands a task issues: changing it needs a patch of its own.
 API_PROJECTION = "api-projection-v1"
-HANDED_GRACE = timedelta(seconds=1)
+HANDED_GRACE = timedelta(seconds=5)
 MAX_PAYMENTS_PER_BATCH = payments.MAX_PAYMENTS_PER_BATCH
 # The delta is written by a local activity, inside the workflow task that made the change (one
 # marker in the history, and the read model is current when an update answers).  Its attempts are
