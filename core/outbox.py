@@ -143,7 +143,7 @@ class OutboxDispatcher:
         o = OutboxNotice
         items = sorted({(r.contract_id, r.request.get("item_type"), r.request.get("item_key")) for r in rows})
         if conn.dialect.name == "postgresql":
-            for item in items:  # in order: two dispatchers never wait on each other's locks
+            for item in items:  # taken in order, so two dispatchers never deadlock on them
                 conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(":".join(map(str, item))))))
         mine = {r.id for r in rows}
         taken: dict[tuple[Any, ...], list[tuple[str, dict[str, Any]]]] = {}
