@@ -119,7 +119,7 @@ class Projector:
         self._facts_in_flight: ContractFacts | None = None
         self.first = True
         self.handed: list[Handed] = []
-        self._facts_version = -1  # the version of the last delta written (settled)
+        self._settled_version = -1  # the version of the last delta written or handed over (settled)
         self._version_in_flight = -1
 
     def delta(self, state: ContractState, workflow_id: str, journal: Journal, now: datetime, *,
@@ -188,7 +188,7 @@ class Projector:
                 self._sent[ident] = sig
         self._payments_sent = self._payments_in_flight
         self._facts = self._facts_in_flight
-        self._facts_version = self._version_in_flight
+        self._settled_version = self._version_in_flight
         self._in_flight = {}
         self.first = False
         for a in state.amendments:
@@ -210,7 +210,7 @@ class Projector:
         amendment or a removed item)."""
         if self.first:
             return None
-        base = self._facts_version  # the last delta written or handed over
+        base = self._settled_version
         delta = self.delta(state, workflow_id, journal, now)
         if delta is None:
             return None
