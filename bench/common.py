@@ -197,6 +197,19 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+@contextlib.contextmanager
+def cpu_used(procs: dict, server, into: dict[str, float]):
+    """Add the CPU seconds each child process (and the dev server) used in the block to ``into``
+    (``procs``: name -> ChildProcess or None, for what runs in this process)."""
+    pids = {name: p.pid for name, p in procs.items() if p is not None}
+    if server.pid is not None:
+        pids["dev server"] = server.pid
+    before = {name: cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
+    yield
+    for name, pid in pids.items():
+        into[name] += (cpu_seconds(pid) or 0.0) - before[name]
+
+
 class LoadWatch:
     """The 1-minute load average at the start, at the end and the highest seen in between."""
 

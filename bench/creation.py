@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import time
 import uuid
+from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -123,6 +124,7 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                     common.floor_stack(server, tmp_path, args.split) as floor, \
                     common.VisibilityWatch(db.url) as watch:
                 floor_tq = floor["task_queue"]
+                procs = {"api": project["api"], "worker": project["worker"], "floor worker": floor["worker"]}
                 limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
                 async with httpx.AsyncClient(base_url=project["base_url"], timeout=120, limits=limits) as c:
                     tag = uuid.uuid4().hex[:6].upper()
@@ -139,13 +141,18 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                     for concurrency, total in ((1, args.n1), (16, args.n16)):
                         per_round = max(1, total // args.rounds)
                         project_b, floor_start, floor_done = [], [], []
+                        cpu_project: dict[str, float] = defaultdict(float)
+                        cpu_floor: dict[str, float] = defaultdict(float)
                         for r in range(args.rounds):
                             floor_start.append(await measure_floor(server.client, floor_tq, per_round, concurrency, False))
-                            floor_done.append(await measure_floor(server.client, floor_tq, per_round, concurrency, True))
-                            project_b.append(await measure_project(c, watch, tag, next_k, per_round, concurrency,
-                                                                   statuses, created))
+                            with common.cpu_used(procs, server, cpu_floor):
+                                floor_done.append(await measure_floor(server.client, floor_tq, per_round, concurrency,
+                                                                      True))
+                            with common.cpu_used(procs, server, cpu_project):  # the catch-up email included
+                                project_b.append(await measure_project(c, watch, tag, next_k, per_round, concurrency,
+                                                                       statuses, created))
+                                await settle(smtp, created)
                             next_k += per_round
-                            await settle(smtp, created)
                             say(f"  c={concurrency} round {r + 1}: project {per_round / project_b[-1]['seconds']:.1f}/s, "
                                 f"bare start {per_round / floor_start[-1]['seconds']:.1f}/s, "
                                 f"bare start+complete {per_round / floor_done[-1]['seconds']:.1f}/s  "
@@ -163,6 +170,11 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                             "ratio_to_bare_start_and_complete": common.ratio(p["per_second"], fd["per_second"], 3),
                             "load_1m": common.load_average()[0],
                         }
+                        if args.split:  # CPU per contract, by process (bench process and its SMTP server excluded)
+                            n = per_round * args.rounds
+                            level["cpu_ms_per_contract"] = {k: round(v * 1000 / n, 2) for k, v in cpu_project.items()}
+                            level["cpu_ms_per_bare_start_and_complete"] = {
+                                k: round(v * 1000 / n, 2) for k, v in cpu_floor.items()}
                         result["levels"].append(level)
                         say(f"c={concurrency:>2}: project {p['per_second']:.1f} contracts/s "
                             f"(POST p50 {p['post_latency_ms']['p50']} ms, visible p50 {p['latency_ms']['p50']} ms, "
@@ -170,6 +182,9 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                             f"(p50 {fs['latency_ms']['p50']} ms) | bare start+complete {fd['per_second']:.1f}/s "
                             f"-> ratio {level['ratio_to_bare_start']} of bare start, "
                             f"{level['ratio_to_bare_start_and_complete']} of start+complete")
+                        if args.split:
+                            say(f"      CPU per contract, ms: {level['cpu_ms_per_contract']} | per bare start+complete: "
+                                f"{level['cpu_ms_per_bare_start_and_complete']}")
 
                     # ---- checks
                     from sqlalchemy import text

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import defaultdict
@@ -112,18 +111,6 @@ class Payer:
         self.floor_paid[i] += 1
         self.floor_seen[i].append(balance)
         return dt
-
-
-@contextlib.contextmanager
-def _cpu(procs: dict, server, into: dict[str, float]):
-    """Add the CPU seconds each child process (and the dev server) used in the block to ``into``."""
-    pids = {name: p.pid for name, p in procs.items() if p is not None}
-    if server.pid is not None:
-        pids["dev server"] = server.pid
-    before = {name: common.cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
-    yield
-    for name, pid in pids.items():
-        into[name] += (common.cpu_seconds(pid) or 0.0) - before[name]
 
 
 def _consecutive(values: list, step) -> bool:
@@ -221,11 +208,11 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                     cpu_project: dict[str, float] = defaultdict(float)
                     cpu_floor: dict[str, float] = defaultdict(float)
                     for _ in range(args.rounds):
-                        with _cpu(procs, server, cpu_floor):
+                        with common.cpu_used(procs, server, cpu_floor):
                             lat, secs = await concurrent(payer.floor, per_round, 16)
                         fl += lat
                         ft += secs
-                        with _cpu(procs, server, cpu_project):
+                        with common.cpu_used(procs, server, cpu_project):
                             lat, secs = await concurrent(payer.project, per_round, 16)
                         pl += lat
                         pt += secs
