@@ -57,3 +57,24 @@ def test_the_deadline_is_the_next_firm_date_and_skips_estimates(contract):
     assert schedule.next_deadline(c.state, None) == c.state.spec.end_at  # only the end of term left
     escalation = NOW + timedelta(hours=5)
     assert schedule.next_deadline(c.state, escalation) == escalation
+
+
+def test_calendar_months_are_kept_but_never_shared_across_time_zones():
+    """add_duration keeps month and year sums (a contract re-dates its installments after every
+    change); the same instant written in another zone is another key, with its own answer."""
+    from datetime import datetime, timezone
+
+    import isodate
+
+    from core.durations import add_duration
+
+    shanghai = datetime(2026, 1, 31, 10, 0, tzinfo=timezone(timedelta(hours=8)))
+    utc = shanghai.astimezone(timezone.utc)
+    assert shanghai == utc
+    for text in ("P1M", "P1Y", "P1M15D", "P3M"):
+        for start in (shanghai, utc, shanghai, utc):  # second round: answered from the cache
+            got = add_duration(start, text)
+            want = start + isodate.parse_duration(text)
+            assert got == want and got.tzinfo is start.tzinfo and got.isoformat() == want.isoformat()
+    assert add_duration(shanghai, "P1M").isoformat() == "2026-02-28T10:00:00+08:00"
+    assert add_duration(utc, "P1M").isoformat() == "2026-02-28T02:00:00+00:00"
