@@ -330,3 +330,45 @@ async def test_costs_and_customer_satisfaction_are_recorded(api_service):
     rows = await wait_for(projected)
     assert rows["order_review"].planned_cost == Decimal("1000.00")
     engine.dispose()
+
+
+async def test_a_payment_is_one_payment_however_its_reference_is_spaced_and_after_the_contract_closes(api_service):
+    """The reference is the key that keeps a bank transfer from being applied twice: "BANK-1 "
+    is "BANK-1".  And a client resending a payment after the contract closed (its answer was
+    lost) hears "already recorded", not that the payment failed; a new one is still refused."""
+    await _one_payment_per_reference(api_service)
+
+
+async def test_one_payment_per_reference_on_postgres(api_service_pg):
+    await _one_payment_per_reference(api_service_pg)
+
+
+async def _one_payment_per_reference(service) -> None:
+    async with httpx.AsyncClient(base_url=service.base_url) as c:
+        cid = (await create(c, amount="1000.00", installments=[{"key": "a", "due_after": "P10D", "amount": "1000.00"}]))["id"]
+        pay = {"reference": "BANK-1", "amount": "400.00", "currency": "CNY", "received_at": "2026-11-27T10:00:00+08:00"}
+        assert (await c.post(f"/contracts/{cid}/payments", json=pay)).json()["applied"] is True
+        for spelled in ("BANK-1 ", " BANK-1", "\u3000BANK-1\t"):
+            r = await c.post(f"/contracts/{cid}/payments", json={**pay, "reference": spelled})
+            assert r.status_code == 200 and r.json()["applied"] is False and r.json()["outstanding"] == "600.00", r.text
+        blank = await c.post(f"/contracts/{cid}/payments", json={**pay, "reference": " \t "})
+        assert blank.status_code == 422 and blank.headers["content-type"] == "application/problem+json"
+
+        r = await c.post(f"/contracts/{cid}/terminate", json={"reason": "customer cancelled", "by": "legal"})
+        assert r.status_code == 200 and r.json()["contract_status"] == "terminated"
+
+        async def closed_in_db():
+            row = (await c.get("/contracts", params={"customer": "Ningbo", "limit": 500})).json()["items"]
+            return any(i["id"] == cid and i["status"] == "terminated" for i in row) or None
+
+        await wait_for(closed_in_db)
+        again = await c.post(f"/contracts/{cid}/payments", json={**pay, "reference": "BANK-1 "})
+        assert again.status_code == 200, again.text
+        assert again.json() == {"applied": False, "outstanding": "600.00", "credit": "0.00", "reference": "BANK-1",
+                                "allocations": {}}
+        other_amount = await c.post(f"/contracts/{cid}/payments", json={**pay, "amount": "500.00"})
+        assert other_amount.status_code == 409 and "already recorded" in other_amount.json()["detail"]
+        new = await c.post(f"/contracts/{cid}/payments", json={**pay, "reference": "BANK-2"})
+        assert new.status_code == 409 and new.json()["type"].endswith("/contract-closed")
+        live = (await c.get(f"/contracts/{cid}")).json()
+        assert live["paid"] == "400.00" and [p["reference"] for p in live["payments"]] == ["BANK-1"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.platform.fields import (
     APPROVER_ROLES_MAX,
@@ -249,12 +249,24 @@ class PaymentIn(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [{"reference": "BANK-1", "amount": "400000.00", "currency": "CNY",
                                                          "received_at": "2026-11-27T10:00:00+08:00"}]})
 
-    reference: str = Field(min_length=1, max_length=120)
+    reference: str = Field(min_length=1, max_length=120, description=(
+        "The bank transaction or receipt number; the same reference is the same payment (recorded once). "
+        "Spaces around it are dropped and runs of spaces inside count as one; letter case counts."))
     amount: Amount
     currency: str = Field(description="ISO 4217: the contract's currency", json_schema_extra=CURRENCY_ENUM)
     received_at: DateTimeIn
     by: str | None = Field(default=None, min_length=1, max_length=100,
                            description="Who recorded it: yourself (default); admins and machines may name a person")
+
+    @field_validator("reference")
+    @classmethod
+    def _one_spelling(cls, value: str) -> str:
+        # "BANK-1 " must not count as a second payment of "BANK-1": the reference is the key
+        # that keeps a transfer from being applied twice.
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("a payment needs a reference (bank transaction or receipt number)")
+        return value
 
 
 class PaymentApplied(BaseModel):

@@ -34,7 +34,7 @@ from core.settings import Settings
 from core.starter import start_contract_workflow
 from core.temporal import UpdateLost, execute_update_retrying
 from core.webhooks.events import event_id
-from models import Contract, ContractEvent, Customer
+from models import Contract, ContractEvent, Customer, Payment
 from models.db import make_session_factory
 from models.repository import new_contract_row
 from workflows import errors as wf_errors
@@ -386,11 +386,21 @@ class ContractService:
 
     # ------------------------------------------------------------------ write (workflow updates)
     async def record_payment(self, contract_id: str, body: schemas.PaymentIn) -> schemas.PaymentApplied:
-        result = await self.send_update(
-            contract_id,
-            ContractWorkflow.record_payment,
-            PaymentInput(body.reference, body.amount, body.currency, body.received_at, body.by or "finance"),
-        )
+        try:
+            result = await self.send_update(
+                contract_id,
+                ContractWorkflow.record_payment,
+                PaymentInput(body.reference, body.amount, body.currency, body.received_at, body.by or "finance"),
+            )
+        except Problem as exc:
+            if exc.slug not in ("contract-closed", "conflict"):
+                raise
+            # A client resending the payment that closed the contract (its answer was lost) must
+            # hear "already recorded", as on an open contract, not that the payment failed.
+            repeat = await asyncio.to_thread(self._recorded_payment, contract_id, body)
+            if repeat is None:
+                raise
+            return repeat
         return schemas.PaymentApplied(
             applied=result.applied,
             outstanding=result.outstanding,
@@ -398,6 +408,21 @@ class ContractService:
             reference=result.reference,
             allocations=result.allocations,
         )
+
+    def _recorded_payment(self, contract_id: str, body: schemas.PaymentIn) -> schemas.PaymentApplied | None:
+        """The closed contract's answer to a payment it already holds (``applied: false``); None if
+        it holds no payment under that reference; 409 if it holds one of another amount."""
+        with self.sessions() as session:
+            row = session.get(Contract, contract_id)
+            paid = session.get(Payment, (contract_id, body.reference))
+            if row is None or paid is None:
+                return None
+            if Decimal(paid.amount) != Decimal(body.amount) or paid.currency != body.currency:
+                raise Problem(409, f"reference {body.reference!r} was already recorded for {_money(paid.amount, row)} "
+                                   f"{paid.currency}; a different amount under the same reference is refused",
+                              slug="conflict")
+            return schemas.PaymentApplied(applied=False, outstanding=_money(row.outstanding, row),
+                                          credit=_money(row.credit, row), reference=body.reference, allocations={})
 
     async def record_payments(self, contract_id: str, items: list[schemas.PaymentIn]) -> list[PaymentOutcome]:
         """Several payments in one workflow update, in order; each with its own outcome."""
