@@ -270,6 +270,16 @@ async def test_a_colleague_cannot_reach_a_contract_by_guessing_its_id(api_servic
         r = await c.post("/contracts", json=body, headers=li)
         assert r.status_code == 201, r.text
         cid = r.json()["id"]
+        # The same external_id answers its contract only to someone who may see it (an id is not leaked)
+        ext = f"ERP-{uuid.uuid4().hex[:8]}"
+        other = {**contract_request(datetime.now(timezone.utc)), "external_id": ext}
+        mine = await c.post("/contracts", json=other, headers=li)
+        assert mine.status_code == 201, mine.text
+        again = await c.post("/contracts", json=other, headers=li)
+        assert again.status_code == 200 and again.json()["id"] == mine.json()["id"]
+        theirs = await c.post("/contracts", json={**other, "owner": uid}, headers=colleague)
+        assert theirs.status_code == 409 and theirs.headers["content-type"] == PROBLEM, theirs.text
+        assert mine.json()["id"] not in theirs.text and theirs.json()["type"].endswith("/external-id-taken")
         # li.wei may not create a contract for someone else
         r = await c.post("/contracts", json={**contract_request(datetime.now(timezone.utc)), "owner": uid}, headers=li)
         assert r.status_code == 403 and "for yourself or your team" in r.json()["detail"]

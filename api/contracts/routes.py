@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 
-from api.auth.policy import principal_of, require_owner_in_reach, stamp
+from api.auth.policy import can_see, contract_access, principal_of, require_owner_in_reach, stamp
 from api.contracts import schemas
 from api.contracts.service import ContractService, get_contract_service
 from api.platform.fields import MAX_INT
-from api.platform.problems import PROBLEM_RESPONSE, Responses
+from api.platform.problems import PROBLEM_RESPONSE, Problem, Responses
 
 router = APIRouter(prefix="/contracts", tags=["contracts"])
 Service = Annotated[ContractService, Depends(get_contract_service)]
@@ -29,11 +30,23 @@ ERRORS: Responses = {404: _problem, 409: _problem, 422: _problem, 503: _problem}
 )
 async def create_contract(body: schemas.ContractCreate, service: Service, response: Response, request: Request):
     """Register a signed contract and start its workflow (``contract-<id>``)."""
-    require_owner_in_reach(principal_of(request), body.owner)
+    principal = principal_of(request)
+    require_owner_in_reach(principal, body.owner)
     created, is_new = await service.create(body)
     if not is_new:
+        # The same external_id again answers the contract it made, but only to someone who may see
+        # that contract: to anyone else its id would be a way round "a contract you cannot see is 404".
+        access = await run_in_threadpool(_access, service, created.id)
+        if not can_see(principal, access):
+            raise Problem(409, f"external_id {body.external_id!r} is already used by a contract you cannot see",
+                          slug="external-id-taken")
         response.status_code = status.HTTP_200_OK
     return created
+
+
+def _access(service: ContractService, contract_id: str):
+    with service.sessions() as session:
+        return contract_access(session, contract_id)
 
 
 @router.get("", response_model=schemas.ContractPage)
