@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ import pytest
 from core.demo_data import LIVE_PREFIX, seed_history, seed_live
 from models.db import make_engine, make_session_factory
 from tests.conftest import ARTIFACTS, IN_CI
-from tests.helpers import DEMO_PASSWORD
+from tests.helpers import DEMO_PASSWORD, contract_request, wait_for
 
 pytestmark = pytest.mark.devserver
 
@@ -229,6 +230,18 @@ async def test_pages_without_a_browser(api_service):
         assert r.status_code == 422 and 'id="filter-error"' in r.text
         r = await c.get("/ui/contracts/does-not-exist")
         assert r.status_code == 404 and "does-not-exist" in r.text
+        # A sent reminder is in the event list with no sequence number: shown as a dash, not "None".
+        signed = datetime.now(timezone.utc) - timedelta(days=10)  # order review is 8 days late: caught up at once
+        r = await c.post("/contracts", json=contract_request(signed, end_date=(signed + timedelta(days=365)).isoformat()))
+        cid = r.json()["id"]
+
+        async def reminded():
+            events = (await c.get(f"/contracts/{cid}/events")).json()
+            return any(e["type"] == "notification.reminder" and e["seq"] is None for e in events) or None
+
+        await wait_for(reminded)
+        page = await c.get(f"/ui/contracts/{cid}", headers={"accept": "text/html"})
+        assert page.status_code == 200 and "<td>None</td>" not in page.text and "<td>—</td>" in page.text
         r = await c.get("/static/vendor/echarts/echarts.common.min.js")
         assert r.status_code == 200 and len(r.content) > 100_000
         doc = (await c.get("/openapi.json")).json()
