@@ -60,6 +60,25 @@ def find_user(session: Session, user_id: str) -> User | None:
     return session.get(User, user_id)
 
 
+def who_is_missing(session: Session, people: dict[str, str], departments: dict[str, str]) -> list[tuple[str, str]]:
+    """(field, message) for each person who is not an active user and each department that does
+    not exist; ``people`` and ``departments`` map a request's field to the id or key it names.
+    Every item needs one owner who can be reminded: a name nobody answers to is no owner."""
+    users = dict(session.execute(select(User.id, User.active).where(User.id.in_(set(people.values())))).all()) \
+        if people else {}
+    known = set(session.scalars(select(Department.key).where(Department.key.in_(set(departments.values()))))) \
+        if departments else set()
+    problems = []
+    for field, user_id in people.items():
+        if user_id not in users:
+            problems.append((field, f"no user {user_id!r} in the organisation (add them at POST /users first)"))
+        elif not users[user_id]:
+            problems.append((field, f"user {user_id!r} is inactive"))
+    problems += [(field, f"no department {key!r} (see GET /departments)")
+                 for field, key in departments.items() if key not in known]
+    return problems
+
+
 def get_user(session: Session, user_id: str) -> User:
     user = session.get(User, user_id)
     if user is None:

@@ -571,3 +571,43 @@ async def test_bad_input_left_no_server_error(c):
     bodies = [contract_request(NOW, **overrides) for _, overrides, _ in DATE_CASES + DURATION_CASES]
     answers = await asyncio.gather(*(c.post("/contracts", json=b) for b in bodies))
     assert all(400 <= r.status_code < 500 for r in answers), [r.status_code for r in answers]
+
+
+# ------------------------------------------------------------------ owners nobody answers to
+@pytest.mark.parametrize("overrides, field, needle", [
+    ({"owner": "ghost"}, "owner", "no user 'ghost'"),
+    ({"milestones": [_ms("site_survey", owner="ghost", due_after="P5D")]}, "milestones[site_survey].owner",
+     "no user 'ghost'"),
+    ({"milestones": [_ms("site_survey", department="nodept", due_after="P5D")]}, "milestones[site_survey].department",
+     "no department 'nodept'"),
+])
+async def test_a_contract_owned_by_nobody_the_organisation_knows_is_refused(c, overrides, field, needle):
+    """Every milestone has exactly one owner who can be reminded: an unknown person or department
+    (a typo, someone not yet added) is a 422 naming the field, and no contract appears."""
+    problem = await _refused_creation(c, contract_request(datetime.now(timezone.utc), **overrides), 422, needle)
+    assert field in [e["field"] for e in problem["errors"]], problem
+
+
+async def test_an_inactive_person_cannot_be_given_a_milestone(c):
+    uid = f"left.{uuid.uuid4().hex[:6]}"
+    assert (await c.post("/users", json={"id": uid, "name": uid, "email": f"{uid}@example.com",
+                                         "department": "delivery"})).status_code == 201
+    assert (await c.patch(f"/users/{uid}", json={"active": False})).status_code == 200
+    body = contract_request(datetime.now(timezone.utc), milestones=[_ms("site_survey", owner=uid, due_after="P5D")])
+    await _refused_creation(c, body, 422, f"user '{uid}' is inactive")
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"kind": "change_owner", "key": "shipping", "owner": "ghost"}, "changes[0].owner: no user 'ghost'"),
+    ({"kind": "add_milestone", "milestone": _ms("site_survey", owner="ghost", due_after="P5D")},
+     "changes[0].milestone.owner: no user 'ghost'"),
+    ({"kind": "add_milestone", "milestone": _ms("site_survey", department="nodept", due_after="P5D")},
+     "changes[0].milestone.department: no department 'nodept'"),
+])
+async def test_an_amendment_cannot_hand_a_milestone_to_an_unknown_owner(c, change, needle):
+    cid = await _new_contract(c)
+    before = await settled(c, cid)
+    r = await c.post(f"/contracts/{cid}/amendments", json={"reason": "reorganised", "changes": [change]})
+    assert_problem(r, 422, needle)
+    await assert_unchanged(c, cid, before)
+    assert (await c.get(f"/contracts/{cid}/amendments")).json() == []

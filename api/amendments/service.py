@@ -54,6 +54,7 @@ class AmendmentService:
         state = await self._state(contract_id)
         roles = rules.required_roles(state, changes)
         with self.sessions() as session:
+            _check_people(session, changes)
             approvers = {role: _approver_for(session, role, state) for role in roles}
         result: AmendmentResult = await self.contracts.send_update(
             contract_id,
@@ -160,6 +161,25 @@ def _not_eligible(session: Session, user_id: str, role: str, a: AmendmentState, 
     if user.department == rules.ROLE_DEPARTMENTS.get(role, role):
         return None
     return f"{user_id} is not in the {role} department"
+
+
+def _check_people(session: Session, changes: list[AmendmentChange]) -> None:
+    """A new owner (``change_owner``, ``add_milestone``) is someone the organisation knows, in a
+    department it has: 422 before anything is proposed."""
+    people: dict[str, str] = {}
+    departments: dict[str, str] = {}
+    for i, c in enumerate(changes):
+        if c.owner:
+            people[f"changes[{i}].owner"] = c.owner
+        if c.department:
+            departments[f"changes[{i}].department"] = c.department
+        if c.milestone is not None:
+            people[f"changes[{i}].milestone.owner"] = c.milestone.owner
+            departments[f"changes[{i}].milestone.department"] = c.milestone.department
+    missing = org.who_is_missing(session, people, departments)
+    if missing:
+        raise Problem(422, "; ".join(f"{f}: {m}" for f, m in missing), slug="invalid",
+                      errors=[{"field": f, "message": m} for f, m in missing])
 
 
 # ---------------------------------------------------------------- conversions

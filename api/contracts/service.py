@@ -28,7 +28,7 @@ from activities.projection import ProjectionActivities
 from api.contracts import schemas
 from api.contracts.builder import SpecError, build_spec
 from api.platform.problems import Problem
-from core.org import default_assignee
+from core.org import default_assignee, who_is_missing
 from core.serde import from_jsonable
 from core.settings import Settings
 from core.starter import start_contract_workflow
@@ -93,6 +93,13 @@ class ContractService:
                     business_tz=self.settings.business_timezone,
                     department_assignee=department_assignee,
                 )
+                missing = who_is_missing(
+                    session,
+                    {"owner": spec.owner, **{f"milestones[{m.key}].owner": m.owner for m in spec.milestones}},
+                    {f"milestones[{m.key}].department": m.department for m in spec.milestones},
+                )
+                if missing:
+                    raise SpecError(missing)
         except SpecError as exc:
             raise Problem(422, str(exc), slug="validation", errors=[{"field": f, "message": m} for f, m in exc.errors]) from exc
         self._check_spec_size(spec)
