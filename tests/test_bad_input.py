@@ -611,3 +611,19 @@ async def test_an_amendment_cannot_hand_a_milestone_to_an_unknown_owner(c, chang
     assert_problem(r, 422, needle)
     await assert_unchanged(c, cid, before)
     assert (await c.get(f"/contracts/{cid}/amendments")).json() == []
+
+
+@pytest.mark.parametrize("shift", ["P0D", "PT0S", "-P0D", "P0Y0M0D"])
+async def test_an_amendment_that_moves_nothing_is_refused(c, shift):
+    """It would still become a contract version and a supplementary agreement changing nothing."""
+    cid = await _new_contract(c)
+    before = await settled(c, cid)
+    r = await c.post(f"/contracts/{cid}/amendments",
+                     json={"reason": "no-op", "changes": [{"kind": "move_due", "key": "shipping", "shift": shift}]})
+    assert_problem(r, 422, "changes[0].shift", "moves nothing")
+    due = next(m["due_at"] for m in before[0]["milestones"] if m["key"] == "order_review")
+    r = await c.post(f"/contracts/{cid}/amendments",
+                     json={"reason": "no-op", "changes": [{"kind": "move_due", "key": "order_review", "due_at": due}]})
+    assert_problem(r, 422, "changes[0].due_at", "already due at")
+    await assert_unchanged(c, cid, before)
+    assert (await c.get(f"/contracts/{cid}/amendments")).json() == []

@@ -53,6 +53,7 @@ class AmendmentService:
         changes = [_change(c, f"changes[{i}]") for i, c in enumerate(body.changes)]
         state = await self._state(contract_id)
         roles = rules.required_roles(state, changes)
+        _check_moves(state, changes)
         with self.sessions() as session:
             _check_people(session, changes)
             approvers = {role: _approver_for(session, role, state) for role in roles}
@@ -163,6 +164,19 @@ def _not_eligible(session: Session, user_id: str, role: str, a: AmendmentState, 
     return f"{user_id} is not in the {role} department"
 
 
+def _check_moves(state, changes: list[AmendmentChange]) -> None:
+    """A new due date equal to the current one moves nothing: 422, not a version that changes nothing."""
+    for i, c in enumerate(changes):
+        if c.kind != "move_due" or c.due_at is None or c.due_at.tzinfo is None:
+            continue
+        items = state.milestones if c.item_type == "milestone" else state.installments
+        item = next((x for x in items if x.key == c.key), None)
+        if item is not None and item.due_at is not None and item.due_at == c.due_at:
+            message = f"{c.item_type} {c.key!r} is already due at {c.due_at.isoformat()}"
+            raise Problem(422, f"changes[{i}].due_at: {message}", slug="invalid",
+                          errors=[{"field": f"changes[{i}].due_at", "message": message}])
+
+
 def _check_people(session: Session, changes: list[AmendmentChange]) -> None:
     """A new owner (``change_owner``, ``add_milestone``) is someone the organisation knows, in a
     department it has: 422 before anything is proposed."""
@@ -207,9 +221,12 @@ def _shift(text: str | None, where: str) -> str | None:
     like every duration (core/durations.check_duration) before the workflow adds it to a date."""
     if text is not None:
         try:
-            check_duration(text.removeprefix("-"))
+            value = check_duration(text.removeprefix("-"))
         except DurationError as exc:
             raise Problem(422, f"{where}: {exc}", slug="invalid", errors=[{"field": where, "message": str(exc)}]) from exc
+        if not value:  # P0D, PT0S: an amendment that changes nothing would still become a version
+            message = f"a shift of {text} moves nothing"
+            raise Problem(422, f"{where}: {message}", slug="invalid", errors=[{"field": where, "message": message}])
     return text
 
 
