@@ -627,3 +627,23 @@ async def test_an_amendment_that_moves_nothing_is_refused(c, shift):
     assert_problem(r, 422, "changes[0].due_at", "already due at")
     await assert_unchanged(c, cid, before)
     assert (await c.get(f"/contracts/{cid}/amendments")).json() == []
+
+
+async def test_money_received_in_the_future_is_refused(c):
+    """A payment (or a bank line) dated ahead is a typo, not money in the bank: 422 (the line
+    alone rejected), nothing applied; a day's grace for zones and clocks."""
+    from datetime import timedelta
+
+    cid = await _new_contract(c)
+    before = await settled(c, cid)
+    ahead = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    pay = {"reference": "AHEAD-1", "amount": "1.00", "currency": "CNY", "received_at": ahead}
+    assert_problem(await c.post(f"/contracts/{cid}/payments", json=pay), 422, "received_at", "in the future")
+    await assert_unchanged(c, cid, before)
+    r = await c.post("/integrations/finance/payments", json={"lines": [
+        {"line_id": f"ahead-{cid}", "amount": "1.00", "currency": "CNY", "contract_id": cid, "received_at": ahead}]})
+    assert r.status_code == 200 and r.json()["lines"][0]["outcome"] == "rejected", r.text
+    assert "in the future" in r.json()["lines"][0]["reason"]
+    soon = (datetime.now(timezone.utc) + timedelta(hours=12)).isoformat()  # a zone ahead, or a fast clock
+    r = await c.post(f"/contracts/{cid}/payments", json={**pay, "reference": "SOON-1", "received_at": soon})
+    assert r.status_code == 200 and r.json()["applied"] is True, r.text

@@ -30,6 +30,7 @@ from api.platform.fields import (
     MilestoneKey,
     RoleName,
     Strict,
+    received_too_late,
 )
 
 MilestoneKind = Literal[
@@ -257,6 +258,14 @@ class PaymentIn(Strict):
     received_at: DateTimeIn
     by: str | None = Field(default=None, min_length=1, max_length=100,
                            description="Who recorded it: yourself (default); admins and machines may name a person")
+
+    @field_validator("received_at")
+    @classmethod
+    def _already_received(cls, value: datetime) -> datetime:
+        why = received_too_late(value)
+        if why:
+            raise ValueError(why)
+        return value
 
     @field_validator("reference")
     @classmethod

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from api.contracts import schemas
 from api.contracts.service import FINAL, ContractService
 from api.integrations import schemas as s
-from api.platform.fields import MAX_YEAR, MIN_YEAR, SUPPORTED_DATES
+from api.platform.fields import MAX_YEAR, MIN_YEAR, SUPPORTED_DATES, received_too_late
 from api.platform.problems import Problem
 from models import Contract, Payment
 from workflows.contract import MAX_PAYMENTS_PER_BATCH
@@ -152,6 +152,8 @@ class IntegrationService:
                 # A line is judged on its own: one mistyped date does not fail the statement.
                 row, outcome, why = None, "rejected", (f"received_at {line.received_at.isoformat()} is outside the "
                                                        f"supported dates ({SUPPORTED_DATES})")
+            elif row is not None and received_too_late(line.received_at):
+                row, outcome, why = None, "rejected", received_too_late(line.received_at)
             if row is None:
                 results[i] = s.BankLineResult(line_id=line.line_id, index=i, outcome=outcome, reason=why)
                 continue

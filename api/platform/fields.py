@@ -6,7 +6,7 @@ Money travels as decimal strings ("1234.50"); datetimes as ISO 8601 with a zone.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from typing import Annotated
 
 from babel.numbers import list_currencies
@@ -76,6 +76,16 @@ DateTimeIn = Annotated[AwareDatetime, StrictMode(False), BeforeValidator(_dateti
                        AfterValidator(in_supported_years)]
 # The same without the years: where a batch judges each line's date on its own (finance statements).
 AnyDateTimeIn = Annotated[AwareDatetime, StrictMode(False), BeforeValidator(_datetime_text)]
+
+# Money cannot have been received in the future; a day's grace covers zones and skewed clocks.
+RECEIVED_GRACE = timedelta(days=1)
+
+
+def received_too_late(at: datetime) -> str | None:
+    """Why a payment's ``received_at`` cannot be true (it lies ahead), or None."""
+    if at > datetime.now(timezone.utc) + RECEIVED_GRACE:
+        return f"received_at {at.isoformat()} is in the future: money is recorded once it has been received"
+    return None
 
 
 _DATE_TEXT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
