@@ -647,3 +647,9 @@ async def test_money_received_in_the_future_is_refused(c):
     soon = (datetime.now(timezone.utc) + timedelta(hours=12)).isoformat()  # a zone ahead, or a fast clock
     r = await c.post(f"/contracts/{cid}/payments", json={**pay, "reference": "SOON-1", "received_at": soon})
     assert r.status_code == 200 and r.json()["applied"] is True, r.text
+
+
+async def test_malformed_json_says_where_it_breaks_not_a_field_named_1(c):
+    r = await c.post("/contracts", content=b'{"title": "x",', headers={"content-type": "application/json"})
+    problem = assert_problem(r, 422, "not valid JSON at character")
+    assert [e["field"] for e in problem["errors"]] == [""], problem

@@ -228,6 +228,9 @@ async def test_pages_without_a_browser(api_service):
     async with httpx.AsyncClient(base_url=api_service.base_url, follow_redirects=False) as c:
         r = await c.get("/ui/analytics?period=2026-Q9")
         assert r.status_code == 422 and 'id="filter-error"' in r.text
+        for bad in ("/ui/contracts?overdue=maybe", "/ui/contracts?page=-1"):  # a page too, not JSON
+            r = await c.get(bad, headers={"accept": "text/html"})
+            assert r.status_code == 422 and r.headers["content-type"].startswith("text/html"), (bad, r.text[:200])
         r = await c.get("/ui/contracts/does-not-exist")
         assert r.status_code == 404 and "does-not-exist" in r.text
         # A sent reminder is in the event list with no sequence number: shown as a dash, not "None".

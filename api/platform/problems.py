@@ -52,6 +52,17 @@ class Problem(Exception):
         super().__init__(detail)
 
 
+def _field_error(e: dict) -> dict[str, str]:
+    """One pydantic error as ``{field, message}``.  Malformed JSON names no field: its location is
+    a character offset, which would read as a field called "1"."""
+    if e.get("type") == "json_invalid":
+        where = [p for p in e.get("loc", ()) if p != "body"]
+        at = f" at character {where[0]}" if where else ""
+        reason = (e.get("ctx") or {}).get("error", "")
+        return {"field": "", "message": f"the body is not valid JSON{at}" + (f": {reason}" if reason else "")}
+    return {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg", "")}
+
+
 def problem_response(
     status: int, detail: str, instance: str, *, slug: str | None = None, errors: list | None = None, **extra: Any
 ) -> JSONResponse:
@@ -97,7 +108,7 @@ def install(app: FastAPI, page: PageRenderer | None = None) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
         if page is not None and request.url.path.startswith("/ui") and "text/html" in request.headers.get("accept", ""):
-            # A person in the dashboard (e.g. refused a page: 403/404) gets a page, not JSON.
+            # A person in the dashboard (e.g. refused a page: 403/404, or a bad filter) gets a page, not JSON.
             answer = page(request, exc)
             answer.headers.update(exc.headers)
             return answer
@@ -108,12 +119,9 @@ def install(app: FastAPI, page: PageRenderer | None = None) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        errors = [
-            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg", "")}
-            for e in exc.errors()
-        ]
+        errors = [_field_error(e) for e in exc.errors()]
         detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors) or "the request is not valid"
-        return problem_response(422, detail, request.url.path, slug="validation", errors=errors)
+        return await _problem(request, Problem(422, detail, slug="validation", errors=errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
