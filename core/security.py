@@ -48,19 +48,35 @@ def needs_rehash(password_hash: str) -> bool:
 def issue_token(user_id: str, secret: str, ttl: timedelta, now: datetime | None = None) -> tuple[str, datetime]:
     now = now or datetime.now(timezone.utc)
     expires = now + ttl
-    claims = {"sub": user_id, "iat": int(now.timestamp()), "exp": int(expires.timestamp()), "typ": "access"}
+    claims = {"sub": user_id, "iat": int(now.timestamp()), "exp": int(expires.timestamp()), "typ": "access",
+              "jti": secrets.token_urlsafe(16)}  # its id: logging out revokes this token alone
     return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM), expires
 
 
-def read_token(token: str, secret: str) -> str | None:
-    """The user id a valid, unexpired access token names, or None."""
+@dataclass(frozen=True)
+class AccessToken:
+    user_id: str
+    token_id: str | None  # None: issued before tokens carried an id (they expire as before)
+    expires_at: datetime
+
+
+def read_access_token(token: str, secret: str) -> AccessToken | None:
+    """What a valid, unexpired access token says, or None."""
     try:
         claims = jwt.decode(token, secret, algorithms=[JWT_ALGORITHM], options={"require": ["sub", "exp"]})
     except jwt.PyJWTError:
         return None
     if claims.get("typ") != "access" or not isinstance(claims.get("sub"), str):
         return None
-    return claims["sub"]
+    jti = claims.get("jti")
+    return AccessToken(claims["sub"], jti if isinstance(jti, str) and 0 < len(jti) <= 64 else None,
+                       datetime.fromtimestamp(int(claims["exp"]), timezone.utc))
+
+
+def read_token(token: str, secret: str) -> str | None:
+    """The user id a valid, unexpired access token names, or None."""
+    found = read_access_token(token, secret)
+    return found.user_id if found else None
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 from models.audit import AuditEntry
-from models.auth import ApiKey
+from models.auth import ApiKey, RevokedToken
 from models.base import Base
 from models.communication import Communication
 from models.contract import Contract, ContractEvent, Customer, Installment, Milestone, Payment
@@ -29,6 +29,7 @@ __all__ = [
     "Notification",
     "OutboxNotice",
     "Payment",
+    "RevokedToken",
     "Task",
     "User",
     "WebhookDelivery",

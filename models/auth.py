@@ -27,3 +27,14 @@ class ApiKey(Base):
     created_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class RevokedToken(Base):
+    """An access token ended before its expiry (logged out).  Kept only until it would have
+    expired anyway: after that the token's own ``exp`` refuses it."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)  # the token's id claim
+    user_id: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

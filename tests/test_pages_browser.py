@@ -225,6 +225,13 @@ async def test_pages_without_a_browser(api_service):
         assert r.status_code == 200 and 'href="/ui/analytics"' not in r.text
         r = await anonymous.get("/ui/logout", cookies={"ct_session": session})
         assert r.status_code == 303 and 'ct_session=""' in r.headers["set-cookie"]
+        # ...and the token is over, not only the cookie: a copy of it opens nothing, as cookie or bearer.
+        r = await anonymous.get("/ui/tasks", cookies={"ct_session": session}, headers={"accept": "text/html"})
+        assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+        r = await anonymous.get("/auth/me", headers={"authorization": f"Bearer {session}"})
+        assert r.status_code == 401 and "logged out" in r.json()["detail"]
+        r = await anonymous.get("/ui/contracts", cookies={"ct_session": li})  # li.wei's own session goes on
+        assert r.status_code == 200
     async with httpx.AsyncClient(base_url=api_service.base_url, follow_redirects=False) as c:
         r = await c.get("/ui/analytics?period=2026-Q9")
         assert r.status_code == 422 and 'id="filter-error"' in r.text

@@ -123,6 +123,18 @@ def test_migrations_create_the_schema(sessions):
     assert {"contracts", "customers", "milestones", "installments", "payments", "contract_events"} <= names
 
 
+def test_the_migrations_build_exactly_what_the_models_describe(sessions):
+    """A model changed without its migration (or the reverse) shows here, not in production."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    import models
+
+    with sessions() as session:
+        diff = compare_metadata(MigrationContext.configure(session.connection()), models.Base.metadata)
+    assert diff == []
+
+
     spec = make_spec(NOW, amount="1000.10")
     state = _initial_state(spec)
     state.version = 2

@@ -19,6 +19,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 
 from fastapi import Request
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from api.auth.login_throttle import LoginLimiter
@@ -26,7 +27,7 @@ from api.auth.principal import ALL_ROLES, Principal, principal_for_user
 from api.platform.problems import Problem
 from core import security
 from core.settings import Settings
-from models import ApiKey, User
+from models import ApiKey, RevokedToken, User
 
 SESSION_COOKIE = "ct_session"
 BOOTSTRAP_KEY_ID = "bootstrap"
@@ -89,12 +90,15 @@ def authenticate(request: Request, session: Session) -> Principal | None:
     settings: Settings = request.app.state.settings
     if kind == "key":
         return _principal_for_key(session, settings, value)
-    user_id = security.read_token(value, jwt_secret(settings, request.app.state))
-    if user_id is None:
+    token = security.read_access_token(value, jwt_secret(settings, request.app.state))
+    if token is not None and token.token_id is not None and session.get(RevokedToken, token.token_id) is not None:
+        token = None  # logged out
+    if token is None:
         if kind == "cookie":
             return None  # an expired dashboard session: the page asks to log in again
-        raise Unauthenticated("the access token is invalid or has expired: log in again at POST /auth/token")
-    user = session.get(User, user_id)
+        raise Unauthenticated("the access token is invalid, has expired or was logged out: log in again at "
+                              "POST /auth/token")
+    user = session.get(User, token.user_id)
     if user is None or not user.active:
         raise Unauthenticated("the token's user no longer exists or is inactive")
     return principal_for_user(session, user)
@@ -133,6 +137,20 @@ def login(session: Session, settings: Settings, app_state, username: str, passwo
     session.commit()
     return security.issue_token(user.id, jwt_secret(settings, app_state),
                                 timedelta(minutes=settings.access_token_minutes))
+
+
+def log_out(session: Session, settings: Settings, app_state, token: str) -> bool:
+    """End this access token now (not the person's other sessions); False if it was not a valid
+    token.  Revocations past their token's expiry are dropped on the way: nothing accumulates."""
+    found = security.read_access_token(token, jwt_secret(settings, app_state))
+    if found is None or found.token_id is None:
+        return False
+    now = datetime.now(timezone.utc)
+    session.execute(delete(RevokedToken).where(RevokedToken.expires_at < now))
+    if session.get(RevokedToken, found.token_id) is None:
+        session.add(RevokedToken(jti=found.token_id, user_id=found.user_id, expires_at=found.expires_at))
+    session.commit()
+    return True
 
 
 def create_api_key(session: Session, *, name: str, roles: list[str], created_by: str) -> tuple[ApiKey, str]:

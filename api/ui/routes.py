@@ -67,7 +67,12 @@ async def login_submit(request: Request, ctx: Ctx):
 
 
 @router.get("/logout", name="ui_logout")
-def logout(ctx: Ctx):
+def logout(request: Request, ctx: Ctx):
+    token = request.cookies.get(auth.SESSION_COOKIE)
+    if token:  # the token itself ends, not only the browser's copy of it
+        state = request.app.state
+        with state.sessions() as session:
+            auth.log_out(session, state.settings, state, token)
     response = _redirect(ctx, "/ui/login")
     response.delete_cookie(auth.SESSION_COOKIE)
     return response
