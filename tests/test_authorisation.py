@@ -402,3 +402,27 @@ def test_production_settings_refuse_default_credentials():
     with pytest.raises(ValidationError, match="default ADMIN_PASSWORD"):
         Settings(environment="production", jwt_secret="s" * 40, admin_password="admin")
     Settings(environment="production", jwt_secret="s" * 40, admin_password="a real one, long enough")
+
+
+def test_a_new_contracts_executors_reach_it_before_its_milestones_are_written(sessions):
+    """Between the API's row and the workflow's first write (a fraction of a second) the row's
+    spec names the milestone owners: wang.fang, given customer acceptance, is not told 404."""
+    from api.auth.policy import contract_access
+    from models.repository import new_contract_row
+    from tests.helpers import make_spec
+
+    now = datetime.now(timezone.utc)
+    spec = make_spec(now)
+    with sessions.begin() as session:
+        new_contract_row(session, spec, workflow_id=f"contract-{spec.contract_id}", status="starting", version=0, now=now)
+    with sessions() as session:
+        access = contract_access(session, spec.contract_id)
+    assert access is not None and access.owner == "li.wei"
+    assert access.milestone_owners == {m.key: m.owner for m in spec.milestones}
+    assert "customer_acceptance" in access.milestone_owners
+    with sessions() as session:  # once projected, the milestone rows alone decide (an amendment may move them)
+        from models import Contract
+
+        session.get(Contract, spec.contract_id).version = 1
+        session.commit()
+        assert contract_access(session, spec.contract_id).milestone_owners == {}

@@ -206,10 +206,19 @@ def rule_for(name: str) -> Rule | None:
 
 # ---------------------------------------------------------------- visibility
 def contract_access(session: Session, contract_id: str) -> ContractAccess | None:
-    owner = session.execute(select(Contract.owner).where(Contract.id == contract_id)).scalar_one_or_none()
-    if owner is None:
+    found = session.execute(select(Contract.owner, Contract.version).where(Contract.id == contract_id)).first()
+    if found is None:
         return None
+    owner, version = found
     rows = session.execute(select(Milestone.key, Milestone.owner).where(Milestone.contract_id == contract_id)).all()
+    if not rows and not version:
+        # Just created: the workflow has not written its milestones yet (a fraction of a second),
+        # and an executor would meet a 404 on the contract she was just given.  The row's spec
+        # names them until then.
+        spec = session.execute(select(Contract.spec).where(Contract.id == contract_id)).scalar_one_or_none()
+        listed = spec.get("milestones") if isinstance(spec, dict) else None
+        rows = [(m["key"], m["owner"]) for m in listed or []
+                if isinstance(m, dict) and isinstance(m.get("key"), str) and isinstance(m.get("owner"), str)]
     return ContractAccess(owner=owner, milestone_owners={k: o for k, o in rows})
 
 
