@@ -30,7 +30,7 @@ TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
-    409: "Conflict with the contract's state",
+    409: "Conflict with the current state",
     413: "Payload too large",
     415: "Unsupported media type",
     422: "Invalid input",
