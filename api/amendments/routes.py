@@ -14,7 +14,7 @@ from api.platform.problems import PROBLEM_RESPONSE, Responses
 router = APIRouter(prefix="/contracts/{contract_id}", tags=["amendments"])
 
 
-def get_amendment_service(request: Request) -> AmendmentService:
+async def get_amendment_service(request: Request) -> AmendmentService:
     return AmendmentService(request.app.state.contracts)
 
 

@@ -20,7 +20,7 @@ _problem = {**PROBLEM_RESPONSE, "description": "Invalid filters (problem details
 ERRORS: Responses = {422: _problem}
 
 
-def get_analytics(request: Request) -> a.AnalyticsService:
+async def get_analytics(request: Request) -> a.AnalyticsService:
     service = getattr(request.app.state, "analytics", None)
     if service is None:
         service = a.AnalyticsService(request.app.state.sessions, ZoneInfo(request.app.state.settings.business_timezone))
@@ -28,7 +28,7 @@ def get_analytics(request: Request) -> a.AnalyticsService:
     return service
 
 
-def get_filters(
+async def get_filters(
     request: Request,
     period: Annotated[
         str | None,

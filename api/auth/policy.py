@@ -210,7 +210,8 @@ def contract_access(session: Session, contract_id: str) -> ContractAccess | None
     if found is None:
         return None
     owner, version = found
-    rows = session.execute(select(Milestone.key, Milestone.owner).where(Milestone.contract_id == contract_id)).all()
+    rows: list[tuple[str, str]] = [
+        (k, o) for k, o in session.execute(select(Milestone.key, Milestone.owner).where(Milestone.contract_id == contract_id))]
     if not rows and not version:
         # Just created: the workflow has not written its milestones yet (a fraction of a second),
         # and an executor would meet a 404 on the contract she was just given.  The row's spec

@@ -532,6 +532,6 @@ def _money(value: Decimal, row: Contract) -> str:
     return str(Decimal(value).quantize(Decimal(1).scaleb(-places)))
 
 
-def get_contract_service(request: Request) -> ContractService:
+async def get_contract_service(request: Request) -> ContractService:
     """The app's one service (made in the lifespan, with its Temporal client), for ``Depends``."""
     return request.app.state.contracts

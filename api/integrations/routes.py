@@ -11,7 +11,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from api.auth.policy import principal_of
-from api.contracts.service import get_contract_service
 from api.integrations import schemas as s
 from api.integrations.service import IntegrationService
 from api.platform.problems import PROBLEM_RESPONSE, Responses
@@ -22,11 +21,11 @@ _problem = PROBLEM_RESPONSE
 ERRORS: Responses = {413: _problem, 422: _problem}
 
 
-def get_integration_service(request: Request) -> IntegrationService:
+async def get_integration_service(request: Request) -> IntegrationService:
     # One per app, so the concurrency bound holds across simultaneous batches too.
     service = getattr(request.app.state, "integrations", None)
     if service is None:
-        service = IntegrationService(get_contract_service(request))
+        service = IntegrationService(request.app.state.contracts)
         request.app.state.integrations = service
     return service
 

@@ -37,7 +37,7 @@ class OrgStore:
             raise Problem(409, "the record changed concurrently (duplicate key or reference); retry", slug="conflict") from None
 
 
-def get_org_store(request: Request) -> OrgStore:
+async def get_org_store(request: Request) -> OrgStore:
     return OrgStore(request.app.state.sessions)
 
 
