@@ -185,6 +185,44 @@ async def test_late_shipping_moves_acceptance(ts_env, settings, task_queue):
         await handle.execute_update(ContractWorkflow.terminate, TerminateInput("test over"))
 
 
+async def test_the_outstanding_amount_attribute_is_upserted_at_most_every_ten_seconds(ts_env, settings, task_queue):
+    """A payment after a quiet spell shows in OutstandingAmount at once; a burst of payments within
+    10 s of the last upsert is one upsert when the span ends (each is a visibility write: twice
+    the server's CPU per update).  The answers and the state are exact throughout."""
+    from workflows.contract.workflow import AMOUNT_EVERY
+
+    now = await ts_env.get_current_time()
+    spec = make_spec(now, amount="100.00", installments=[{"key": "only", "due_after": "P30D", "amount": "100.00"}])
+
+    async def amount(handle) -> float | None:
+        return (await handle.describe()).typed_search_attributes.get(sa.OUTSTANDING_AMOUNT)
+
+    async def upserts(handle) -> int:
+        history = await handle.fetch_history()
+        return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+                   and "OutstandingAmount" in e.upsert_workflow_search_attributes_event_attributes.search_attributes
+                   .indexed_fields)
+
+    async with running_worker(ts_env.client, settings, task_queue):
+        handle = await start_contract(ts_env.client, spec, task_queue)
+        assert (await pay(handle, "B-1", "10.00", now)).outstanding == "90.00"
+        assert await amount(handle) == 90.0  # the first since the start: at once
+        for k, left in ((2, "80.00"), (3, "70.00"), (4, "60.00")):
+            assert (await pay(handle, f"B-{k}", "10.00", now)).outstanding == left
+        assert await amount(handle) == 90.0 and (await state_of(handle)).outstanding == "60.00"
+        assert await upserts(handle) == 1
+        await ts_env.sleep(AMOUNT_EVERY + timedelta(seconds=1))
+        assert await amount(handle) == 60.0 and await upserts(handle) == 2  # the burst: one upsert
+        await ts_env.sleep(AMOUNT_EVERY * 2)
+        assert (await pay(handle, "B-5", "10.00", now)).outstanding == "50.00"
+        assert await amount(handle) == 50.0  # after a quiet spell: at once again
+        # Paid up goes out at once, however soon.
+        assert (await pay(handle, "B-6", "50.00", now)).outstanding == "0.00"
+        assert await amount(handle) == 0.0
+        await handle.terminate("test done")
+        await save_history(handle, "amount_search_attribute_throttled")
+
+
 async def test_payments_are_exact_idempotent_and_allocated_oldest_first(ts_env, settings, task_queue):
     now = await ts_env.get_current_time()
     spec = make_spec(
