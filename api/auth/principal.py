@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -103,6 +104,10 @@ class RequestContext:
     # entry's unique key; and whether a transaction holding the entry is being committed.
     audit_key: str = field(default_factory=lambda: uuid.uuid4().hex)
     audit_pending: bool = False
+    # Writes that must land before the answer leaves (the read model's copy of a change the
+    # workflow made), run by the audit middleware in the thread that writes the entry: one thread
+    # hop per write request, not two.  None: nobody will run them (write them at once).
+    before_answer: list[Callable[[], None]] | None = None
 
 
 # Set by the request-context middleware for each request; mutable so a dependency running in a

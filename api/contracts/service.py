@@ -7,7 +7,9 @@ reads of one contract query the workflow; lists and event logs read the database
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,6 +27,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.projection import ProjectionActivities
+from api.auth.principal import CURRENT
 from api.contracts import schemas
 from api.contracts.builder import SpecError, build_spec
 from api.platform.problems import Problem
@@ -498,7 +501,12 @@ class ContractService:
             raise Problem(503, f"Temporal is unreachable: {exc.message}", slug="temporal-unavailable") from exc
         delta = getattr(result, "projection", None)
         if delta is not None:
-            await self._write_back(delta)
+            ctx = CURRENT.get()
+            if ctx is not None and ctx.before_answer is not None:
+                # The audit middleware writes it with the request's entry, before the answer leaves.
+                ctx.before_answer.append(functools.partial(self._write_back_now, delta))
+            else:
+                await self._write_back(delta)
             result = replace(result, projection=None)
         return result
 
@@ -508,15 +516,32 @@ class ContractService:
         never arrives), the change stands all the same: the workflow finds the read model behind at
         its next write or request and writes every item again."""
         for attempt in range(WRITE_BACK_ATTEMPTS):
-            try:
-                if await asyncio.to_thread(self._projection.write_handed, delta):
-                    return
-            except Exception as exc:  # noqa: BLE001 - the change is made: the request must not fail on its copy
-                level = logging.WARNING if isinstance(exc, DBAPIError) else logging.ERROR
-                log.log(level, "contract %s: its read model could not take version %s (%s: %s); the workflow writes "
-                        "it later", delta.contract_id, delta.version, exc.__class__.__name__, str(exc)[:200])
+            if await asyncio.to_thread(self._try_write_back, delta):
                 return
             await asyncio.sleep(0.005 * 2**attempt)
+        self._write_back_given_up(delta)
+
+    def _write_back_now(self, delta: ProjectionDelta) -> None:
+        """``_write_back`` in a worker thread (the audit middleware's, with the request's entry)."""
+        for attempt in range(WRITE_BACK_ATTEMPTS):
+            if self._try_write_back(delta):
+                return
+            time.sleep(0.005 * 2**attempt)
+        self._write_back_given_up(delta)
+
+    def _try_write_back(self, delta: ProjectionDelta) -> bool:
+        """True when done (written, or failed for good: logged); False while the delta it builds on
+        has not arrived."""
+        try:
+            return self._projection.write_handed(delta)
+        except Exception as exc:  # noqa: BLE001 - the change is made: the request must not fail on its copy
+            level = logging.WARNING if isinstance(exc, DBAPIError) else logging.ERROR
+            log.log(level, "contract %s: its read model could not take version %s (%s: %s); the workflow writes "
+                    "it later", delta.contract_id, delta.version, exc.__class__.__name__, str(exc)[:200])
+            return True
+
+    @staticmethod
+    def _write_back_given_up(delta: ProjectionDelta) -> None:
         log.warning("contract %s: version %s builds on %s, which its read model still lacks; the workflow writes "
                     "it later", delta.contract_id, delta.version, delta.requires_version)
 

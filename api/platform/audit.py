@@ -50,6 +50,7 @@ import functools
 import hashlib
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -469,6 +470,7 @@ class AuditMiddleware:
         if ctx is None:
             await self.app(scope, receive, send)
             return
+        ctx.before_answer = []  # the service leaves its read-model writes here (one thread hop for all)
         body = _BodyDigest()
 
         async def receive_teed():
@@ -485,33 +487,48 @@ class AuditMiddleware:
             nonlocal status, held
             if message["type"] == "http.response.start":
                 status = message["status"]
-                held = 200 <= status < 300 and auditable(ctx) and not ctx.audited
+                held = (200 <= status < 300 and auditable(ctx) and not ctx.audited) or bool(ctx.before_answer)
             if held:
                 messages.append(message)
             else:  # a failure, or a database write already audited: nothing to wait for
                 await send(message)
 
-        await self.app(scope, receive_teed, send_later)
-        if held and not ctx.audited:
+        try:
+            await self.app(scope, receive_teed, send_later)
+        except BaseException:
+            writes, ctx.before_answer = ctx.before_answer or [], None
+            if writes:  # the workflow made the change: its copy is written whatever became of the answer
+                await asyncio.to_thread(self._write, scope["app"].state.sessions, writes, None)
+            raise
+        writes, ctx.before_answer = ctx.before_answer or [], None
+        values = None
+        if held and not ctx.audited and 200 <= (status or 0) < 300 and auditable(ctx):
             answer = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
             values = entry_values(ctx, target=target_of_answer(ctx, answer), status=status, digest_of="request",
                                   before=body.hexdigest(), after=body_digest(answer))
-            await self._write(scope["app"].state.sessions, values)
-            ctx.audited = True
+        if writes or values is not None:
+            await asyncio.to_thread(self._write, scope["app"].state.sessions, writes, values)
+            if values is not None:
+                ctx.audited = True
         for message in messages:
             await send(message)
 
-    async def _write(self, sessions, values: dict[str, Any]) -> None:
+    def _write(self, sessions, writes: list, values: dict[str, Any] | None) -> None:
+        """In a worker thread: the read-model writes the answer waits for, then the entry."""
+        for write in writes:
+            write()  # each logs its own failure: the change stands in the workflow either way
+        if values is None:
+            return
         for attempt in range(1, self.ATTEMPTS + 1):
             try:
-                await asyncio.to_thread(write_entry, sessions, values)
+                write_entry(sessions, values)
                 return
             except DBAPIError:
                 if attempt == self.ATTEMPTS:
                     log.exception("audit: the entry of request %s (%s %s by %s) could not be written",
                                   values["request_id"], values["method"], values["path"], values["actor"])
                     return
-                await asyncio.sleep(0.2 * attempt)
+                time.sleep(0.2 * attempt)
 
 
 def install(app) -> None:
