@@ -18,7 +18,7 @@ import functools
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, select, update
+from sqlalchemy import Connection, Select, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -153,6 +153,11 @@ def create_user(
 ) -> User:
     if session.get(User, id) is not None:
         raise Conflict(f"a user with id {id!r} already exists", slug="user-exists")
+    # Log-ins and owners are typed by people: "LI.WEI" beside "li.wei" would be two people for one.
+    same = session.execute(select(User.id).where(func.lower(User.id) == id.lower())).scalar_one_or_none()
+    if same is not None:
+        raise Conflict(f"user {same!r} already exists: ids differing only in letter case are one person",
+                       slug="user-exists")
     _check_locale(locale)
     _check_department(session, department)
     if manager_id is not None:

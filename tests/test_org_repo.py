@@ -71,6 +71,8 @@ def test_manager_cycle_and_unknown_references_are_refused(sessions):
         assert exc.value.field == "department"
         with pytest.raises(org.Conflict):
             org.create_user(session, id="li.wei", name="Li Wei", email="x@example.com")
+        with pytest.raises(org.Conflict, match="'li.wei' already exists: ids differing only in letter case"):
+            org.create_user(session, id="LI.Wei", name="Li Wei", email="x@example.com")
         with pytest.raises(org.NotFound):
             org.update_user(session, "nobody", name="x")
         moved = org.update_user(session, "li.wei", manager_id="chen.jing", locale="en")
