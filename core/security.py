@@ -73,12 +73,6 @@ def read_access_token(token: str, secret: str) -> AccessToken | None:
                        datetime.fromtimestamp(int(claims["exp"]), timezone.utc))
 
 
-def read_token(token: str, secret: str) -> str | None:
-    """The user id a valid, unexpired access token names, or None."""
-    found = read_access_token(token, secret)
-    return found.user_id if found else None
-
-
 @dataclass(frozen=True)
 class NewKey:
     key_id: str

@@ -515,19 +515,16 @@ class ContractService:
         sees the change.  If it cannot be written (the database is away, or the delta it builds on
         never arrives), the change stands all the same: the workflow finds the read model behind at
         its next write or request and writes every item again."""
-        for attempt in range(WRITE_BACK_ATTEMPTS):
-            if await asyncio.to_thread(self._try_write_back, delta):
-                return
-            await asyncio.sleep(0.005 * 2**attempt)
-        self._write_back_given_up(delta)
+        await asyncio.to_thread(self._write_back_now, delta)
 
     def _write_back_now(self, delta: ProjectionDelta) -> None:
-        """``_write_back`` in a worker thread (the audit middleware's, with the request's entry)."""
+        """``_write_back`` in the calling thread (the audit middleware's, with the request's entry)."""
         for attempt in range(WRITE_BACK_ATTEMPTS):
             if self._try_write_back(delta):
                 return
             time.sleep(0.005 * 2**attempt)
-        self._write_back_given_up(delta)
+        log.warning("contract %s: version %s builds on %s, which its read model still lacks; the workflow writes "
+                    "it later", delta.contract_id, delta.version, delta.requires_version)
 
     def _try_write_back(self, delta: ProjectionDelta) -> bool:
         """True when done (written, or failed for good: logged); False while the delta it builds on
@@ -539,11 +536,6 @@ class ContractService:
             log.log(level, "contract %s: its read model could not take version %s (%s: %s); the workflow writes "
                     "it later", delta.contract_id, delta.version, exc.__class__.__name__, str(exc)[:200])
             return True
-
-    @staticmethod
-    def _write_back_given_up(delta: ProjectionDelta) -> None:
-        log.warning("contract %s: version %s builds on %s, which its read model still lacks; the workflow writes "
-                    "it later", delta.contract_id, delta.version, delta.requires_version)
 
 
 def _operation(r) -> schemas.OperationOut:
