@@ -128,6 +128,14 @@ def default_assignee(session: Session, department_key: str) -> User | None:
     return _active_user(session, _department_attr(session, department_key, "default_assignee_id"))
 
 
+def default_assignees(session: Session) -> dict[str, str]:
+    """``default_assignee`` of every department at once (department key -> active user id), in
+    one query: a new contract asks it for each of its department-owned steps."""
+    query = (select(Department.key, User.id).join(User, User.id == Department.default_assignee_id)
+             .where(User.active.is_(True)))
+    return {key: user_id for key, user_id in session.execute(query)}
+
+
 def _department_attr(session: Session, key: str, attr: str) -> str | None:
     dept = session.get(Department, key)
     return getattr(dept, attr) if dept is not None else None

@@ -36,6 +36,10 @@ def test_seed_is_idempotent_and_builds_the_demo_org(sessions):
             "sales", "production", "logistics", "delivery", "finance", "legal"}
         assert [u.id for u in org.manager_chain(session, "li.wei", 5)] == ["zhang.min", "chen.jing"]
         assert org.default_assignee(session, "finance").id == "sun.li"
+        # All at once (a new contract's steps) is the same as one by one.
+        every = {d.key: getattr(org.default_assignee(session, d.key), "id", None) for d in org.list_departments(session)}
+        assert org.default_assignees(session) == {k: v for k, v in every.items() if v is not None}
+        assert org.default_assignees(session)["finance"] == "sun.li"
         assert org.department_head(session, "finance").id == "zhou.qiang"
         assert org.department_head(session, "production") is None
         assert org.find_user(session, "li.wei").email == "li.wei@example.com"
@@ -85,6 +89,7 @@ def test_inactive_default_assignee_is_not_returned(sessions):
         org.update_user(session, "sun.li", active=False)
     with sessions() as session:
         assert org.default_assignee(session, "finance") is None
+        assert "finance" not in org.default_assignees(session)
         assert org.default_assignee(session, "unknown") is None
         assert (org.default_assignee(session, "finance") or org.department_head(session, "finance")).id == "zhou.qiang"
 

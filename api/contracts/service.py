@@ -31,7 +31,7 @@ from api.auth.principal import CURRENT
 from api.contracts import schemas
 from api.contracts.builder import SpecError, build_spec
 from api.platform.problems import Problem
-from core.org import default_assignee, who_is_missing
+from core.org import default_assignees, who_is_missing
 from core.serde import from_jsonable
 from core.settings import Settings
 from core.starter import start_contract_workflow
@@ -84,17 +84,13 @@ class ContractService:
         contract_id = uuid.uuid4().hex[:16]
         try:
             with self.sessions() as session:
-
-                def department_assignee(department: str) -> str | None:
-                    user = default_assignee(session, department)
-                    return user.id if user is not None else None
-
+                assignees = default_assignees(session)  # one query, not two per department-owned step
                 spec = build_spec(
                     req,
                     contract_id=contract_id,
                     now=now,
                     business_tz=self.settings.business_timezone,
-                    department_assignee=department_assignee,
+                    department_assignee=assignees.get,
                 )
                 missing = who_is_missing(
                     session,
