@@ -490,6 +490,23 @@ async def _throttled_and_reset(service) -> None:
     assert (await _log_in(service.url, other, "a long password")).status_code == 200
 
 
+async def test_log_in_ignores_letter_case_and_case_variants_count_as_one_name(api_service):
+    """'LI.WEI' logs in as li.wei (ids differing only in case are one person), so its failures
+    count against li.wei: varying the case is not a way round the throttle."""
+    limit = api_service.settings.login_max_failures
+    async with httpx.AsyncClient(base_url=api_service.base_url, timeout=30) as c:
+        uid = await _person(c)
+    r = await _log_in(api_service.url, uid.upper(), "a long password")
+    assert r.status_code == 200, r.text
+    async with httpx.AsyncClient(base_url=api_service.url, timeout=30,
+                                 headers={"authorization": f"Bearer {r.json()['access_token']}"}) as me:
+        assert (await me.get("/auth/me")).json()["id"] == uid  # the person, under their own id
+    variants = [uid.upper(), uid.title(), uid, uid.swapcase()]
+    for n in range(limit):
+        assert (await _log_in(api_service.url, variants[n % len(variants)], "wrong")).status_code == 401
+    assert (await _log_in(api_service.url, uid, "a long password")).status_code == 429
+
+
 async def test_the_throttle_holds_across_api_replicas(dev_env, api_service_pg):
     """Two API processes on one database count the same failures."""
     settings = api_service_pg.settings.model_copy(update={"seed_demo_org": False})
