@@ -29,7 +29,22 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    connect_args = {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in parsed.query}
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
+
+
+# libpq settings each PostgreSQL connection gets unless DATABASE_URL names them (``?connect_timeout=10``).
+# Without a connect timeout, a database host that takes the connection and never answers (a
+# failover under way, a black-holed route) held the caller for ever; several API paths query on
+# the event loop, so that froze every request, /healthz included.  Keepalives notice a peer that
+# vanished under an open pooled connection (~60 s) instead of the OS's ~15 minutes.
+PG_CONNECT_DEFAULTS: dict[str, int] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
