@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -144,9 +146,24 @@ def _request(st: State, method: str, path: str, **kwargs: Any) -> httpx.Response
     return response
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(st: State, response: httpx.Response) -> Any:
     # parse_float=str: amounts never pass through a float, even if a server sent a number.
-    return json.loads(response.text, parse_float=str)
+    try:
+        return json.loads(response.text, parse_float=str)
+    except ValueError:
+        _fail(st, f"the API answered HTTP {response.status_code} without JSON "
+                  f"({response.headers.get('content-type') or 'no content type'}): is --api right?")
+
+
+_ID = re.compile(r"[A-Za-z0-9_.-]{1,60}")
+
+
+def _segment(value: str, what: str) -> str:
+    """A contract id or milestone key as one URL path segment.  Refused here, not sent: an empty
+    id, or one with a slash, would name another resource (``ID/events``, ``../..``)."""
+    if not _ID.fullmatch(value) or value in (".", ".."):
+        raise typer.BadParameter(f"{value!r} is not a {what} (letters, digits, '_', '.' and '-')")
+    return quote(value, safe="")
 
 
 # ------------------------------------------------------------------ reading request files
@@ -191,7 +208,7 @@ def create(
     if not isinstance(body, dict):
         _fail(st, f"{file} must hold one contract object")
     response = _request(st, "POST", "/contracts", json=body)
-    created = _json(response)
+    created = _json(st, response)
     if response.status_code == 200:
         st.out.print(Text("Already registered (same external_id): nothing new was created.", style="yellow"))
     else:
@@ -227,7 +244,7 @@ def list_contracts(
         params["customer"] = customer
     if overdue is not None:
         params["overdue"] = "true" if overdue else "false"
-    page = _json(_request(st, "GET", "/contracts", params=params))
+    page = _json(st, _request(st, "GET", "/contracts", params=params))
     items = page.get("items", [])
     table = Table(title=f"Contracts ({len(items)} of {page.get('total', len(items))})", title_justify="left")
     table.add_column("id", no_wrap=True)
@@ -259,7 +276,7 @@ def list_contracts(
 def show(ctx: typer.Context, contract_id: str = typer.Argument(..., metavar="ID")) -> None:
     """One contract's live state: milestones, installments, money and the Temporal UI link."""
     st = _state(ctx)
-    c = _json(_request(st, "GET", f"/contracts/{contract_id}"))
+    c = _json(st, _request(st, "GET", f"/contracts/{_segment(contract_id, 'contract id')}"))
     currency = c.get("currency", "")
 
     header = Table.grid(padding=(0, 2))
@@ -344,16 +361,18 @@ def pay(
     amount: str = typer.Option(..., "--amount", help="Decimal string, e.g. 360000.00."),
     currency: str | None = typer.Option(None, "--currency", help="Defaults to the contract's currency."),
     received_at: str | None = typer.Option(None, "--received-at", help="ISO 8601 with a zone; defaults to now (UTC)."),
-    by: str = typer.Option("finance", "--by", help="Who records the payment."),
+    by: str | None = typer.Option(None, "--by", help="Who records the payment (admins and machines only: the "
+                                                   "person they act for); default: you."),
 ) -> None:
     """Record money received against a contract."""
     st = _state(ctx)
     if currency is None:
-        currency = _json(_request(st, "GET", f"/contracts/{contract_id}"))["currency"]
+        currency = _json(st, _request(st, "GET", f"/contracts/{_segment(contract_id, 'contract id')}"))["currency"]
     if received_at is None:
         received_at = datetime.now(timezone.utc).isoformat()
-    body = {"reference": reference, "amount": amount, "currency": currency, "received_at": received_at, "by": by}
-    result = _json(_request(st, "POST", f"/contracts/{contract_id}/payments", json=body))
+    body = {"reference": reference, "amount": amount, "currency": currency, "received_at": received_at,
+            **({"by": by} if by else {})}
+    result = _json(st, _request(st, "POST", f"/contracts/{_segment(contract_id, 'contract id')}/payments", json=body))
     if result.get("applied"):
         st.out.print(Text(f"Payment {reference}: applied", style="green"), soft_wrap=True)
     else:
@@ -373,12 +392,14 @@ def complete(
     ctx: typer.Context,
     contract_id: str = typer.Argument(..., metavar="ID"),
     key: str = typer.Argument(..., metavar="KEY", help="Milestone key, e.g. order_review."),
-    by: str = typer.Option(..., "--by", help="Who completed it."),
+    by: str | None = typer.Option(None, "--by", help="Who completed it (admins and machines only: the person they "
+                                                   "act for); default: you."),
     note: str = typer.Option("", "--note"),
 ) -> None:
     """Mark a milestone done."""
     st = _state(ctx)
-    r = _json(_request(st, "POST", f"/contracts/{contract_id}/milestones/{key}/complete", json={"by": by, "note": note}))
+    path = f"/contracts/{_segment(contract_id, 'contract id')}/milestones/{_segment(key, 'milestone key')}/complete"
+    r = _json(st, _request(st, "POST", path, json={"note": note, **({"by": by} if by else {})}))
     line = Text(f"milestone {key}: ")
     line.append_text(_status(r.get("item_status")))
     line.append("   contract: ").append_text(_status(r.get("contract_status")))
@@ -395,7 +416,8 @@ def events(
 ) -> None:
     """The contract's event log, oldest first."""
     st = _state(ctx)
-    rows = _json(_request(st, "GET", f"/contracts/{contract_id}/events", params={"after_seq": after_seq, "limit": limit}))
+    rows = _json(st, _request(st, "GET", f"/contracts/{_segment(contract_id, 'contract id')}/events",
+                          params={"after_seq": after_seq, "limit": limit}))
     table = Table(title=f"Events of {contract_id}", title_justify="left")
     table.add_column("seq", justify="right", no_wrap=True)
     table.add_column("at", no_wrap=True)
@@ -404,7 +426,8 @@ def events(
     for e in rows:
         kind = e.get("type", "")
         style = "red" if kind.endswith("overdue") else ("green" if kind.endswith(("completed", "paid")) else "")
-        table.add_row(str(e.get("seq", "")), _when(e.get("at")), Text(kind, style=style), e.get("actor", ""))
+        seq = e.get("seq")  # none for a reminder the outbox sent: it is no workflow event
+        table.add_row("" if seq is None else str(seq), _when(e.get("at")), Text(kind, style=style), e.get("actor", ""))
     st.out.print(table)
 
 
@@ -687,7 +710,10 @@ def report(
     st.out.print(table)
     if csv_out:
         response = _request(st, "GET", "/analytics/reports/quarterly.csv", params=params)
-        csv_out.write_bytes(response.content)
+        try:
+            csv_out.write_bytes(response.content)
+        except OSError as exc:
+            _fail(st, f"cannot write the CSV to {csv_out}: {exc.strerror or exc}")
         st.out.print(f"CSV: {csv_out}", soft_wrap=True)
 
 

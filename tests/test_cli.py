@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from core.cli import app
+from tests.helpers import login
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "goods_sale.json"
 # Wide enough that Rich never folds an id or a status across lines.
@@ -263,3 +264,58 @@ async def test_doctor_fails_on_a_wrong_api_port(api_service):
     assert rows["Worker polling"] == "ok"
     assert rows["Database"] == "ok"
     assert "check(s) failed" in result.output
+
+
+async def test_ids_are_checked_before_they_become_a_path(api_service, tmp_path):
+    """An empty id, or one with a slash, named another resource (``ID/events`` printed a traceback,
+    ``../../etc`` asked for /etc): refused with a usage error, nothing sent."""
+    contract_id, _ = await create_contract(api_service, tmp_path)
+    for bad in ("", f"{contract_id}/events", "../../etc", "..", "a b"):
+        result = await cli(api_service, "show", bad)
+        assert result.exit_code == 2, (bad, result.output)
+        assert "is not a contract id" in result.output and "Traceback" not in result.output, result.output
+    result = await cli(api_service, "complete", contract_id, "order_review/../x")
+    assert result.exit_code == 2 and "is not a milestone key" in result.output, result.output
+
+
+async def test_an_answer_that_is_not_json_is_a_clear_error(api_service, tmp_path):
+    contract_id, _ = await create_contract(api_service, tmp_path)
+    # A base URL one level off (the dashboard's /ui): the "contract" is an HTML page.
+    result = await cli(api_service, "--api", f"{api_service.base_url}/ui", "show", contract_id)
+    assert result.exit_code == 1, result.output
+    assert "answered HTTP 200 without JSON (text/html" in result.output and "is --api right?" in result.output
+    assert "Traceback" not in result.output
+
+
+async def test_pay_and_complete_act_as_the_caller_by_default(api_service, tmp_path):
+    """A finance person paying with the README's command was refused ("you cannot act as
+    finance"): ``--by`` defaulted to the made-up actor "finance".  Now it defaults to the caller."""
+    contract_id, _ = await create_contract(api_service, tmp_path)
+    finance = (await login(api_service.base_url, "sun.li"))["Authorization"].removeprefix("Bearer ")
+    reference = f"FIN-{uuid.uuid4().hex[:8]}"
+    paid = await cli(api_service, "--api", api_service.url, "--token", finance, "pay", contract_id, "--reference", reference, "--amount", "5.00")
+    assert paid.exit_code == 0, paid.output
+    assert f"Payment {reference}: applied" in paid.output
+    owner = (await login(api_service.base_url, "li.wei"))["Authorization"].removeprefix("Bearer ")
+    done = await cli(api_service, "--api", api_service.url, "--token", owner, "complete", contract_id, "order_review")
+    assert done.exit_code == 0, done.output
+    async with httpx.AsyncClient(base_url=api_service.base_url) as c:
+        live = (await c.get(f"/contracts/{contract_id}")).json()
+    assert [p["reference"] for p in live["payments"]] == [reference]
+    review = next(m for m in live["milestones"] if m["key"] == "order_review")
+    assert review["completed_by"] == "li.wei"
+    deadline = time.monotonic() + 20
+    while True:  # the event log (read model) names who acted
+        log = await cli(api_service, "events", contract_id)
+        if "payment.received" in log.output or "payment." in log.output:
+            break
+        assert time.monotonic() < deadline, log.output
+        await asyncio.sleep(0.3)
+    row = next(line for line in log.output.splitlines() if "payment." in line)
+    assert "sun.li" in row, row
+
+
+async def test_report_csv_into_a_missing_folder_is_a_clear_error(api_service, tmp_path):
+    result = await cli(api_service, "report", "--csv", str(tmp_path / "no" / "such" / "folder" / "q.csv"))
+    assert result.exit_code == 1, result.output
+    assert "cannot write the CSV to" in result.output and "Traceback" not in result.output
