@@ -372,3 +372,69 @@ async def _one_payment_per_reference(service) -> None:
         assert new.status_code == 409 and new.json()["type"].endswith("/contract-closed")
         live = (await c.get(f"/contracts/{cid}")).json()
         assert live["paid"] == "400.00" and [p["reference"] for p in live["payments"]] == ["BANK-1"]
+
+
+async def test_events_page_exactly_with_reminders_among_them(api_service):
+    await _events_page_exactly(api_service)
+
+
+async def test_events_page_exactly_with_reminders_among_them_on_postgres(api_service_pg):
+    await _events_page_exactly(api_service_pg)
+
+
+async def _events_page_exactly(service) -> None:
+    """A sent reminder has no seq.  Paging by ``after_seq`` repeated it (``limit=2``: [seq 1,
+    reminder], then after_seq=1: [reminder, reminder]), and an after_seq past the last event
+    listed reminders recorded long before it.  ``after`` (an event_id) pages exactly."""
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as c:
+        signed = datetime.now(timezone.utc) - timedelta(days=10)  # order review 8 days late: reminded at once
+        r = await c.post("/contracts", json=contract_request(signed, end_date=(signed + timedelta(days=365)).isoformat()))
+        assert r.status_code == 201, r.text
+        cid = r.json()["id"]
+
+        async def log():
+            return (await c.get(f"/contracts/{cid}/events", params={"limit": 1000})).json()
+
+        await wait_for(lambda: _any_reminder(log))
+        # Then a workflow event after the reminders, and a log that has stopped moving.
+        r = await c.post(f"/contracts/{cid}/payments", json={"reference": f"EV-{uuid.uuid4().hex[:6]}", "amount": "1.00",
+                                                             "currency": "CNY", "received_at": datetime.now(timezone.utc).isoformat()})
+        assert r.status_code == 200, r.text
+        await wait_for(lambda: _has(log, "payment."))
+        everything = await log()
+        while (again := await log()) != everything:
+            everything = again
+            await asyncio.sleep(0.5)
+        assert any(e["seq"] is None for e in everything) and any(e["seq"] is not None for e in everything)
+        last_seq = max(e["seq"] for e in everything if e["seq"] is not None)
+        assert everything[-1]["seq"] == last_seq, everything[-3:]  # the payment came after the reminders
+
+        paged, after = [], None
+        for _ in range(len(everything)):  # each page moves on, or this ends short
+            params = {"limit": 2, **({"after": after} if after else {})}
+            page = (await c.get(f"/contracts/{cid}/events", params=params)).json()
+            if not page:
+                break
+            paged += page
+            after = page[-1]["event_id"]
+        assert [e["event_id"] for e in paged] == [e["event_id"] for e in everything]
+
+        beyond = (await c.get(f"/contracts/{cid}/events", params={"after_seq": last_seq + 5})).json()
+        assert beyond == []
+        first_reminder = next(i for i, e in enumerate(everything) if e["seq"] is None)
+        seq_before = max([e["seq"] for e in everything[:first_reminder] if e["seq"] is not None], default=0)
+        from_there = (await c.get(f"/contracts/{cid}/events", params={"after_seq": seq_before})).json()
+        assert from_there == everything[first_reminder:]
+
+        for bad in (f"other{cid}:1", f"{cid}:r999999999", f"{cid}:abc", f"{cid}:{last_seq + 1}", ""):
+            r = await c.get(f"/contracts/{cid}/events", params={"after": bad})
+            assert r.status_code == 422, (bad, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+
+
+async def _any_reminder(log) -> bool:
+    return any(e["type"] == "notification.reminder" and e["seq"] is None for e in await log())
+
+
+async def _has(log, prefix: str) -> bool:
+    return any(e["type"].startswith(prefix) for e in await log())

@@ -77,11 +77,14 @@ async def get_contract(contract_id: ContractId, service: Service):
 def contract_events(
     contract_id: ContractId,
     service: Service,
-    after_seq: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_INT, description="Start after the workflow event of this number")] = 0,
+    after: Annotated[str | None, Query(max_length=80, description=(
+        "Start after this event_id (from an earlier answer): pages exactly, reminders (which have no seq) "
+        "included; takes precedence over after_seq"))] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ):
     """The append-only event log, oldest first."""
-    return service.events(contract_id, after_seq=after_seq, limit=limit)
+    return service.events(contract_id, after_seq=after_seq, limit=limit, after=after)
 
 
 @router.post("/{contract_id}/payments", response_model=schemas.PaymentApplied, responses=ERRORS)

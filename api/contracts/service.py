@@ -372,23 +372,47 @@ class ContractService:
             offset=offset,
         )
 
-    def events(self, contract_id: str, *, after_seq: int, limit: int) -> list[schemas.EventOut]:
+    def events(self, contract_id: str, *, after_seq: int, limit: int, after: str | None = None) -> list[schemas.EventOut]:
+        """Oldest first, in the order they were recorded: the workflow's events by seq and, among
+        them, the reminders the outbox sent (no seq).  ``after`` (an ``event_id`` from an earlier
+        answer) pages exactly, reminders included; ``after_seq`` starts after the workflow's
+        event of that number (or the last one before it) and the reminders recorded before it."""
         self.row(contract_id)
-        # In the order they were recorded: the workflow's events by seq, and among them the
-        # reminders the outbox sent (no seq), after the workflow event ``after_seq`` names.
-        anchor = (select(ContractEvent.id).where(ContractEvent.contract_id == contract_id,
-                                                 ContractEvent.seq == after_seq).scalar_subquery())
+        E = ContractEvent
+        if after is not None:
+            # Rows are numbered as they are recorded: after that row, exactly (pages never overlap).
+            position = E.id > self._event_row(contract_id, after)
+        else:
+            # A reminder is "after seq N" when it was recorded after the last workflow event at or
+            # before N, whether or not event N itself exists yet.
+            anchor = (select(func.max(E.id)).where(E.contract_id == contract_id, E.seq.is_not(None),
+                                                   E.seq <= after_seq).scalar_subquery())
+            position = or_(E.seq > after_seq, and_(E.seq.is_(None), E.id > func.coalesce(anchor, 0)))
         with self.sessions() as session:
             rows = session.execute(
-                select(ContractEvent)
-                .where(ContractEvent.contract_id == contract_id,
-                       or_(ContractEvent.seq > after_seq,
-                           and_(ContractEvent.seq.is_(None), ContractEvent.id > func.coalesce(anchor, 0))))
-                .order_by(ContractEvent.id)
-                .limit(limit)
+                select(E).where(E.contract_id == contract_id, position).order_by(E.id).limit(limit)
             ).scalars().all()
         return [schemas.EventOut(seq=e.seq, event_id=event_id(contract_id, e.seq, e.id), type=e.type, at=e.at,
                                  actor=e.actor, data=e.data) for e in rows]
+
+    def _event_row(self, contract_id: str, after: str) -> int:
+        """The row id of the event ``after`` names (``<contract>:<seq>`` or ``<contract>:r<row>``)."""
+        prefix, _, rest = after.rpartition(":")
+        E = ContractEvent
+        found = None
+        if prefix == contract_id and rest.isdigit():
+            found = select(E.id).where(E.contract_id == contract_id, E.seq == int(rest))
+        elif prefix == contract_id and rest[:1] == "r" and rest[1:].isdigit():
+            found = select(E.id).where(E.contract_id == contract_id, E.seq.is_(None), E.id == int(rest[1:]))
+        row_id = None
+        if found is not None and len(rest) <= 20:
+            with self.sessions() as session:
+                row_id = session.execute(found).scalar_one_or_none()
+        if row_id is None:
+            raise Problem(422, f"after: {after!r} is not an event_id of this contract's log (give the event_id of "
+                               f"the last event you received)", slug="validation",
+                          errors=[{"field": "query.after", "message": "not an event of this contract"}])
+        return row_id
 
     # ------------------------------------------------------------------ write (workflow updates)
     async def record_payment(self, contract_id: str, body: schemas.PaymentIn) -> schemas.PaymentApplied:
