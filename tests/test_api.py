@@ -397,8 +397,9 @@ async def _events_page_exactly(service) -> None:
 
         await wait_for(lambda: _any_reminder(log))
         # Then a workflow event after the reminders, and a log that has stopped moving.
-        r = await c.post(f"/contracts/{cid}/payments", json={"reference": f"EV-{uuid.uuid4().hex[:6]}", "amount": "1.00",
-                                                             "currency": "CNY", "received_at": datetime.now(timezone.utc).isoformat()})
+        payment = {"reference": f"EV-{uuid.uuid4().hex[:6]}", "amount": "1.00", "currency": "CNY",
+                   "received_at": datetime.now(timezone.utc).isoformat()}
+        r = await c.post(f"/contracts/{cid}/payments", json=payment)
         assert r.status_code == 200, r.text
         await wait_for(lambda: _has(log, "payment."))
         everything = await log()

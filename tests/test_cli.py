@@ -293,7 +293,8 @@ async def test_pay_and_complete_act_as_the_caller_by_default(api_service, tmp_pa
     contract_id, _ = await create_contract(api_service, tmp_path)
     finance = (await login(api_service.base_url, "sun.li"))["Authorization"].removeprefix("Bearer ")
     reference = f"FIN-{uuid.uuid4().hex[:8]}"
-    paid = await cli(api_service, "--api", api_service.url, "--token", finance, "pay", contract_id, "--reference", reference, "--amount", "5.00")
+    paid = await cli(api_service, "--api", api_service.url, "--token", finance,
+                     "pay", contract_id, "--reference", reference, "--amount", "5.00")
     assert paid.exit_code == 0, paid.output
     assert f"Payment {reference}: applied" in paid.output
     owner = (await login(api_service.base_url, "li.wei"))["Authorization"].removeprefix("Bearer ")
