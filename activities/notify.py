@@ -170,6 +170,9 @@ class NotifyActivities:
                         title=message.subject,
                         body=message.text,
                     )
+                with self._engine.begin() as conn:  # after the insert committed (see the function)
+                    org.close_task_if_settled(conn, key=key, contract_id=r.contract_id, item_type=r.item_type,
+                                              item_key=r.item_key)
             else:
                 raise PermanentDeliveryError(f"unknown channel {channel!r}")
         except PermanentDeliveryError as exc:

@@ -34,20 +34,25 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from core.org import TASK_DONE
 from core.serde import to_jsonable
-from models import AmendmentRecord, Contract, ContractEvent, Installment, Milestone, OutboxNotice, Payment
+from models import AmendmentRecord, Contract, ContractEvent, Installment, Milestone, OutboxNotice, Payment, Task
 from models.db import rows_changed
 from models.outbox import CANCELLED, PENDING
 from models.repository import new_contract_row
 from workflows.contract.projection import READ_MODEL_BEHIND
-from workflows.types import ContractEvent as Event
 from workflows.types import (
+    AmendmentStatus,
     ContractState,
+    ContractStatus,
+    InstallmentStatus,
+    MilestoneStatus,
     ProjectionDelta,
     ProjectionInput,
     ReminderPlan,
     ScheduledNotice,
 )
+from workflows.types import ContractEvent as Event
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +274,32 @@ def _apply_delta(session: Session, conn: Connection, sql: _Statements, d: Projec
             existing.status, existing.record, existing.updated_at = a.status.value, record, now
     if d.amendments:
         session.flush()
+    _close_tasks(conn, d)
+
+
+def _close_tasks(conn: Connection, d: ProjectionDelta) -> None:
+    """Inbox tasks about items this delta resolved are done: a milestone done or waived (or
+    removed), an installment paid, a role's approval decided (or its amendment settled); every
+    task about a contract that closed.  A task's key is its notice's (``<contract>:<item type>:
+    <item key>:...``, activities/notify.py); the operator's delivery-failure tasks are not
+    about an item and stay open."""
+    T, cid = _table(Task), d.contract_id
+    if d.facts.status != ContractStatus.ACTIVE:
+        about = T.c.key.startswith(f"{cid}:", autoescape=True)
+    else:
+        items = [("milestone", r.milestone.key) for r in d.milestones
+                 if r.milestone.status in (MilestoneStatus.DONE, MilestoneStatus.WAIVED)]
+        items += [("milestone", key) for key in d.removed_milestones]
+        items += [("installment", r.installment.key) for r in d.installments
+                  if r.installment.status == InstallmentStatus.PAID]
+        items += [("installment", key) for key in d.removed_installments]
+        for a in d.amendments:
+            roles = set(a.required_roles) if a.status != AmendmentStatus.PENDING else {x.role for x in a.decisions}
+            items += [("approval", f"{a.id}:{role}") for role in sorted(roles)]
+        if not items:
+            return
+        about = or_(*(T.c.key.startswith(f"{cid}:{item_type}:{key}:", autoescape=True) for item_type, key in items))
+    conn.execute(update(T).where(T.c.contract_id == cid, T.c.status != TASK_DONE, about).values(status=TASK_DONE))
 
 
 def _milestone_row(cid: str, position: int, m: Any, started_at: datetime | None, currency: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Select, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models import Contract, Department, Notification, Task, User
+from models import AmendmentRecord, Contract, Department, Installment, Milestone, Notification, Task, User
 from models.db import rows_changed
 
 LOCALES = ("zh", "en")
@@ -363,6 +363,40 @@ def task_once(conn: Connection, *, key: str, contract_id: str, milestone_key: st
         "key": key, "contract_id": contract_id, "milestone_key": milestone_key, "assignee": assignee,
         "title": title, "body": body, "status": TASK_OPEN, "created_at": _now(), "acked_at": None,
         "acked_by": None})
+
+
+def close_task_if_settled(conn: Connection, *, key: str, contract_id: str, item_type: str, item_key: str) -> None:
+    """Done at once if the read model already holds its item as settled.  Run after the task's
+    insert has committed: the projection closes the tasks of an item when it settles it
+    (activities/projection.py ``_close_tasks``), and a task delivered just after that would
+    otherwise stay open for ever."""
+    if item_settled(conn, contract_id, item_type, item_key):
+        conn.execute(update(Task).where(Task.key == key, Task.status != TASK_DONE).values(status=TASK_DONE))
+
+
+def item_settled(conn: Connection, contract_id: str, item_type: str, item_key: str) -> bool:
+    """Whether the read model holds the item as settled (its contract closed, a milestone done or
+    waived, an installment paid, a role's approval decided or its amendment settled)."""
+    status = conn.execute(select(Contract.status).where(Contract.id == contract_id)).scalar_one_or_none()
+    if status in ("completed", "terminated", "expired"):
+        return True
+    if item_type == "milestone":
+        found = conn.execute(select(Milestone.status).where(Milestone.contract_id == contract_id,
+                                                            Milestone.key == item_key)).scalar_one_or_none()
+        return found in ("done", "waived")
+    if item_type == "installment":
+        found = conn.execute(select(Installment.status).where(Installment.contract_id == contract_id,
+                                                              Installment.key == item_key)).scalar_one_or_none()
+        return found == "paid"
+    if item_type == "approval":
+        amendment_id, _, role = item_key.partition(":")
+        row = conn.execute(select(AmendmentRecord.status, AmendmentRecord.record).where(
+            AmendmentRecord.contract_id == contract_id, AmendmentRecord.amendment_id == amendment_id)).first()
+        if row is None:
+            return False
+        decisions = (row.record or {}).get("decisions") or []
+        return row.status != "pending" or any(isinstance(d, dict) and d.get("role") == role for d in decisions)
+    return False
 
 
 @functools.cache

@@ -5,6 +5,7 @@ clear 4xx answers that change nothing."""
 from __future__ import annotations
 
 import hashlib
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -19,6 +20,39 @@ async def _create(c: httpx.AsyncClient, **overrides) -> str:
     r = await c.post("/contracts", json=contract_request(datetime.now(timezone.utc), **overrides))
     assert r.status_code == 201, r.text
     return r.json()["id"]
+
+
+def _deliver_late_tasks(database_url: str, cid: str, items: dict) -> dict:
+    """What the inbox channel does (activities/notify.py): insert the task, then close it if its
+    item is settled in the read model; the statuses the tasks end with."""
+    from sqlalchemy import select
+
+    from core import org
+    from models import Task
+    from models.db import make_engine
+
+    engine = make_engine(database_url)
+    statuses = {}
+    try:
+        for item_type, item_key in items:
+            key = f"{cid}:{item_type}:{item_key}:late{uuid.uuid4().hex[:6]}:approval0:liu.yang:inbox"
+            with engine.begin() as conn:
+                org.task_once(conn, key=key, contract_id=cid, milestone_key=None, assignee="liu.yang", title="late")
+            with engine.begin() as conn:
+                org.close_task_if_settled(conn, key=key, contract_id=cid, item_type=item_type, item_key=item_key)
+            with engine.connect() as conn:
+                statuses[(item_type, item_key)] = conn.execute(select(Task.status).where(Task.key == key)).scalar_one()
+    finally:
+        engine.dispose()
+    return statuses
+
+
+async def _all_have(found) -> bool:
+    return all((await found).values())
+
+
+async def _none_have(found) -> bool:
+    return not any((await found).values())
 
 
 async def _problem(r: httpx.Response, status: int) -> dict:
@@ -59,6 +93,15 @@ async def test_amendment_request_approve_version_and_agreement(service):
         # Several roles pending: say which one.
         await _problem(await c.post(f"/contracts/{cid}/amendments/{a['id']}/approve", json={"by": "zhang.min"}), 422)
 
+        async def approval_tasks(status: str) -> dict[str, list]:
+            found = {}
+            for person in ("zhang.min", "sun.li", "liu.yang"):
+                tasks = (await c.get("/tasks", params={"assignee": person, "status": status, "limit": 500})).json()
+                found[person] = [t for t in tasks if t["contract_id"] == cid and f":approval:{a['id']}:" in t["key"]]
+            return found
+
+        # Each approver has the request in their inbox (the notice is delivered by the outbox)...
+        await wait_for(lambda: _all_have(approval_tasks("open")))
         for by, role in (("zhang.min", "manager"), ("sun.li", "finance")):
             r = await c.post(f"/contracts/{cid}/amendments/{a['id']}/approve", json={"by": by, "role": role})
             assert r.status_code == 200, r.text
@@ -67,6 +110,15 @@ async def test_amendment_request_approve_version_and_agreement(service):
         r = await c.post(f"/contracts/{cid}/amendments/{a['id']}/approve",
                          json={"by": "liu.yang", "role": "legal", "comment": "clause 4 checked"})
         assert r.status_code == 200 and r.json()["status"] == "applied" and r.json()["contract_version"] == 2
+
+        # ... and it leaves their open tasks once the amendment is decided.
+        await wait_for(lambda: _none_have(approval_tasks("open")))
+        assert all(len(done) == 1 for done in (await approval_tasks("done")).values())
+        # A notice delivered after its item settled (the outbox was behind) is done at once;
+        # one about an item still open stays open.
+        late = _deliver_late_tasks(service.settings.database_url, cid, {
+            ("approval", f"{a['id']}:legal"): "done", ("milestone", "shipping"): "open"})
+        assert late == {("approval", f"{a['id']}:legal"): "done", ("milestone", "shipping"): "open"}
 
         after = (await c.get(f"/contracts/{cid}")).json()
         assert after["amount"] == "130000.00" and after["outstanding"] == "130000.00"

@@ -285,6 +285,14 @@ async def test_escalation_levels_arrive_in_order_through_the_running_service(api
 
         await wait_for(calm)
 
+        async def inbox_cleared():  # the escalation's inbox task is done with the milestone
+            open_now = (await c.get("/tasks", params={"assignee": "li.wei", "status": "open", "limit": 500})).json()
+            return not any(t["contract_id"] == cid for t in open_now)
+
+        await wait_for(inbox_cleared)
+        done = (await c.get("/tasks", params={"assignee": "li.wei", "status": "done", "limit": 500})).json()
+        assert any(t["contract_id"] == cid and t["milestone_key"] == "acceptance" for t in done), done
+
 
 async def test_costs_and_customer_satisfaction_are_recorded(api_service):
     """Planned cost at creation, actual cost and the customer's score at completion: the raw
