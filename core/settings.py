@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The embedded default's files live in the project's data/ folder, wherever the command runs
+# from: `contracts doctor` run from another directory found no database at ./data.
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     # SQLite file by default; production sets e.g. postgresql+psycopg2://user:pw@db/contracts
-    database_url: str = "sqlite:///./data/contracts.db"
+    database_url: str = f"sqlite:///{DATA_DIR / 'contracts.db'}"
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
     task_queue: str = "contracts"
@@ -95,7 +100,7 @@ class Settings(BaseSettings):
     # In dev the demo people (li.wei, zhang.min...) log in with this password; never in production.
     demo_password: str = "demo"
     # Uploaded documents (api/documents/service.py): where the content-addressed files live, and the limits.
-    document_dir: str = "./data/documents"
+    document_dir: str = str(DATA_DIR / "documents")
     max_upload_bytes: int = 25 * 1024 * 1024
     # Request bodies other than uploads (JSON, forms): larger ones are refused with 413 before they
     # are read whole (api/platform/guards.py).  A finance batch of 5,000 lines with long references fits.

@@ -178,3 +178,18 @@ def test_department_head_and_assignee_must_exist(sessions):
         qa = session.get(Department, "qa")
         assert (qa.name, qa.head_id, qa.default_assignee_id, qa.webhook_secret) == (
             "Quality", None, "wang.fang", "s3")
+
+
+def test_the_embedded_default_is_the_projects_data_folder_from_any_directory(tmp_path, monkeypatch):
+    """`contracts doctor` run from another directory looked for ./data/contracts.db there."""
+    from pathlib import Path
+
+    from core.settings import Settings
+
+    for name in ("DATABASE_URL", "DOCUMENT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    data = Path(__file__).resolve().parent.parent / "data"
+    settings = Settings()
+    assert settings.database_url == f"sqlite:///{data / 'contracts.db'}"
+    assert settings.document_dir == str(data / "documents")
