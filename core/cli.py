@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -294,7 +294,14 @@ def show(ctx: typer.Context, contract_id: str = typer.Argument(..., metavar="ID"
     if c.get("close_reason"):
         header.add_row("closed", f"{_when(c.get('closed_at'))}: {c['close_reason']}")
     header.add_row("amount", _money(c.get("amount"), currency))
-    header.add_row("term", f"{_when(c.get('effective_at'))} → {_when(c.get('end_at'))}")
+    term = f"{_when(c.get('effective_at'))} → {_when(c.get('end_at'))}"
+    if c.get("end_at"):  # the end is the first instant after the term: say which day is its last
+        try:
+            last = datetime.fromisoformat(c["end_at"].replace("Z", "+00:00")) - timedelta(microseconds=1)
+            term += f" (last day {last.date().isoformat()})"
+        except ValueError:
+            pass
+    header.add_row("term", term)
     if c.get("playbook"):
         header.add_row("playbook", c["playbook"])
     overdue_count = int(c.get("overdue_count") or 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -35,10 +35,26 @@ def format_date(value: datetime | str | None) -> str:
     return value.astimezone(DISPLAY_TZ).strftime("%Y-%m-%d")
 
 
+def format_last_day(end_at: datetime | str | None) -> str:
+    """The last day a term covers.  Its end is an instant that is not part of it (``end_date``
+    2027-11-26 ends at 2027-11-27 00:00 Beijing time): shown as its date, the term read a day long."""
+    if end_at is None:
+        return "—"
+    if isinstance(end_at, str):
+        end_at = datetime.fromisoformat(end_at)
+    return format_date(end_at - timedelta(microseconds=1))
+
+
 def format_value(clause: ClauseChange, value: str | None, currency: str) -> str:
-    """A clause's old or new value as a reader expects it: dates in Beijing time, money with separators."""
+    """A clause's old or new value as a reader expects it: dates in Beijing time (the term's end
+    as its last day), money with separators."""
     if value is None:
         return "—"
+    if clause.clause == "end_at":
+        try:
+            return format_last_day(value)
+        except ValueError:
+            return value
     if clause.kind == "date":
         try:
             return format_date(value)

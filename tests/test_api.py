@@ -447,3 +447,25 @@ async def _any_reminder(log) -> bool:
 
 async def _has(log, prefix: str) -> bool:
     return any(e["type"].startswith(prefix) for e in await log())
+
+
+async def test_the_term_shows_its_last_day_not_the_day_after(api_service):
+    """``end_date`` 2027-11-26 ends the term at 2027-11-27 00:00 (Beijing): the dashboard showed
+    that date as the term's end, a day late, and so did supplementary agreements."""
+    from core.documents import format_value
+    from workflows.types import ClauseChange
+
+    async with httpx.AsyncClient(base_url=api_service.base_url, timeout=30) as c:
+        body = contract_request(datetime.now(timezone.utc), effective_date="2026-12-01", end_date="2027-11-26")
+        r = await c.post("/contracts", json=body)
+        assert r.status_code == 201, r.text
+        cid = r.json()["id"]
+        live = (await c.get(f"/contracts/{cid}")).json()
+        assert datetime.fromisoformat(live["end_at"]) == datetime.fromisoformat("2027-11-27T00:00:00+08:00")
+        page = await c.get(f"/ui/contracts/{cid}", headers={"accept": "text/html"})
+        assert page.status_code == 200
+        assert "2026-12-01 → 2027-11-26" in page.text, page.text[:2000]
+    extend = ClauseChange("end_at", "End date", "date", "2027-11-27T00:00:00+08:00", "2028-01-01T00:00:00+08:00")
+    assert [format_value(extend, v, "CNY") for v in (extend.old, extend.new)] == ["2027-11-26", "2027-12-31"]
+    due = ClauseChange("milestone.shipping.due", "Shipping: due date", "date", "2027-01-01T00:00:00+08:00", None)
+    assert format_value(due, due.old, "CNY") == "2027-01-01"  # a due date is the day it falls on

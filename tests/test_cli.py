@@ -172,6 +172,8 @@ async def test_show_prints_milestones_installments_and_statuses(api_service, tmp
     assert "credit 0.00 CNY" in out
     assert "Temporal UI: http" in out
     assert f"contract-{contract_id}" in out
+    term = next(line for line in out.splitlines() if "term" in line)
+    assert "(last day " in term, term  # the end is the instant after the term's last day
 
 
 async def test_pay_twice_is_applied_once(api_service, tmp_path):

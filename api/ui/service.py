@@ -192,6 +192,11 @@ class UiContext:
         local = value.astimezone(self.tz)
         return local.strftime("%Y-%m-%d %H:%M" if with_time else "%Y-%m-%d")
 
+    def last_day(self, end_at: datetime | None) -> str:
+        """The last day of a term that ends at ``end_at`` (an instant not part of it: end_date
+        2027-11-26 ends at 2027-11-27 00:00 local time)."""
+        return self.when(end_at - timedelta(microseconds=1)) if end_at is not None else "—"
+
 
 def _accept_language(header: str | None) -> str:
     best, best_q = "zh", -1.0
