@@ -435,7 +435,8 @@ async def _events_page_exactly(service) -> None:
         from_there = (await c.get(f"/contracts/{cid}/events", params={"after_seq": seq_before})).json()
         assert from_there == everything[first_reminder:]
 
-        for bad in (f"other{cid}:1", f"{cid}:r999999999", f"{cid}:abc", f"{cid}:{last_seq + 1}", ""):
+        for bad in (f"other{cid}:1", f"{cid}:r999999999", f"{cid}:abc", f"{cid}:{last_seq + 1}", "",
+                    f"{cid}:{'9' * 40}", f"{cid}:r{'9' * 19}"):
             r = await c.get(f"/contracts/{cid}/events", params={"after": bad})
             assert r.status_code == 422, (bad, r.text)
             assert r.headers["content-type"].startswith("application/problem+json")

@@ -405,7 +405,7 @@ class ContractService:
         elif prefix == contract_id and rest[:1] == "r" and rest[1:].isdigit():
             found = select(E.id).where(E.contract_id == contract_id, E.seq.is_(None), E.id == int(rest[1:]))
         row_id = None
-        if found is not None and len(rest) <= 20:
+        if found is not None and len(rest) <= 18:  # a number a BIGINT column can be compared with
             with self.sessions() as session:
                 row_id = session.execute(found).scalar_one_or_none()
         if row_id is None:
