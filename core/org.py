@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from models import AmendmentRecord, Contract, Department, Installment, Milestone, Notification, Task, User
 from models.db import rows_changed
+from workflows.types import AmendmentStatus, ContractStatus, InstallmentStatus, MilestoneStatus
 
 LOCALES = ("zh", "en")
 TASK_OPEN, TASK_ACKED, TASK_DONE = "open", "acked", "done"
@@ -378,16 +379,16 @@ def item_settled(conn: Connection, contract_id: str, item_type: str, item_key: s
     """Whether the read model holds the item as settled (its contract closed, a milestone done or
     waived, an installment paid, a role's approval decided or its amendment settled)."""
     status = conn.execute(select(Contract.status).where(Contract.id == contract_id)).scalar_one_or_none()
-    if status in ("completed", "terminated", "expired"):
+    if status in (ContractStatus.COMPLETED, ContractStatus.TERMINATED, ContractStatus.EXPIRED):
         return True
     if item_type == "milestone":
         found = conn.execute(select(Milestone.status).where(Milestone.contract_id == contract_id,
                                                             Milestone.key == item_key)).scalar_one_or_none()
-        return found in ("done", "waived")
+        return found in (MilestoneStatus.DONE, MilestoneStatus.WAIVED)
     if item_type == "installment":
         found = conn.execute(select(Installment.status).where(Installment.contract_id == contract_id,
                                                               Installment.key == item_key)).scalar_one_or_none()
-        return found == "paid"
+        return found == InstallmentStatus.PAID
     if item_type == "approval":
         amendment_id, _, role = item_key.partition(":")
         row = conn.execute(select(AmendmentRecord.status, AmendmentRecord.record).where(
@@ -395,7 +396,7 @@ def item_settled(conn: Connection, contract_id: str, item_type: str, item_key: s
         if row is None:
             return False
         decisions = (row.record or {}).get("decisions") or []
-        return row.status != "pending" or any(isinstance(d, dict) and d.get("role") == role for d in decisions)
+        return row.status != AmendmentStatus.PENDING or any(isinstance(d, dict) and d.get("role") == role for d in decisions)
     return False
 
 

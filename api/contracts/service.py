@@ -400,12 +400,14 @@ class ContractService:
         prefix, _, rest = after.rpartition(":")
         E = ContractEvent
         found = None
-        if prefix == contract_id and rest.isdigit():
+        if prefix != contract_id or len(rest) > 18:  # longer: no number a BIGINT column holds
+            pass
+        elif rest.isdigit():
             found = select(E.id).where(E.contract_id == contract_id, E.seq == int(rest))
-        elif prefix == contract_id and rest[:1] == "r" and rest[1:].isdigit():
+        elif rest[:1] == "r" and rest[1:].isdigit():
             found = select(E.id).where(E.contract_id == contract_id, E.seq.is_(None), E.id == int(rest[1:]))
         row_id = None
-        if found is not None and len(rest) <= 18:  # a number a BIGINT column can be compared with
+        if found is not None:
             with self.sessions() as session:
                 row_id = session.execute(found).scalar_one_or_none()
         if row_id is None:
