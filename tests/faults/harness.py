@@ -301,7 +301,9 @@ class HttpReceiver:
     """A threaded HTTP server recording every POST: (path, headers, body, monotonic time).
 
     ``answer(path, headers, body, seen_before)`` returns the status to answer (default 200),
-    ``seen_before`` counting earlier requests with the same ``X-Contracts-Event-Id``.
+    ``seen_before`` counting earlier requests with the same ``X-Contracts-Event-Id``.  A request
+    whose body ends early (its sender was killed mid-request) is recorded with ``status`` None
+    and not answered: it is not a delivery.
     """
 
     def __init__(self, answer: Callable[[str, dict, bytes, int], int] | None = None) -> None:
@@ -315,9 +317,19 @@ class HttpReceiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):  # noqa: N802 - http.server naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 event_id = headers.get("x-contracts-event-id", "")
+                if len(body) < length:
+                    # The sender died between its headers and the end of its body (a worker killed
+                    # mid-request): a real receiver never processes such a request, and the sender
+                    # never saw an answer, so it is not a delivery.  Recorded, with no status.
+                    with receiver._lock:
+                        receiver.records.append({"path": self.path, "headers": headers, "body": body,
+                                                 "id": event_id, "status": None, "t": time.monotonic()})
+                    self.close_connection = True
+                    return
                 with receiver._lock:
                     seen = receiver._seen[(self.path, event_id)]
                     receiver._seen[(self.path, event_id)] += 1
