@@ -219,6 +219,30 @@ async def test_contradicting_changes_are_refused_and_rejections_change_nothing(t
         assert len((await state_of(handle)).amendments) == 3
 
 
+async def test_an_amendment_overtaken_by_another_is_refused_then_rejected(ts_env, env_settings, org_db):
+    """Two pending "shipping +3 days": the first applied, the second's approval is refused (its
+    impact was assessed on version 1); rejected, it changes nothing.  History saved for replay
+    (amendment-still-current-v1)."""
+    tq = f"amd-{uuid.uuid4().hex[:6]}"
+    start = await ts_env.get_current_time()
+    spec = make_spec(start)
+    async with running_worker(ts_env.client, env_settings, tq):
+        handle = await start_contract(ts_env.client, spec, tq)
+        req = ContractWorkflow.request_amendment
+        move = AmendmentChange("move_due", key="shipping", shift="P3D")
+        first = (await handle.execute_update(req, _request(move))).amendment
+        second = (await handle.execute_update(req, _request(move))).amendment
+        shipping = next(m.due_at for m in (await state_of(handle)).milestones if m.key == "shipping")
+        assert (await _decide(handle, first.id, "approve", "zhang.min", "manager")).amendment.status == "applied"
+        assert await _refused(handle, ContractWorkflow.decide_amendment,
+                              DecideAmendmentInput(second.id, "approve", "zhang.min", "manager")) == "Conflict"
+        r = await _decide(handle, second.id, "reject", "zhang.min", "manager", "overtaken by the first")
+        assert r.amendment.status == "rejected" and r.contract_version == 2
+        st = await state_of(handle)
+        assert next(m.due_at for m in st.milestones if m.key == "shipping") == shipping + timedelta(days=3)
+        await save_history(handle, "amendment_overtaken_then_rejected")
+
+
 async def test_end_of_term_reminders_and_auto_renewal(ts_env, env_settings, mailbox, org_db):
     """Reminders 60 and 30 days before the end; at the end a paid-up auto-renewing contract
     expires and its next term starts as a new contract linked to it."""

@@ -155,6 +155,41 @@ async def test_amendment_request_approve_version_and_agreement(service):
                                     json={"by": "zhang.min", "role": "manager"}), 409)
 
 
+async def test_an_amendment_overtaken_by_another_cannot_be_approved(api_service):
+    """Two pending "shipping +10 days": once the first is applied, the second's impact (from the
+    original date) no longer holds; approving it is a 409 and moves nothing; it can be rejected."""
+    async with httpx.AsyncClient(base_url=api_service.base_url, timeout=30) as c:
+        cid = await _create(c)
+        url = f"/contracts/{cid}/amendments"
+        move = {"requested_by": "li.wei", "reason": "site not ready",
+                "changes": [{"kind": "move_due", "key": "shipping", "shift": "P10D"}]}
+        first, second = [(await c.post(url, json=move)).json() for _ in range(2)]
+        assert first["based_on_version"] == second["based_on_version"] == 1
+        approved = await c.post(f"{url}/{first['id']}/approve", json={"by": "zhang.min", "role": "manager"})
+        assert approved.json()["status"] == "applied", approved.text
+        before = (await c.get(f"/contracts/{cid}")).json()
+        p = await _problem(await c.post(f"{url}/{second['id']}/approve", json={"by": "zhang.min", "role": "manager"}),
+                           409)
+        assert "no longer holds" in p["detail"]
+        assert (await c.get(f"/contracts/{cid}")).json() == before
+        r = await c.post(f"{url}/{second['id']}/reject", json={"by": "zhang.min", "comment": "overtaken"})
+        assert r.json()["status"] == "rejected"
+        assert [v["version"] for v in (await c.get(f"/contracts/{cid}/versions")).json()] == [1, 2]
+
+
+async def test_extend_end_takes_the_new_last_day_as_creation_does(api_service):
+    """``end_date`` 2030-06-30 means the term runs through that day in the business zone: it ends
+    at 2030-07-01 00:00 +08:00 (2030-06-30T16:00Z), as ``end_date`` does at creation."""
+    async with httpx.AsyncClient(base_url=api_service.base_url, timeout=30) as c:
+        cid = await _create(c)
+        r = await c.post(f"/contracts/{cid}/amendments", json={
+            "requested_by": "li.wei", "reason": "Customer extends the service year",
+            "changes": [{"kind": "extend_end", "end_date": "2030-06-30"}]})
+        assert r.status_code == 201, r.text
+        new_end = datetime.fromisoformat(r.json()["impact"]["new_end_at"].replace("Z", "+00:00"))
+        assert new_end == datetime(2030, 6, 30, 16, 0, tzinfo=timezone.utc)
+
+
 async def test_bad_amendments_get_clear_4xx_and_change_nothing(api_service):
     async with httpx.AsyncClient(base_url=api_service.base_url, timeout=30) as c:
         cid = await _create(c)
@@ -178,6 +213,15 @@ async def test_bad_amendments_get_clear_4xx_and_change_nothing(api_service):
                                                                     "amount": "-1"}]}, 422),
             ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "extend_end",
                                                                     "end_at": "2020-01-01T00:00:00+08:00"}]}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "extend_end",
+                                                                    "end_date": "2020-01-01"}]}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "extend_end",
+                                                                    "end_date": "2030-13-01"}]}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "extend_end"}]}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "extend_end", "end_date": "2030-01-01",
+                                                                    "end_at": "2030-01-02T00:00:00+08:00"}]}, 422),
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "move_due", "key": "shipping",
+                                                                    "shift": "P1D", "end_date": "2030-01-01"}]}, 422),
             ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "add_milestone", "milestone": {
                 "key": "audit", "name": "Audit", "kind": "custom", "owner": "li.wei", "department": "sales",
                 "due_after": "P5D", "after": "ghost"}}]}, 422),
@@ -201,7 +245,8 @@ async def test_bad_amendments_get_clear_4xx_and_change_nothing(api_service):
         # Withdrawn and rejected requests change nothing either.
         a = (await c.post(url, json={"requested_by": "li.wei", "reason": "try",
                                      "changes": [{"kind": "move_due", "key": "shipping", "shift": "P3D"}]})).json()
-        await _problem(await c.post(f"{url}/{a['id']}/withdraw", json={"by": "zhang.min"}), 409)
+        p = await _problem(await c.post(f"{url}/{a['id']}/withdraw", json={"by": "zhang.min"}), 403)
+        assert "only the requester (li.wei)" in p["detail"]
         assert (await c.post(f"{url}/{a['id']}/withdraw", json={"by": "li.wei"})).json()["status"] == "withdrawn"
         b = (await c.post(url, json={"requested_by": "li.wei", "reason": "try again",
                                      "changes": [{"kind": "move_due", "key": "shipping", "shift": "P3D"}]})).json()

@@ -175,9 +175,10 @@ async def test_milestone_flow_and_termination(api_service):
 
         async def terminated_in_db():
             page = (await c.get("/contracts", params={"status": "terminated", "limit": 500})).json()
-            return cid in [i["id"] for i in page["items"]]
+            return next((i for i in page["items"] if i["id"] == cid), None)
 
-        await wait_for(terminated_in_db)
+        row = await wait_for(terminated_in_db)
+        assert row["next_due_at"] is None  # its open milestones will never fall due
         r = await c.post(f"/contracts/{cid}/payments", json={
             "reference": "late", "amount": "1.00", "currency": "CNY", "received_at": "2026-11-27T10:00:00+08:00"})
         assert r.status_code == 409

@@ -419,6 +419,8 @@ class AmendmentState:
     decided_at: datetime | None = None
     contract_version: int | None = None  # the version it produced, when applied
     note: str = ""
+    # The contract version its impact was assessed on (None: requested before this was kept).
+    based_on_version: int | None = None
 
 
 @dataclass(slots=True)

@@ -35,7 +35,11 @@ class AmendmentChangeIn(Strict):
     milestone: MilestoneIn | None = Field(default=None, description="add_milestone / replace_milestone")
     amount: Amount | None = Field(default=None, max_length=40, description="change_amount: the new total")
     installments: list[InstallmentIn] | None = Field(default=None, max_length=120, description="set_installments")
-    end_at: DateTimeIn | None = Field(default=None, description="extend_end: the new end")
+    end_at: DateTimeIn | None = Field(default=None, description="extend_end: the new end, an instant")
+    end_date: str | None = Field(
+        default=None, max_length=40,
+        description="extend_end: the new last day of the term (ISO date, as end_date at creation: the term "
+                    "runs to the end of that day in the business zone); give this or end_at")
 
 
 class AmendmentRequestIn(Strict):
@@ -125,6 +129,9 @@ class AmendmentOut(BaseModel):
     decisions: list[DecisionOut]
     decided_at: datetime | None
     contract_version: int | None = Field(description="The version this amendment produced, once applied")
+    based_on_version: int | None = Field(
+        default=None, description="The contract version its impact was assessed on: once another amendment has "
+                                  "changed the contract, it can no longer be approved (reject or withdraw it)")
     impact: ImpactOut
     changes: list[dict]
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.amendments import schemas as s
-from api.contracts.builder import due_rule
+from api.contracts.builder import SpecError, due_rule, parse_contract_date
 from api.contracts.schemas import InstallmentIn, MilestoneIn
 from api.contracts.service import ContractService
 from api.platform.problems import Problem
@@ -52,6 +53,8 @@ class AmendmentService:
     async def request(self, contract_id: str, body: s.AmendmentRequestIn) -> s.AmendmentAccepted:
         changes = [_change(c, f"changes[{i}]") for i, c in enumerate(body.changes)]
         state = await self._state(contract_id)
+        changes = [_end_date(change, c.end_date, _zone(state, self.contracts.settings), f"changes[{i}].end_date")
+                   for i, (change, c) in enumerate(zip(changes, body.changes, strict=True))]
         roles = rules.required_roles(state, changes)
         _check_moves(state, changes)
         with self.sessions() as session:
@@ -69,6 +72,10 @@ class AmendmentService:
         state = await self._state(contract_id)
         a = _find(state, amendment_id)
         role = getattr(body, "role", None) or ""
+        if decision == "withdraw" and a.status == "pending" and body.by != a.requested_by:
+            # Who may withdraw is a permission (403), not a state of the amendment (409).
+            raise Problem(403, f"only the requester ({a.requested_by}) can withdraw amendment {a.id!r}",
+                          slug="not-the-requester")
         if decision != "withdraw":
             if not role:
                 if len(a.required_roles) == 1:
@@ -216,6 +223,37 @@ def _change(c: s.AmendmentChangeIn, where: str) -> AmendmentChange:
     )
 
 
+def _zone(state: ContractState, settings: Any) -> ZoneInfo:
+    """The business zone the contract's dates are read in (as at its creation)."""
+    policy = state.spec.policy
+    return ZoneInfo(policy.business_timezone if policy is not None and policy.business_timezone
+                    else settings.business_timezone)
+
+
+def _end_date(change: AmendmentChange, text: str | None, tz: ZoneInfo, where: str) -> AmendmentChange:
+    """extend_end given as a last day (``end_date``, as at creation) rather than an instant:
+    the term then ends at the following midnight in the business zone."""
+    if text is None:
+        if change.kind == "extend_end" and change.end_at is None:
+            raise _invalid(where.removesuffix(".end_date"),
+                           "extend_end needs end_date (the new last day) or end_at (an instant with a zone)")
+        return change
+    if change.kind != "extend_end":
+        raise _invalid(where, "end_date is for extend_end changes only")
+    if change.end_at is not None:
+        raise _invalid(where, "give end_date (the last day) or end_at (an instant), not both")
+    try:
+        end_at = parse_contract_date(text.strip(), tz, end=True, field=where)
+    except SpecError as exc:
+        raise Problem(422, "; ".join(m for _f, m in exc.errors), slug="invalid",
+                      errors=[{"field": f, "message": m} for f, m in exc.errors]) from None
+    return dataclasses.replace(change, end_at=end_at)
+
+
+def _invalid(where: str, message: str) -> Problem:
+    return Problem(422, f"{where}: {message}", slug="invalid", errors=[{"field": where, "message": message}])
+
+
 def _shift(text: str | None, where: str) -> str | None:
     """A move_due shift: an ISO 8601 duration, forwards or (with a leading '-') backwards, capped
     like every duration (core/durations.check_duration) before the workflow adds it to a date."""
@@ -280,7 +318,7 @@ def _out(a: AmendmentState) -> s.AmendmentOut:
         id=a.id, number=a.number, status=a.status, requested_by=a.requested_by, reason=a.reason,
         requested_at=a.requested_at, required_roles=a.required_roles, approvers=a.approvers,
         missing_roles=_missing(a), decisions=[s.DecisionOut(**_fields(d)) for d in a.decisions],
-        decided_at=a.decided_at, contract_version=a.contract_version,
+        decided_at=a.decided_at, contract_version=a.contract_version, based_on_version=a.based_on_version,
         impact=s.ImpactOut(
             milestones=[_item(x) for x in i.items], installments=[_item(x) for x in i.installments],
             old_amount=i.old_amount, new_amount=i.new_amount, amount_delta=i.amount_delta,

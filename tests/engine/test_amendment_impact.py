@@ -63,6 +63,29 @@ def test_request_approve_apply_queues_the_agreement_and_a_new_version(contract):
         amendments.check_decision(c.state, d, NOW)
 
 
+def test_an_amendment_assessed_before_another_was_applied_can_no_longer_be_approved(contract):
+    """Two pending "order review +3 days": applying the first moves it 3 days; approving the second
+    would move it 3 more while its impact (and the approvers) said from the original date."""
+    c = contract()
+    first = amendments.request(c.state, RequestAmendmentInput("AMD-1", "li.wei", "a", [MOVE], {}), c.journal)
+    second = amendments.request(c.state, RequestAmendmentInput("AMD-2", "li.wei", "b", [MOVE], {}), c.journal)
+    assert first.based_on_version == second.based_on_version == 1
+    amendments.decide(c.state, DecideAmendmentInput("AMD-1", "approve", "zhang.min", "manager"), c.journal)
+    assert c.state.contract_version == 2 and c.milestone("order_review").due_at == NOW + timedelta(days=5)
+    approve = DecideAmendmentInput("AMD-2", "approve", "zhang.min", "manager")
+    with pytest.raises(ApplicationError, match="assessed on contract version 1.*now version 2|version 2, so"):
+        amendments.check_decision(c.state, approve, NOW)
+    # Rejecting or withdrawing it stays possible; the handler replaying an old history skips the check.
+    amendments.check_decision(c.state, DecideAmendmentInput("AMD-2", "reject", "zhang.min", "manager"), NOW)
+    amendments.check_decision(c.state, DecideAmendmentInput("AMD-2", "withdraw", "li.wei"), NOW)
+    amendments.check_decision(c.state, approve, NOW, still_current=False)
+    # Requested again, against version 2, it is approved and moves the date from where it is now.
+    third = amendments.request(c.state, RequestAmendmentInput("AMD-3", "li.wei", "b", [MOVE], {}), c.journal)
+    assert third.based_on_version == 2
+    assert third.impact is not None and third.impact.items[0].old_due_at == NOW + timedelta(days=5)
+    amendments.check_decision(c.state, DecideAmendmentInput("AMD-3", "approve", "zhang.min", "manager"), NOW)
+
+
 def test_a_notice_keeps_its_key_when_its_task_runs_again_later(contract):
     """A workflow task whose local activity wrote a notice may never be recorded (the worker died):
     the task runs again from the same state, later.  The approval's due date moves with the clock,

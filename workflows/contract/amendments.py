@@ -486,7 +486,7 @@ def request(state: ContractState, r: RequestAmendmentInput, journal: Journal) ->
         id=r.amendment_id, number=len(s.amendments) + 1, requested_by=r.requested_by, reason=r.reason.strip(),
         changes=list(r.changes), requested_at=now, required_roles=roles,
         approvers={role: r.approvers.get(role) or role for role in roles},
-        impact=assess(s, r.changes, r.approvers, now),
+        impact=assess(s, r.changes, r.approvers, now), based_on_version=s.contract_version,
     )
     s.amendments.append(a)
     assert a.impact is not None
@@ -513,7 +513,9 @@ def missing_roles(a: AmendmentState) -> list[str]:
     return [r for r in a.required_roles if r not in done]
 
 
-def check_decision(state: ContractState, d: DecideAmendmentInput, now: datetime) -> None:
+def check_decision(state: ContractState, d: DecideAmendmentInput, now: datetime, *, still_current: bool = True) -> None:
+    """Whether ``d`` may be taken.  ``still_current``: refuse an approval of an amendment assessed
+    on an older contract version (the workflow's handler asks only where its patch is in the history)."""
     a = find(state, d.amendment_id)
     if a is None:
         raise not_found(f"contract has no amendment {d.amendment_id!r}")
@@ -534,12 +536,26 @@ def check_decision(state: ContractState, d: DecideAmendmentInput, now: datetime)
             f"amendment {a.id!r} needs approval from {', '.join(a.required_roles)}; {d.role!r} is not one of them")
     if any(x.role == d.role and x.decision == "approved" for x in a.decisions):
         raise conflict(f"{d.role} has already approved amendment {a.id!r}")
+    if d.decision == "approve" and still_current:
+        check_still_current(state, a)
     if d.decision == "approve" and missing_roles(a) == [d.role]:
         # The last approval applies the change: it must still fit the contract as it is now.
         try:
             check(state, a.changes, now)
         except Exception as exc:  # noqa: BLE001 - reported as a conflict with the reason
             raise conflict(f"the contract changed since amendment {a.id!r} was requested: {exc}") from None
+
+
+def check_still_current(state: ContractState, a: AmendmentState) -> None:
+    """An approval is of the impact the approvers were shown.  Once another amendment has changed
+    the contract, that impact no longer holds (two "shipping +10 days" would move it 20 days while
+    the second one's impact and agreement said 10): the amendment can only be rejected or
+    withdrawn, and requested again against the contract as it is now."""
+    if a.based_on_version is not None and a.based_on_version != state.contract_version:
+        raise conflict(
+            f"amendment {a.id!r} was assessed on contract version {a.based_on_version}; another amendment has "
+            f"since made it version {state.contract_version}, so its impact no longer holds. Reject or "
+            f"withdraw it and request it again")
 
 
 def decide(state: ContractState, d: DecideAmendmentInput, journal: Journal) -> AmendmentState:

@@ -78,6 +78,14 @@ LEAN = "lean-engine-v1"
 # It decides which commands a task issues: changing it needs a patch of its own.
 API_PROJECTION = "api-projection-v1"
 HANDED_GRACE = timedelta(seconds=5)
+# An approval of an amendment assessed on an older contract version is refused (another amendment
+# applied since: its impact no longer holds).  The validator always checks; the handler (which
+# replays old histories, where such approvals were applied) only where this patch is recorded.
+AMENDMENT_STILL_CURRENT = "amendment-still-current-v1"
+# A terminated or expired contract has nothing due: its NextDueAt search attribute and the read
+# model's next_due_at are cleared when it closes.  Before, they kept the date of an item that
+# would never fall due (operators' ``NextDueAt < ...`` queries listed closed contracts).
+CLOSED_NOTHING_DUE = "closed-nothing-due-v1"
 MAX_PAYMENTS_PER_BATCH = payments.MAX_PAYMENTS_PER_BATCH
 # The OutstandingAmount search attribute follows payments at most this often.  Each upsert is a
 # visibility write: measured on the dev server, it doubles the server's CPU per update (4 -> 8 ms)
@@ -247,7 +255,10 @@ class ContractWorkflow:
                     m.key for m in s.milestones if m.status not in milestones.RESOLVED))
             # Money still owed after the end date keeps the contract active: receivables do not expire.
         s.escalation_level, s.next_escalation_at = reminders.escalation(s, now)
-        s.next_due_at = schedule.next_due_at(s, now)
+        if s.status != ContractStatus.ACTIVE and workflow.patched(CLOSED_NOTHING_DUE):
+            s.next_due_at = None  # a closed contract's open items will never fall due
+        else:
+            s.next_due_at = schedule.next_due_at(s, now)
         s.overdue_count = schedule.overdue_count(s)
         self._settle_escalations()
 
@@ -662,7 +673,8 @@ class ContractWorkflow:
     def decide_amendment(self, d: DecideAmendmentInput) -> AmendmentResult:
         if self._legacy is not None:
             return self._legacy.decide_amendment(d)
-        amendments.check_decision(self.state, d, workflow.now())
+        amendments.check_decision(self.state, d, workflow.now(),
+                                  still_current=d.decision == "approve" and workflow.patched(AMENDMENT_STILL_CURRENT))
         a = amendments.decide(self.state, d, self._journal)
         self._changed()
         return AmendmentResult(a, self.state.contract_version)
