@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -247,7 +248,8 @@ def list_contracts(
     page = _json(st, _request(st, "GET", "/contracts", params=params))
     items = page.get("items", [])
     table = Table(title=f"Contracts ({len(items)} of {page.get('total', len(items))})", title_justify="left")
-    table.add_column("id", no_wrap=True)
+    # The id is what a script takes from this table: never shortened, even in 80 columns (a pipe).
+    table.add_column("id", no_wrap=True, min_width=max((len(c["id"]) for c in items), default=2))
     table.add_column("title")
     table.add_column("customer")
     table.add_column("owner", no_wrap=True)
@@ -724,22 +726,36 @@ def report(
         st.out.print(f"CSV: {csv_out}", soft_wrap=True)
 
 
+_COUNT_UNITS = ("contracts", "count")
+
+
 def _report_value(value: Any, unit: str | None) -> str:
+    """A report cell: counts whole, rates in %, money with its decimals and thousands separators."""
     if value is None:
         return "-"
     if unit == "ratio" and isinstance(value, (int, float)):
         return f"{value * 100:.1f}%"
-    if isinstance(value, float):
-        return f"{value:.2f}"
+    if unit in _COUNT_UNITS and isinstance(value, (int, float)):
+        return f"{round(value):,}"
+    if isinstance(value, (int, float)):
+        return f"{value:,.2f}"
+    if isinstance(value, str) and unit not in ("stage", "user"):
+        try:
+            return f"{Decimal(value):,}"  # an amount: "1234567.00" -> "1,234,567.00"
+        except ArithmeticError:
+            return value
     return str(value)
 
 
 def _report_change(value: Any, unit: str | None) -> str:
+    """The change, signed; never in scientific notation (a money delta of 1.2 million is +1,200,000.00)."""
     if value is None:
         return ""
     if unit == "ratio":
         return f"{value * 100:+.1f} pp"
-    return f"{value:+.2f}" if isinstance(value, float) and not float(value).is_integer() else f"{value:+g}"
+    if unit in _COUNT_UNITS:
+        return f"{round(value):+,}"
+    return f"{value:+,.2f}"
 
 
 # ------------------------------------------------------------------ doctor

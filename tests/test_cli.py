@@ -143,6 +143,10 @@ async def test_list_shows_the_new_contract(api_service, tmp_path):
     assert contract_id in by_customer.output
     assert "(1 of 1)" in by_customer.output
 
+    # Piped (80 columns, no terminal), the ids are still whole: scripts take them from here.
+    narrow = await cli(api_service, "list", "--customer", body["customer"]["external_id"], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0 and contract_id in narrow.output, narrow.output
+
     nothing = await cli(api_service, "list", "--owner", f"nobody-{uuid.uuid4().hex[:6]}")
     assert nothing.exit_code == 0, nothing.output
     assert contract_id not in nothing.output
@@ -322,3 +326,16 @@ async def test_report_csv_into_a_missing_folder_is_a_clear_error(api_service, tm
     result = await cli(api_service, "report", "--csv", str(tmp_path / "no" / "such" / "folder" / "q.csv"))
     assert result.exit_code == 1, result.output
     assert "cannot write the CSV to" in result.output and "Traceback" not in result.output
+
+
+def test_report_cells_read_as_a_person_would_write_them():
+    """Counts whole, money with separators and its decimals, changes never in scientific notation."""
+    from core.cli import _report_change, _report_value
+
+    assert _report_value(35, "contracts") == "35" and _report_value(35.0, "count") == "35"
+    assert _report_change(5, "contracts") == "+5" and _report_change(-3.0, "count") == "-3"
+    assert _report_value("1234567.00", "CNY") == "1,234,567.00"
+    assert _report_change(1200000.0, "CNY") == "+1,200,000.00"
+    assert _report_change(-0.5, "days") == "-0.50" and _report_value(12.345, "days") == "12.35"
+    assert _report_value(0.875, "ratio") == "87.5%" and _report_change(-0.05, "ratio") == "-5.0 pp"
+    assert _report_value("shipping", "stage") == "shipping" and _report_value(None, "days") == "-"

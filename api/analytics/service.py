@@ -337,9 +337,10 @@ class ReportRowOut(BaseModel):
     section: str
     metric: str
     unit: str
-    current: float | str | None
-    previous: float | str | None
-    change: float | None = Field(description="current - previous, for numbers")
+    # int first: a count stays a whole number in the JSON (35, not 35.0)
+    current: int | float | str | None
+    previous: int | float | str | None
+    change: int | float | None = Field(description="current - previous, for numbers")
 
 
 class QuarterlyReportOut(BaseModel):
@@ -939,8 +940,10 @@ def assemble_report(mc: QuarterMetrics, mp: QuarterMetrics) -> QuarterlyReportOu
     rows: list[ReportRowOut] = []
 
     def add(section: str, metric: str, unit: str, cur: Any, old: Any) -> None:
-        change = None
-        if isinstance(cur, (int, float)) and isinstance(old, (int, float)):
+        change: int | float | None = None
+        if isinstance(cur, int) and isinstance(old, int):
+            change = cur - old
+        elif isinstance(cur, (int, float)) and isinstance(old, (int, float)):
             change = float(cur) - float(old)
         elif isinstance(cur, str) and isinstance(old, str):
             try:
