@@ -10,7 +10,7 @@ import hashlib
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
@@ -35,19 +35,14 @@ class DocumentActivities:
         html = render_agreement(r).encode("utf-8")
         try:
             with self._sessions.begin() as session:
-                version = (
-                    session.execute(
-                        select(func.max(Document.version)).where(
-                            Document.contract_id == r.contract_id, Document.kind == KIND
-                        )
-                    ).scalar()
-                    or 0
-                ) + 1
+                # Each agreement is a document of its own (its series is its amendment), not the
+                # next version of the one before: agreement No. 2 does not replace No. 1.
                 doc = Document(
                     id=uuid.uuid4().hex[:16],
                     contract_id=r.contract_id,
                     kind=KIND,
-                    version=version,
+                    series=source_key,
+                    version=1,
                     title=f"Supplementary agreement No. {r.amendment_number} / 补充协议（第{r.amendment_number}号）",
                     filename=f"{r.contract_id}-supplementary-agreement-{r.amendment_number}.html",
                     media_type="text/html; charset=utf-8",

@@ -711,9 +711,9 @@ def report(
         table.add_row(
             r["section"] if r["section"] != last else "",
             r["metric"],
-            _report_value(r.get("current"), unit),
-            _report_value(r.get("previous"), unit),
-            Text(_report_change(change, unit), style=style),
+            report_value(r.get("current"), unit),
+            report_value(r.get("previous"), unit),
+            Text(report_change(change, unit), style=style),
         )
         last = r["section"]
     st.out.print(table)
@@ -729,7 +729,7 @@ def report(
 _COUNT_UNITS = ("contracts", "count")
 
 
-def _report_value(value: Any, unit: str | None) -> str:
+def report_value(value: Any, unit: str | None) -> str:
     """A report cell: counts whole, rates in %, money with its decimals and thousands separators."""
     if value is None:
         return "-"
@@ -747,7 +747,7 @@ def _report_value(value: Any, unit: str | None) -> str:
     return str(value)
 
 
-def _report_change(value: Any, unit: str | None) -> str:
+def report_change(value: Any, unit: str | None) -> str:
     """The change, signed; never in scientific notation (a money delta of 1.2 million is +1,200,000.00)."""
     if value is None:
         return ""

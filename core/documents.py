@@ -35,6 +35,13 @@ def format_date(value: datetime | str | None) -> str:
     return value.astimezone(DISPLAY_TZ).strftime("%Y-%m-%d")
 
 
+def format_moment(value: datetime | None) -> str:
+    """A moment as a reader writes it, in Beijing time: ``2026-12-07 14:05``."""
+    if value is None:
+        return "—"
+    return value.astimezone(DISPLAY_TZ).strftime("%Y-%m-%d %H:%M")
+
+
 def format_last_day(end_at: datetime | str | None) -> str:
     """The last day a term covers.  Its end is an instant that is not part of it (``end_date``
     2027-11-26 ends at 2027-11-27 00:00 Beijing time): shown as its date, the term read a day long."""
@@ -73,6 +80,8 @@ def render_agreement(r: AgreementRequest) -> str:
             {"label": c.label, "old": format_value(c, c.old, r.currency), "new": format_value(c, c.new, r.currency)}
             for c in r.clauses
         ],
+        approvals=[{"role": a.role, "by": a.by, "when": format_moment(a.at), "comment": a.comment}
+                   for a in r.approvals],
         effective=format_date(r.effective_at),
         original=format_date(r.original_effective_at),
     )

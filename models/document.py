@@ -4,9 +4,11 @@ Each document is immutable and versioned per (contract, kind, series): a new ver
 row, never an edit.
 
 * Generated supplementary agreements (activities/documents.py) keep their bytes here
-  (``content``, small HTML) and form one series per contract (``series`` = ""): agreement N is
-  version N.  ``source_key`` makes generation idempotent: the activity that renders an
-  amendment's agreement may run twice, the row is written once.
+  (``content``, small HTML).  Each is a document of its own, version 1, whose series is its
+  ``source_key`` (``amendment:<contract>:<amendment>``): agreement No. 2 is not a new version of
+  No. 1 (before migration 0017 they formed one series, agreement N as version N).
+  ``source_key`` makes generation idempotent: the activity that renders an amendment's agreement
+  may run twice, the row is written once.
 * Uploads (api/documents/service.py) keep their bytes in the content-addressed blob store
   (core/storage.py): ``content`` is NULL and ``storage_key`` names the blob (its SHA-256).  The
   contract text is one series per contract (``series`` = "contract_text"); each attachment is a

@@ -330,12 +330,12 @@ async def test_report_csv_into_a_missing_folder_is_a_clear_error(api_service, tm
 
 def test_report_cells_read_as_a_person_would_write_them():
     """Counts whole, money with separators and its decimals, changes never in scientific notation."""
-    from core.cli import _report_change, _report_value
+    from core.cli import report_change, report_value
 
-    assert _report_value(35, "contracts") == "35" and _report_value(35.0, "count") == "35"
-    assert _report_change(5, "contracts") == "+5" and _report_change(-3.0, "count") == "-3"
-    assert _report_value("1234567.00", "CNY") == "1,234,567.00"
-    assert _report_change(1200000.0, "CNY") == "+1,200,000.00"
-    assert _report_change(-0.5, "days") == "-0.50" and _report_value(12.345, "days") == "12.35"
-    assert _report_value(0.875, "ratio") == "87.5%" and _report_change(-0.05, "ratio") == "-5.0 pp"
-    assert _report_value("shipping", "stage") == "shipping" and _report_value(None, "days") == "-"
+    assert report_value(35, "contracts") == "35" and report_value(35.0, "count") == "35"
+    assert report_change(5, "contracts") == "+5" and report_change(-3.0, "count") == "-3"
+    assert report_value("1234567.00", "CNY") == "1,234,567.00"
+    assert report_change(1200000.0, "CNY") == "+1,200,000.00"
+    assert report_change(-0.5, "days") == "-0.50" and report_value(12.345, "days") == "12.35"
+    assert report_value(0.875, "ratio") == "87.5%" and report_change(-0.05, "ratio") == "-5.0 pp"
+    assert report_value("shipping", "stage") == "shipping" and report_value(None, "days") == "-"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import time
 import uuid
 import zipfile
@@ -324,6 +325,76 @@ async def test_generated_agreements_download_through_the_same_route(api_service)
 
         rows = await wait_for(rejected)
         assert [(x["decision"], x["comment"], x["amendment_number"]) for x in rows] == [("rejected", "no", 2)]
+
+        # A second agreement is a document of its own, not version 2 of the first.
+        r = await c.post(f"/contracts/{cid}/amendments", json={
+            "requested_by": "li.wei", "reason": "Once more", "changes": [
+                {"kind": "move_due", "key": "shipping", "shift": "P2D"}]})
+        d = r.json()
+        for role in d["required_roles"]:
+            r = await c.post(f"/contracts/{cid}/amendments/{d['id']}/approve",
+                             json={"by": d["approvers"][role], "role": role})
+            assert r.status_code == 200, r.text
+
+        async def two_agreements():
+            docs = (await c.get(f"/contracts/{cid}/documents")).json()
+            return docs if len(docs) == 2 else None
+
+        docs = await wait_for(two_agreements)
+        assert [x["version"] for x in docs] == [1, 1] and len({x["id"] for x in docs}) == 2
+        assert sorted(x["title"].split(" / ")[0] for x in docs) == ["Supplementary agreement No. 1",
+                                                                     "Supplementary agreement No. 3"]
+        for x in docs:
+            versions = (await c.get(f"/contracts/{cid}/documents/{x['id']}/versions")).json()
+            assert [v["id"] for v in versions] == [x["id"]]
+        # Approval times read as a person writes them, in the business zone (not raw UTC ISO).
+        html = (await c.get(doc["download_url"])).text
+        assert "+08:00" not in html and "T0" not in html.split("审批记录")[1].split("</table>")[0]
+        assert re.search(r"<td>\d{4}-\d{2}-\d{2} \d{2}:\d{2}</td>", html), html
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_migration_0017_makes_each_agreement_a_document_of_its_own(db, tmp_path, request):
+    """Agreements written before 0017 (one series per contract, No. N as version N) each become a
+    document of their own; the downgrade numbers them back in the order they were made."""
+    from sqlalchemy import create_engine, text
+
+    from core.migrate import alembic_config, upgrade
+    from tests.conftest import drop_pg_database, new_pg_database
+
+    if db == "sqlite":
+        url, cleanup = f"sqlite:///{tmp_path / 'm.db'}", None
+    else:
+        admin = request.getfixturevalue("pg_server")
+        name, url = new_pg_database(admin)
+        cleanup = (admin, name)
+    engine = create_engine(url)
+    try:
+        upgrade(url, "0016")
+        insert = text("INSERT INTO documents (id, contract_id, kind, series, version, title, filename, media_type, "
+                      "size, sha256, source_key, created_by, created_at) VALUES (:id, :c, :k, :s, :v, 't', 'f', "
+                      "'text/html', 1, 'x', :key, 'system', :at)")
+        rows = [("a1", "c1", "supplementary_agreement", "", 1, "amendment:c1:x", "2026-01-01 00:00:00"),
+                ("a2", "c1", "supplementary_agreement", "", 2, "amendment:c1:y", "2026-02-01 00:00:00"),
+                ("u1", "c1", "attachment", "drawing.pdf", 1, None, "2026-01-15 00:00:00")]
+        with engine.begin() as conn:
+            for i, c, k, ser, v, key, at in rows:
+                conn.execute(insert, {"id": i, "c": c, "k": k, "s": ser, "v": v, "key": key, "at": at})
+        upgrade(url)
+
+        def now() -> list[tuple]:
+            with engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(text("SELECT id, series, version FROM documents ORDER BY id"))]
+
+        assert now() == [("a1", "amendment:c1:x", 1), ("a2", "amendment:c1:y", 1), ("u1", "drawing.pdf", 1)]
+        from alembic import command
+
+        command.downgrade(alembic_config(url), "0016")
+        assert now() == [("a1", "", 1), ("a2", "", 2), ("u1", "drawing.pdf", 1)]
+    finally:
+        engine.dispose()
+        if cleanup:
+            drop_pg_database(*cleanup)
 
 
 # ============================================================================ who sees what
