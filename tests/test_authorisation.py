@@ -316,6 +316,11 @@ async def test_a_colleague_cannot_reach_a_contract_by_guessing_its_id(api_servic
         assert r.status_code == 200 and f'data-id="{cid}"' not in r.text
         r = await c.get("/ui/contracts", params={"q": cid}, headers=li)
         assert r.status_code == 200 and f'data-id="{cid}"' in r.text
+        # The first characters of an id find it too (as copied from a notice); a colleague still sees nothing.
+        r = await c.get("/ui/contracts", params={"q": cid[:8].upper()}, headers=li)
+        assert r.status_code == 200 and f'data-id="{cid}"' in r.text
+        r = await c.get("/ui/contracts", params={"q": cid[:8]}, headers=colleague)
+        assert r.status_code == 200 and f'data-id="{cid}"' not in r.text
 
         # The owner cannot record money: that is finance's job (403 with the reason, on a visible contract).
         pay = {"reference": f"BANK-{uuid.uuid4().hex[:6]}", "amount": "1000.00", "currency": "CNY",

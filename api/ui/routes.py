@@ -87,12 +87,12 @@ def _safe_next(target: str) -> str:
 def contracts(
     request: Request,
     ctx: Ctx,
-    status: str | None = None,
-    owner: str | None = None,
-    customer: str | None = None,
-    playbook: str | None = None,
+    status: Annotated[str | None, Query(max_length=40)] = None,
+    owner: Annotated[str | None, Query(max_length=100)] = None,
+    customer: Annotated[str | None, Query(max_length=200)] = None,
+    playbook: Annotated[str | None, Query(max_length=60)] = None,
     overdue: bool = False,
-    q: str | None = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
 ):
     f = p.ListFilters(status=status or None, owner=owner or None, customer=customer or None,

@@ -330,8 +330,15 @@ def list_contracts(session: Session, f: ListFilters, viewer: Any = None) -> tupl
     if f.overdue:
         query = query.where(Contract.overdue_count > 0, Contract.status.in_(("active", "starting")))
     if f.q:
-        query = query.where(or_(Contract.title.icontains(f.q, autoescape=True), Contract.id == f.q,
-                                Contract.external_id == f.q))
+        text = f.q.strip()
+        # Words of the title or the customer's name, the contract's number, or the first
+        # characters of its id (as copied from a list or a notification: 4 at least).
+        terms = [Contract.title.icontains(text, autoescape=True),
+                 Contract.customer_name.icontains(text, autoescape=True),
+                 Contract.id == text, Contract.external_id.icontains(text, autoescape=True)]
+        if len(text) >= 4:
+            terms.append(Contract.id.startswith(text.lower(), autoescape=True))
+        query = query.where(or_(*terms))
     total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     rows = session.execute(
         query.order_by(Contract.overdue_count.desc(), Contract.effective_at.desc(), Contract.id)
