@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     # before it asks Temporal once more and then answers 503: no worker up means a retryable 503
     # within about twice this, not a request hanging until the client gives up.
     update_timeout_seconds: float = 30.0
+    # How long an API request waits for one database call before it answers 503 (or goes on
+    # without the read model where it can: payments and other updates reach the workflow alone).
+    database_call_seconds: float = 5.0
+    # Threads the API runs its database calls in (each call stuck on a silent database holds one).
+    api_threads: int = 32
     # Where the Temporal Web UI is, for links shown to people.
     temporal_ui_url: str = "http://localhost:8233"
     # Calendar dates (effective_date: 2026-03-01) are read in this zone.

@@ -69,24 +69,36 @@ class UpdateLost(Exception):
     """Temporal lost an update before applying it, and re-sending it did not get through either."""
 
 
-async def update_was_lost(handle, exc: BaseException) -> bool:
+async def update_was_lost(handle, exc: BaseException, client=None) -> bool:
     """NOT_FOUND for an update on a workflow that is still running: the update is not in the run's
     registry, so it was never applied.  It happens when a worker dies while reporting the task
     that carried it: the server cannot tell whether that write landed, reloads the workflow, and
     an update it had not yet made durable is gone ("update ... not found" when the client polls
-    for its outcome).  NOT_FOUND for a closed workflow means what it says."""
-    from temporalio.client import WorkflowExecutionStatus
+    for its outcome).  NOT_FOUND for a closed workflow means what it says.
+
+    With ``client``, the status comes from the raw describe call: ``handle.describe()`` decodes
+    every search attribute, and the time-skipping test server answers an unset one (a closed
+    contract's NextDueAt) with a null it cannot decode (the real server drops the key)."""
+    from temporalio.api.common.v1 import WorkflowExecution
+    from temporalio.api.enums.v1 import WorkflowExecutionStatus
+    from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
     from temporalio.service import RPCError, RPCStatusCode
 
     if not (isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND):
         return False
     try:
-        return (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        if client is None:
+            from temporalio.client import WorkflowExecutionStatus as Status
+
+            return (await handle.describe()).status == Status.RUNNING
+        described = await client.workflow_service.describe_workflow_execution(DescribeWorkflowExecutionRequest(
+            namespace=client.namespace, execution=WorkflowExecution(workflow_id=handle.id)))
     except RPCError:
         return False
+    return described.workflow_execution_info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
 
 
-async def execute_update_retrying(handle, update, arg, *, attempts: int = 6, rpc_timeout=None):
+async def execute_update_retrying(handle, update, arg, *, attempts: int = 6, rpc_timeout=None, client=None):
     """``handle.execute_update``, re-sent when Temporal refused or lost it without applying it.
 
     * refused while the run was continuing as new (:func:`is_transient_update_rejection`):
@@ -112,7 +124,7 @@ async def execute_update_retrying(handle, update, arg, *, attempts: int = 6, rpc
                 update_id = uuid.uuid4().hex  # not accepted: a new update
             elif _timed_out_waiting(exc) and timeouts < 1:
                 timeouts += 1  # the server stopped waiting (no worker yet): once more, same update
-            elif await update_was_lost(handle, exc):
+            elif await update_was_lost(handle, exc, client):
                 log.warning("update %s on %s was lost by Temporal before it was applied; re-sending it",
                             update_id, handle.id)
                 if attempt == attempts - 1:

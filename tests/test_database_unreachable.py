@@ -113,3 +113,147 @@ async def test_readiness_answers_not_ready_in_time_and_the_loop_keeps_serving(de
     assert answer.status_code == 503
     body = answer.body.decode()
     assert f"database error: no answer within {READY_CHECK_SECONDS} s" in body and "temporal ok" in body
+
+
+# ---------------------------------------------------------------- a database that stops answering mid-run
+class StallingProxy:
+    """A TCP forwarder to PostgreSQL, in threads of its own (whatever happens to the test's event
+    loop, it keeps its word).  ``stall()``: bytes are still accepted from both sides but no longer
+    passed on, and new connections are accepted and left silent (a frozen server whose kernel
+    still acknowledges); ``resume()``: everything held is passed on."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.server = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.server.getsockname()[1]
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.closed = threading.Event()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stall(self, at_most: float) -> None:
+        """Stall; resume by itself after ``at_most`` s (a test whose event loop is blocked by the
+        stall, the bug this guards against, then fails on its timings instead of hanging)."""
+        self.flowing.clear()
+        timer = threading.Timer(at_most, self.resume)
+        timer.daemon = True
+        timer.start()
+
+    def resume(self) -> None:
+        self.flowing.set()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.flowing.set()
+        self.server.close()
+        for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                self.flowing.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.postgres
+@pytest.mark.devserver
+async def test_a_database_that_stops_answering_never_freezes_the_api(dev_env, pg_server, mailbox):
+    """PostgreSQL stops answering mid-run (connections open, nothing comes back).  The event loop
+    keeps serving (/healthz at once); a payment still reaches the contract's workflow and is
+    answered; what needs the read model answers 503 within the deadline; a person's request,
+    whose log-in check needs the database, too.  Once the database answers again, the read model
+    catches up with the payment made meanwhile."""
+    from datetime import datetime, timezone
+
+    import httpx
+
+    from core.migrate import upgrade
+    from tests.conftest import drop_pg_database, new_pg_database, running_service
+    from tests.helpers import contract_request, login, strip_credentials, wait_for
+
+    deadline = 1.0
+    name, url = new_pg_database(pg_server)
+    upgrade(url)
+    proxy = StallingProxy(5432)
+    proxied = url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
+    try:
+        async with running_service(dev_env, proxied, mailbox.port, database_call_seconds=deadline) as service, \
+                httpx.AsyncClient(base_url=service.base_url, timeout=60) as c:
+            cid = (await c.post("/contracts", json=contract_request(datetime.now(timezone.utc)))).json()["id"]
+            person = await login(service.base_url, "li.wei")
+
+            def payment(ref: str) -> dict:
+                return {"reference": ref, "amount": "1000.00", "currency": "CNY",
+                        "received_at": datetime.now(timezone.utc).isoformat()}
+
+            assert (await c.post(f"/contracts/{cid}/payments", json=payment("BEFORE"))).json()["applied"] is True
+
+            gaps: list[float] = []
+            done = asyncio.Event()
+
+            async def ticker() -> None:  # what every other request sees of the event loop meanwhile
+                last = time.monotonic()
+                while not done.is_set():
+                    await asyncio.sleep(0.05)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            async def timed(coro) -> tuple[httpx.Response, float]:
+                started = time.monotonic()
+                r = await coro
+                return r, time.monotonic() - started
+
+            proxy.stall(at_most=45)
+            tick = asyncio.create_task(ticker())
+            try:  # (resumed whatever happens: the service cannot shut down on a stalled database)
+                paid, paid_s = await timed(c.post(f"/contracts/{cid}/payments", json=payment("DURING")))
+                health, health_s = await timed(c.get("/healthz"))
+                amendments, amendments_s = await timed(c.get(f"/contracts/{cid}/amendments"))
+                async with httpx.AsyncClient(base_url=strip_credentials(service.base_url), timeout=60) as anon:
+                    mine, mine_s = await timed(anon.get(f"/contracts/{cid}", headers=person))
+            finally:
+                done.set()
+                await tick
+                proxy.resume()
+            proxy.resume()
+            assert health.status_code == 200 and health_s < 0.5, health_s
+            # The payment: the row lookup gives up after the deadline and the workflow alone judges
+            # it.  Its workflow task then waits for its local activity's attempts at the read model
+            # (PROJECTION_NOW: 5 s each) before the write goes to a background activity.
+            assert paid.status_code == 200 and paid.json()["applied"] is True, paid.text
+            assert paid.json()["outstanding"] == "118000.00" and paid_s < 30, paid_s
+            for r, took in ((amendments, amendments_s), (mine, mine_s)):
+                assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json"), \
+                    r.text
+                assert took < deadline + 2, took
+            assert max(gaps) < 0.5, max(gaps)
+
+            async def caught_up():
+                row = (await c.get("/contracts", params={"limit": 500})).json()["items"]
+                found = next((i for i in row if i["id"] == cid), None)
+                return found if found and found["outstanding"] == "118000.00" else None
+
+            await wait_for(caught_up, timeout=60)
+    finally:
+        proxy.close()
+        drop_pg_database(pg_server, name)

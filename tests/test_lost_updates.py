@@ -89,7 +89,7 @@ async def test_a_lost_update_is_sent_again_under_the_same_id_and_applied_once(ts
         closed = LosesTheFirstSends(handle, lose=1)
         with pytest.raises(RPCError) as gone:
             await execute_update_retrying(closed, ContractWorkflow.record_payment,
-                                          PaymentInput("BANK-2", "1.00", "CNY", now))
+                                          PaymentInput("BANK-2", "1.00", "CNY", now), client=ts_env.client)
         assert gone.value.status == RPCStatusCode.NOT_FOUND and len(closed.ids) == 1
 
 

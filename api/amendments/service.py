@@ -57,9 +57,12 @@ class AmendmentService:
                    for i, (change, c) in enumerate(zip(changes, body.changes, strict=True))]
         roles = rules.required_roles(state, changes)
         _check_moves(state, changes)
-        with self.sessions() as session:
-            _check_people(session, changes)
-            approvers = {role: _approver_for(session, role, state) for role in roles}
+        def people() -> dict[str, str]:
+            with self.sessions() as session:
+                _check_people(session, changes)
+                return {role: _approver_for(session, role, state) for role in roles}
+
+        approvers = await self.contracts.in_db(people)
         result: AmendmentResult = await self.contracts.send_update(
             contract_id,
             ContractWorkflow.request_amendment,
@@ -84,8 +87,11 @@ class AmendmentService:
                     raise Problem(422, f"say which role you {decision} for ('role'): one of "
                                        f"{', '.join(a.required_roles)}", slug="invalid")
             if role in a.required_roles:
-                with self.sessions() as session:
-                    reason = _not_eligible(session, body.by, role, a, state)
+                def eligible() -> str | None:
+                    with self.sessions() as session:
+                        return _not_eligible(session, body.by, role, a, state)
+
+                reason = await self.contracts.in_db(eligible)
                 if reason:
                     raise Problem(403, reason, slug="not-an-approver")
         result = await self.contracts.send_update(
@@ -117,17 +123,20 @@ class AmendmentService:
         return out
 
     async def _state(self, contract_id: str) -> ContractState:
-        row = self.contracts.row(contract_id)
+        row = await self.contracts.in_db(self.contracts.row, contract_id)
         state = await self.contracts.live_state(row)
         # A decided amendment's impact lives in the read model (the workflow lets it go).
         missing = {a.id: a for a in state.amendments if a.impact is None}
         if missing:
             from core.serde import from_jsonable
 
-            with self.sessions() as session:
-                records = session.execute(select(AmendmentRecord).where(
-                    AmendmentRecord.contract_id == contract_id, AmendmentRecord.amendment_id.in_(list(missing)))
-                ).scalars().all()
+            def read() -> list[AmendmentRecord]:
+                with self.sessions() as session:
+                    return list(session.execute(select(AmendmentRecord).where(
+                        AmendmentRecord.contract_id == contract_id, AmendmentRecord.amendment_id.in_(list(missing)))
+                    ).scalars().all())
+
+            records = await self.contracts.in_db(read)
             for r in records:
                 if r.record.get("impact") is not None:
                     missing[r.amendment_id].impact = from_jsonable(AmendmentImpact, r.record["impact"])

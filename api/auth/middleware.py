@@ -11,12 +11,12 @@ from __future__ import annotations
 import uuid
 from urllib.parse import quote
 
-from fastapi.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse
 
 from api.auth.principal import CURRENT, RequestContext
 from api.auth.service import Unauthenticated, authenticate
+from api.platform.database import DatabaseStalled, in_thread
 from api.platform.problems import problem_response
 
 PUBLIC_PATHS = frozenset({
@@ -24,6 +24,7 @@ PUBLIC_PATHS = frozenset({
     "/ui/login", "/ui/logout",
 })
 PUBLIC_PREFIXES = ("/static/",)
+PROBES = frozenset({"/healthz", "/readyz"})
 
 
 def is_public(path: str) -> bool:
@@ -38,6 +39,9 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["path"] in PROBES:  # answered whatever the database does: no credentials read
+            await self.app(scope, receive, send)
+            return
         request = Request(scope)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         ctx = RequestContext(request_id=request_id[:64], method=scope["method"], path=scope["path"])
@@ -45,7 +49,14 @@ class AuthMiddleware:
         try:
             principal = None
             try:
-                principal = await run_in_threadpool(_authenticate, request)
+                principal = await in_thread(request.app.state.settings.database_call_seconds, _authenticate, request)
+            except DatabaseStalled:
+                if not is_public(scope["path"]):  # a public page needs no caller: served anonymously
+                    stalled = problem_response(503, "the contract database is not answering; try again shortly",
+                                               scope["path"], slug="database-unavailable")
+                    stalled.headers["Retry-After"] = "5"
+                    await stalled(scope, receive, send)
+                    return
             except Unauthenticated as exc:
                 if not is_public(scope["path"]):
                     await self._refuse(request, exc.detail)(scope, receive, send)

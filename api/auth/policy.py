@@ -25,12 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from api.auth.principal import CURRENT, Principal
+from api.platform.database import in_thread
 from api.platform.problems import Problem
 from models import Contract, Milestone
 
@@ -278,7 +278,9 @@ async def authorize(request: Request) -> None:
         needs_row = not (principal.sees_all_contracts or principal.has("integration:crm")) or (
             rule.check is not None and not principal.is_admin)
         if needs_row:
-            access = await run_in_threadpool(_load_access, request, contract_id)
+            # DatabaseStalled (no answer in time) is a 503 like any unreachable database.
+            access = await in_thread(request.app.state.settings.database_call_seconds, _load_access, request,
+                                     contract_id)
         if not can_see(principal, access):
             raise not_found(contract_id)
     if not principal.has(*rule.roles):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from sqlalchemy import and_, bindparam, func, or_, select, update
@@ -30,6 +30,7 @@ from activities.projection import ProjectionActivities
 from api.auth.principal import CURRENT
 from api.contracts import schemas
 from api.contracts.builder import SpecError, build_spec
+from api.platform.database import DatabaseStalled, in_thread
 from api.platform.problems import Problem
 from core.org import default_assignees, who_is_missing
 from core.serde import from_jsonable
@@ -64,6 +65,7 @@ _TARGET = select(Contract.workflow_id, Contract.status, Contract.version).where(
 WRITE_BACK_ATTEMPTS = 8
 FINAL = ("completed", "terminated", "expired")
 _MARK_STARTED = update(Contract).where(Contract.id == bindparam("cid"), Contract.status == STARTING).values(status="active")
+T = TypeVar("T")
 _STATUS_FOR_TYPE = {wf_errors.NOT_FOUND: 404, wf_errors.CONFLICT: 409, wf_errors.INVALID: 422}
 
 
@@ -83,41 +85,23 @@ class ContractService:
         now = datetime.now(timezone.utc)
         contract_id = uuid.uuid4().hex[:16]
         try:
-            with self.sessions() as session:
-                assignees = default_assignees(session)  # one query, not two per department-owned step
-                spec = build_spec(
-                    req,
-                    contract_id=contract_id,
-                    now=now,
-                    business_tz=self.settings.business_timezone,
-                    department_assignee=assignees.get,
-                )
-                missing = who_is_missing(
-                    session,
-                    {"owner": spec.owner, **{f"milestones[{m.key}].owner": m.owner for m in spec.milestones}},
-                    {f"milestones[{m.key}].department": m.department for m in spec.milestones},
-                )
-                if missing:
-                    raise SpecError(missing)
+            spec = await self.in_db(self._valid_spec, req, contract_id, now)
         except SpecError as exc:
             raise Problem(422, str(exc), slug="validation", errors=[{"field": f, "message": m} for f, m in exc.errors]) from exc
         self._check_spec_size(spec)
         # A repeat is recognised only once the request is valid: an invalid body is refused (422) whatever its
         # external_id, rather than answered with the contract it names.
         if req.external_id:
-            existing = self._by_external_id(req.external_id)
+            existing = await self.in_db(self._by_external_id, req.external_id)
             if existing is not None:
                 return self._created(existing), False
 
         # 1. The row first, as 'starting': it holds the spec, so the workflow can always be
         #    (re)started from it, and the unique external_id settles concurrent duplicates.
         try:
-            with self.sessions.begin() as session:
-                new_contract_row(
-                    session, spec, workflow_id=workflow_id_for(spec.contract_id), status=STARTING, version=0, now=now
-                )
+            await self.in_db(self._insert_starting, spec, now)
         except IntegrityError:
-            existing = self._by_external_id(req.external_id) if req.external_id else None
+            existing = await self.in_db(self._by_external_id, req.external_id) if req.external_id else None
             if existing is None:
                 raise
             return self._created(existing), False
@@ -135,9 +119,44 @@ class ContractService:
                 slug="temporal-unavailable",
                 id=contract_id,
             ) from exc
-        self._mark_started(contract_id)
+        try:
+            await self.in_db(self._mark_started, contract_id)
+        except DatabaseStalled:
+            # The workflow runs; the reconciler marks the row once the database answers again.
+            log.warning("contract %s started; its row could not be marked active in time", contract_id)
         return schemas.ContractCreated(id=contract_id, workflow_id=workflow_id_for(contract_id), status="active",
                                        external_id=req.external_id), True
+
+    async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """A database call from async code: in a thread, within ``database_call_seconds``
+        (api/platform/database.py)."""
+        return await in_thread(self.settings.database_call_seconds, fn, *args)
+
+    def _valid_spec(self, req: schemas.ContractCreate, contract_id: str, now: datetime) -> ContractSpec:
+        """The contract's spec, its people and departments checked (SpecError if not)."""
+        with self.sessions() as session:
+            assignees = default_assignees(session)  # one query, not two per department-owned step
+            spec = build_spec(
+                req,
+                contract_id=contract_id,
+                now=now,
+                business_tz=self.settings.business_timezone,
+                department_assignee=assignees.get,
+            )
+            missing = who_is_missing(
+                session,
+                {"owner": spec.owner, **{f"milestones[{m.key}].owner": m.owner for m in spec.milestones}},
+                {f"milestones[{m.key}].department": m.department for m in spec.milestones},
+            )
+        if missing:
+            raise SpecError(missing)
+        return spec
+
+    def _insert_starting(self, spec: ContractSpec, now: datetime) -> None:
+        with self.sessions.begin() as session:
+            new_contract_row(
+                session, spec, workflow_id=workflow_id_for(spec.contract_id), status=STARTING, version=0, now=now
+            )
 
     def _check_spec_size(self, spec: ContractSpec) -> None:
         """Refuse (422) a spec its workflow could not start with, before its row is written: Temporal
@@ -163,10 +182,14 @@ class ContractService:
     async def reconcile_starting(self) -> int:
         """Start the workflow of every row stuck in 'starting' (API crashed or Temporal was down)."""
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.settings.reconcile_after_seconds)
-        with self.sessions() as session:
-            rows = session.execute(
-                select(Contract.id, Contract.spec).where(Contract.status == STARTING, Contract.created_at < cutoff)
-            ).all()
+
+        def stuck() -> list:
+            with self.sessions() as session:
+                return list(session.execute(
+                    select(Contract.id, Contract.spec).where(Contract.status == STARTING, Contract.created_at < cutoff)
+                ).all())
+
+        rows = await self.in_db(stuck)
         started = 0
         for contract_id, spec_json in rows:
             try:
@@ -174,7 +197,7 @@ class ContractService:
             except RPCError as exc:
                 log.warning("reconcile: %s still cannot start: %s", contract_id, exc)
                 continue
-            self._mark_started(contract_id)
+            await self.in_db(self._mark_started, contract_id)
             started += 1
         return started
 
@@ -208,6 +231,11 @@ class ContractService:
                         contract_id, exc.__class__.__name__)
             return Contract(id=contract_id, workflow_id=workflow_id_for(contract_id), status="active")
 
+    @staticmethod
+    def _stand_in(contract_id: str) -> Contract:
+        log.warning("database not answering, reaching contract %s through its workflow", contract_id)
+        return Contract(id=contract_id, workflow_id=workflow_id_for(contract_id), status="active")
+
     def _target(self, contract_id: str) -> tuple[str, str, int | None]:
         """The contract's workflow id, status and read-model version, for an update: three
         columns, read straight from the table (it is on every write's path); through a database
@@ -224,7 +252,10 @@ class ContractService:
         return found.workflow_id, found.status, found.version
 
     async def get(self, contract_id: str) -> schemas.ContractOut:
-        row = self._row_or_stand_in(contract_id)
+        try:
+            row = await self.in_db(self._row_or_stand_in, contract_id)
+        except DatabaseStalled:
+            row = self._stand_in(contract_id)
         return self._to_out(row, await self.live_state(row))
 
     async def live_state(self, row: Contract) -> ContractState:
@@ -490,7 +521,10 @@ class ContractService:
         (or Temporal cannot deliver) becomes the problem the API answers.  Amendments send theirs
         through it too.  An input with ``read_model_version`` gets the version the row holds, and
         the delta the update answers with is written here before the request answers."""
-        workflow_id, status, version = self._target(contract_id)
+        try:
+            workflow_id, status, version = await self.in_db(self._target, contract_id)
+        except DatabaseStalled:  # as through an outage: the workflow alone judges the request
+            workflow_id, status, version = self._stand_in(contract_id).workflow_id, "active", None
         if status in FINAL:
             raise Problem(409, f"contract is {status}; it can no longer change", slug="contract-closed")
         if version is not None and hasattr(arg, "read_model_version"):
@@ -498,7 +532,7 @@ class ContractService:
         handle = self.client.get_workflow_handle(workflow_id)
         try:
             # Re-sent if the run was continuing as new at that instant (not accepted, so safe).
-            result = await execute_update_retrying(handle, update, arg,
+            result = await execute_update_retrying(handle, update, arg, client=self.client,
                                                    rpc_timeout=timedelta(seconds=self.settings.update_timeout_seconds))
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause

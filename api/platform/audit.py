@@ -63,6 +63,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 from api.auth.principal import CURRENT, RequestContext
+from api.platform.database import DatabaseStalled, in_thread
 from models.audit import AuditEntry
 
 log = logging.getLogger("api.audit")
@@ -507,7 +508,15 @@ class AuditMiddleware:
             values = entry_values(ctx, target=target_of_answer(ctx, answer), status=status, digest_of="request",
                                   before=body.hexdigest(), after=body_digest(answer))
         if writes or values is not None:
-            await asyncio.to_thread(self._write, scope["app"].state.sessions, writes, values)
+            state = scope["app"].state
+            try:
+                await in_thread(state.settings.database_call_seconds, self._write, state.sessions, writes, values)
+            except DatabaseStalled:
+                # The change stands in the workflow; the thread writes its copy and the entry when
+                # the database answers again.  The caller is not kept waiting for that.
+                log.error("audit: the database did not answer in time for request %s (%s %s); its read-model "
+                          "writes and audit entry go on in their thread (a failure there is logged)",
+                          ctx.request_id, scope["method"], scope["path"])
             if values is not None:
                 ctx.audited = True
         for message in messages:

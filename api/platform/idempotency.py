@@ -45,6 +45,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.platform.database import in_thread
 from api.platform.problems import database_unavailable, problem_response
 from models.db import rows_changed
 from models.idempotency import DONE, IN_PROGRESS, IdempotencyKey
@@ -268,7 +269,7 @@ class IdempotencyMiddleware:
         pause = 0.05
         while True:
             try:
-                claim = await asyncio.to_thread(store.claim, **args)
+                claim = await in_thread(settings.database_call_seconds, store.claim, **args)
             except (DBAPIError, PoolTimeoutError) as exc:
                 if not database_unavailable(exc):
                     raise  # a bug, not an outage: the 500 handler logs it

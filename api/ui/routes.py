@@ -16,6 +16,7 @@ from api.analytics import service as a
 from api.analytics.routes import get_analytics
 from api.auth import service as auth
 from api.contracts.service import ContractService, get_contract_service
+from api.platform.database import in_thread
 from api.platform.problems import Problem
 from api.ui import service as p
 
@@ -113,9 +114,11 @@ async def contract(request: Request, ctx: Ctx, contract_id: str,
         view = await p.contract_view(service, contract_id)
     except Problem as exc:
         return p.render(request, ctx, "error.html", status_code=exc.status, message=exc.detail)
-    with request.app.state.sessions() as session:
-        events = p.contract_events(session, contract_id)
-        documents = p.contract_documents(session, contract_id)
+    def read() -> tuple[list, list]:
+        with request.app.state.sessions() as session:
+            return p.contract_events(session, contract_id), p.contract_documents(session, contract_id)
+
+    events, documents = await service.in_db(read)  # a 503 page if the database does not answer
     now = datetime.now(timezone.utc)
     versions = [e for e in events if e.type == "amendment.applied"]
     escalations = [e for e in events if e.type in ("notification.escalation", "milestone.overdue",
@@ -175,8 +178,11 @@ async def analytics(
         error = exc.detail
     if f is not None:
         data = await run_in_threadpool(p.analytics_data, service, f, ctx)
-    with request.app.state.sessions() as session:
-        owners, playbooks = p.owners(session), p.playbooks(session)
+    def choices() -> tuple[list, list]:
+        with request.app.state.sessions() as session:
+            return p.owners(session), p.playbooks(session)
+
+    owners, playbooks = await in_thread(request.app.state.settings.database_call_seconds, choices)
     return p.render(request, ctx, "analytics.html", status_code=422 if error else 200, form=form, error=error,
                     d=data, f=f, owners=owners, playbooks=playbooks, departments=p.DEPARTMENTS)
 

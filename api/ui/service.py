@@ -386,7 +386,7 @@ class View:
 
 
 async def contract_view(service: ContractService, contract_id: str) -> View:
-    row = service.row(contract_id)  # 404 problem if unknown
+    row = await service.in_db(service.row, contract_id)  # 404 problem if unknown
     ui = (f"{service.settings.temporal_ui_url}/namespaces/{service.settings.temporal_namespace}"
           f"/workflows/{row.workflow_id}")
     try:
@@ -404,6 +404,11 @@ async def contract_view(service: ContractService, contract_id: str) -> View:
             installments=[i.model_dump() for i in out.installments],
             payments=[p.model_dump() for p in out.payments],
         )
+    return await service.in_db(_snapshot_view, service, contract_id, ui)
+
+
+def _snapshot_view(service: ContractService, contract_id: str, ui: str) -> View:
+    """The read model's copy of the contract (its workflow did not answer)."""
     with service.sessions() as session:
         c = session.get(Contract, contract_id)
         if c is None:  # removed since service.row() found it
