@@ -98,7 +98,9 @@ async def test_one_year_goods_sale_with_12_installments_completes_in_seconds(ts_
     assert final.overdue_count == 0
     elapsed = time.monotonic() - wall
     print(f"one-year contract: 6 milestones, 12 installments, completed in {elapsed:.2f}s of test time")
-    assert elapsed < 10, f"took {elapsed:.1f}s"
+    # Not a speed target (that is bench/'s job): a bound that only a broken time skip (a real
+    # year of waiting) could break.  It was 10 s, which a loaded machine crossed (10.6 s in CI).
+    assert elapsed < 120, f"took {elapsed:.1f}s"
     assert (await ts_env.get_current_time()) - now > timedelta(days=300)  # a year really passed
 
 

@@ -236,7 +236,8 @@ async def test_a_database_that_stops_answering_never_freezes_the_api(dev_env, pg
                 await tick
                 proxy.resume()
             proxy.resume()
-            assert health.status_code == 200 and health_s < 0.5, health_s
+            # (Bounds far from both outcomes: blocked, the loop waits for the proxy's 45 s.)
+            assert health.status_code == 200 and health_s < 1.0, health_s
             # The payment: the row lookup gives up after the deadline and the workflow alone judges
             # it.  Its workflow task then waits for its local activity's attempts at the read model
             # (PROJECTION_NOW: 5 s each) before the write goes to a background activity.
@@ -245,8 +246,8 @@ async def test_a_database_that_stops_answering_never_freezes_the_api(dev_env, pg
             for r, took in ((amendments, amendments_s), (mine, mine_s)):
                 assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json"), \
                     r.text
-                assert took < deadline + 2, took
-            assert max(gaps) < 0.5, max(gaps)
+                assert took < deadline + 3, took
+            assert max(gaps) < 1.0, max(gaps)
 
             async def caught_up():
                 row = (await c.get("/contracts", params={"limit": 500})).json()["items"]
