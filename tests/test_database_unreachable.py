@@ -10,7 +10,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 
 import psycopg2
@@ -45,6 +45,29 @@ def silent_server() -> Iterator[int]:
         server.close()
         for conn in held:
             conn.close()
+
+
+@contextlib.asynccontextmanager
+async def loop_gaps() -> AsyncIterator[list[float]]:
+    """What every other request sees of the event loop during the block: the gaps between
+    ticks meant to come every 50 ms."""
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not done.is_set():
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    try:
+        yield gaps
+    finally:
+        done.set()
+        await tick
 
 
 def _seconds_to_fail(url: str) -> float:
@@ -88,25 +111,12 @@ async def test_readiness_answers_not_ready_in_time_and_the_loop_keeps_serving(de
         engine = make_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/test?connect_timeout=30")
         state = SimpleNamespace(sessions=make_session_factory(engine), temporal=dev_env.client)
         request = SimpleNamespace(app=SimpleNamespace(state=state))
-        gaps: list[float] = []
-        done = asyncio.Event()
-
-        async def ticker() -> None:  # what every other request sees of the event loop meanwhile
-            last = time.monotonic()
-            while not done.is_set():
-                await asyncio.sleep(0.05)
-                now = time.monotonic()
-                gaps.append(now - last)
-                last = now
-
-        tick = asyncio.create_task(ticker())
         started = time.monotonic()
         try:
-            answer = await readyz(request)  # type: ignore[arg-type]
+            async with loop_gaps() as gaps:
+                answer = await readyz(request)  # type: ignore[arg-type]
         finally:
             took = time.monotonic() - started
-            done.set()
-            await tick
             engine.dispose()
     assert took < READY_CHECK_SECONDS + 1.5, took
     assert max(gaps) < 0.5, max(gaps)
@@ -207,33 +217,20 @@ async def test_a_database_that_stops_answering_never_freezes_the_api(dev_env, pg
 
             assert (await c.post(f"/contracts/{cid}/payments", json=payment("BEFORE"))).json()["applied"] is True
 
-            gaps: list[float] = []
-            done = asyncio.Event()
-
-            async def ticker() -> None:  # what every other request sees of the event loop meanwhile
-                last = time.monotonic()
-                while not done.is_set():
-                    await asyncio.sleep(0.05)
-                    now = time.monotonic()
-                    gaps.append(now - last)
-                    last = now
-
             async def timed(coro) -> tuple[httpx.Response, float]:
                 started = time.monotonic()
                 r = await coro
                 return r, time.monotonic() - started
 
             proxy.stall(at_most=45)
-            tick = asyncio.create_task(ticker())
             try:  # (resumed whatever happens: the service cannot shut down on a stalled database)
-                paid, paid_s = await timed(c.post(f"/contracts/{cid}/payments", json=payment("DURING")))
-                health, health_s = await timed(c.get("/healthz"))
-                amendments, amendments_s = await timed(c.get(f"/contracts/{cid}/amendments"))
-                async with httpx.AsyncClient(base_url=strip_credentials(service.base_url), timeout=60) as anon:
-                    mine, mine_s = await timed(anon.get(f"/contracts/{cid}", headers=person))
+                async with loop_gaps() as gaps:
+                    paid, paid_s = await timed(c.post(f"/contracts/{cid}/payments", json=payment("DURING")))
+                    health, health_s = await timed(c.get("/healthz"))
+                    amendments, amendments_s = await timed(c.get(f"/contracts/{cid}/amendments"))
+                    async with httpx.AsyncClient(base_url=strip_credentials(service.base_url), timeout=60) as anon:
+                        mine, mine_s = await timed(anon.get(f"/contracts/{cid}", headers=person))
             finally:
-                done.set()
-                await tick
                 proxy.resume()
             proxy.resume()
             # (Bounds far from both outcomes: blocked, the loop waits for the proxy's 45 s.)
