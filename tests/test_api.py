@@ -159,6 +159,27 @@ async def test_milestone_overdue_visible_everywhere_within_2_seconds(api_service
         assert len(listed) == 1
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def either_service(request):
+    return request.getfixturevalue("api_service" if request.param == "sqlite" else "api_service_pg")
+
+
+async def test_contracts_of_a_new_customer_created_at_once_all_register(either_service):
+    """Eight contracts for one customer the repository has not seen, at the same time: each
+    request registers the customer (its CRM id is unique); one wins, the others use its row.
+    Before, the losers answered 500 (a CSV import with the same customer on several rows)."""
+    service = either_service
+    crm = f"CRM-NEW-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(timezone.utc)
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as c:
+        bodies = [contract_request(now, customer={"name": "Hangzhou Newco", "external_id": crm},
+                                   external_id=f"NEWCO-{uuid.uuid4().hex[:8]}") for _ in range(8)]
+        answers = await asyncio.gather(*(c.post("/contracts", json=b) for b in bodies))
+        assert [r.status_code for r in answers] == [201] * 8, [r.text for r in answers if r.status_code != 201]
+        page = (await c.get("/contracts", params={"customer": crm, "limit": 500})).json()
+        assert page["total"] == 8
+
+
 async def test_milestone_flow_and_termination(api_service):
     async with httpx.AsyncClient(base_url=api_service.base_url) as c:
         cid = (await create(c))["id"]

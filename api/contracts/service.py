@@ -98,13 +98,18 @@ class ContractService:
 
         # 1. The row first, as 'starting': it holds the spec, so the workflow can always be
         #    (re)started from it, and the unique external_id settles concurrent duplicates.
-        try:
-            await self.in_db(self._insert_starting, spec, now)
-        except IntegrityError:
-            existing = await self.in_db(self._by_external_id, req.external_id) if req.external_id else None
-            if existing is None:
-                raise
-            return self._created(existing), False
+        for attempt in range(1, 4):
+            try:
+                await self.in_db(self._insert_starting, spec, now)
+                break
+            except IntegrityError:
+                existing = await self.in_db(self._by_external_id, req.external_id) if req.external_id else None
+                if existing is not None:
+                    return self._created(existing), False
+                if attempt == 3:
+                    raise
+                # Not this contract: another request registered the same new customer (CRM id) at
+                # this moment, and its row won.  Again: the customer is found now.
 
         # 2. Then the workflow.  If Temporal is unreachable the row stays 'starting' and the
         #    reconciler starts the workflow later: a row is never left without its workflow.
