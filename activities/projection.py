@@ -72,7 +72,7 @@ class ProjectionActivities:
         except DBAPIError as exc:
             raise read_model_failure(d.contract_id, exc) from None
 
-    def _project_delta(self, d: ProjectionDelta) -> int:
+    def _project_delta(self, d: ProjectionDelta, also: Callable[[Connection], None] | None = None) -> int:
         with self._sessions.begin() as session:
             conn = session.connection()
             sql = _statements(conn.dialect.name)
@@ -99,16 +99,20 @@ class ProjectionActivities:
                 _apply_delta(session, conn, sql, d, first=stored_version <= 0)
             # An older delta written late (handed to the API) leaves the newer reminder plans alone.
             due_now = _write_notices(conn, sql, d, first=stored_version <= 0, plans=newer)
+            if also is not None:
+                also(conn)
         if due_now:
             self._on_notices()
         return written
 
-    def write_handed(self, d: ProjectionDelta) -> bool:
+    def write_handed(self, d: ProjectionDelta, also: Callable[[Connection], None] | None = None) -> bool:
         """Write a delta an update handed to the API (the API's side of ``project_delta``):
         False while the read model lacks the delta it builds on (an earlier one still being
-        written by another request): the caller waits a moment and tries again."""
+        written by another request): the caller waits a moment and tries again.  ``also``
+        writes more in the same transaction (the request's audit entry): it commits or rolls
+        back with the delta."""
         try:
-            self._project_delta(d)
+            self._project_delta(d, also)
         except ApplicationError as exc:
             if exc.type == READ_MODEL_BEHIND:
                 return False

@@ -18,7 +18,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from temporalio.api.enums.v1 import EventType
 
 from activities.projection import ProjectionActivities
@@ -123,6 +123,25 @@ async def test_a_payment_through_the_api_is_written_by_the_api_and_read_at_once(
         seqs = _event_seqs(read_model, cid)
         assert seqs == list(range(1, len(seqs) + 1))
         await _keep(service, request, cid, "api_projection_paid_and_completed")
+
+
+@pytest.mark.postgres
+async def test_a_payments_read_model_write_and_its_audit_entry_commit_as_one_transaction(api_service_pg):
+    """One commit, not two, before the answer (on PostgreSQL one WAL flush fewer per update):
+    rows a transaction inserts carry its id (``xmin``)."""
+    engine = make_engine(api_service_pg.settings.database_url)
+    try:
+        async with httpx.AsyncClient(base_url=api_service_pg.base_url) as c:
+            cid = await _contract(c, make_session_factory(engine))
+            await _pay_api(c, cid, "ONE-TXN")
+        with engine.connect() as conn:
+            paid = conn.execute(text("SELECT xmin::text FROM payments WHERE contract_id = :c AND reference = "
+                                     "'ONE-TXN'"), {"c": cid}).scalar_one()
+            entries = conn.execute(text("SELECT xmin::text FROM audit_log WHERE contract_id = :c AND path = :p"),
+                                   {"c": cid, "p": f"/contracts/{cid}/payments"}).scalars().all()
+    finally:
+        engine.dispose()
+    assert entries == [paid]
 
 
 async def test_a_delta_the_api_never_wrote_is_written_again_at_the_next_request(service, read_model, request):

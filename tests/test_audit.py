@@ -448,3 +448,28 @@ def test_writing_an_entry_twice_for_one_request_keeps_one(watched):
     audit.write_entry(watched, {**values, "at": datetime.now(timezone.utc)})
     (entry,) = trail(watched, ctx.request_id)
     assert entry.contract_id == "c1" and entry.before_digest == audit.body_digest(b'{"a":2,"b":1}')
+
+
+def test_the_entry_goes_with_a_read_model_write_or_on_its_own_when_none_committed(watched):
+    """The audit middleware hands the entry to the writes the answer waits for until one takes it
+    into its transaction (one commit for both); if none could commit, it is written alone."""
+    for wrote_it in (False, True):
+        ctx = serving("POST", "/contracts/c2/payments", "record_payment", contract_id="c2")
+        values = audit.entry_values(ctx, target=("contract", "c2"), status=200, digest_of="request",
+                                    before=None, after=None)
+        handed: list = []
+
+        def write(entry, wrote_it=wrote_it, handed=handed):
+            handed.append(entry)
+            return wrote_it
+
+        def second(entry, handed=handed):
+            handed.append(entry)
+            return False
+
+        audit.AuditMiddleware(None)._write(watched, [write, second], values)
+        # Once taken, the entry is not handed on; left, the next write is offered it.
+        assert handed == ([values, None] if wrote_it else [values, values])
+        # Written by the middleware only when no write took it (here stand-ins that write nothing:
+        # the real one is shown on PostgreSQL in test_api_projection.py).
+        assert len(trail(watched, ctx.request_id)) == (0 if wrote_it else 1)

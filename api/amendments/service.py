@@ -270,10 +270,9 @@ def _shift(text: str | None, where: str) -> str | None:
         try:
             value = check_duration(text.removeprefix("-"))
         except DurationError as exc:
-            raise Problem(422, f"{where}: {exc}", slug="invalid", errors=[{"field": where, "message": str(exc)}]) from exc
+            raise _invalid(where, str(exc)) from exc
         if not value:  # P0D, PT0S: an amendment that changes nothing would still become a version
-            message = f"a shift of {text} moves nothing"
-            raise Problem(422, f"{where}: {message}", slug="invalid", errors=[{"field": where, "message": message}])
+            raise _invalid(where, f"a shift of {text} moves nothing")
     return text
 
 

@@ -17,7 +17,7 @@ import contextvars
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -106,8 +106,9 @@ class RequestContext:
     audit_pending: bool = False
     # Writes that must land before the answer leaves (the read model's copy of a change the
     # workflow made), run by the audit middleware in the thread that writes the entry: one thread
-    # hop per write request, not two.  None: nobody will run them (write them at once).
-    before_answer: list[Callable[[], None]] | None = None
+    # hop per write request, not two.  Each is given the request's audit entry (or None) and says
+    # whether it wrote it in its own transaction.  None: nobody will run them (write them at once).
+    before_answer: list[Callable[[dict[str, Any] | None], bool]] | None = None
 
 
 # Set by the request-context middleware for each request; mutable so a dependency running in a

@@ -30,6 +30,7 @@ from activities.projection import ProjectionActivities
 from api.auth.principal import CURRENT
 from api.contracts import schemas
 from api.contracts.builder import SpecError, build_spec
+from api.platform.audit import insert_entry
 from api.platform.database import DatabaseStalled, in_thread
 from api.platform.problems import Problem
 from core.org import default_assignees, who_is_missing
@@ -578,25 +579,24 @@ class ContractService:
         its next write or request and writes every item again."""
         await asyncio.to_thread(self._write_back_now, delta)
 
-    def _write_back_now(self, delta: ProjectionDelta) -> None:
-        """``_write_back`` in the calling thread (the audit middleware's, with the request's entry)."""
+    def _write_back_now(self, delta: ProjectionDelta, entry: dict[str, Any] | None = None) -> bool:
+        """``_write_back`` in the calling thread (the audit middleware's): with ``entry``, the
+        request's audit entry goes in the same transaction.  True when it did (committed)."""
+        also = None if entry is None else functools.partial(insert_entry, values=entry)
         for attempt in range(WRITE_BACK_ATTEMPTS):
-            if self._try_write_back(delta):
-                return
+            try:
+                if self._projection.write_handed(delta, also=also):
+                    return entry is not None
+            except Exception as exc:  # noqa: BLE001 - the change is made: the request must not fail on its copy
+                level = logging.WARNING if isinstance(exc, DBAPIError) else logging.ERROR
+                log.log(level, "contract %s: its read model could not take version %s (%s: %s); the workflow "
+                        "writes it later", delta.contract_id, delta.version, exc.__class__.__name__, str(exc)[:200])
+                return False
+            # The delta it builds on has not arrived yet (another request is still writing it).
             time.sleep(0.005 * 2**attempt)
         log.warning("contract %s: version %s builds on %s, which its read model still lacks; the workflow writes "
                     "it later", delta.contract_id, delta.version, delta.requires_version)
-
-    def _try_write_back(self, delta: ProjectionDelta) -> bool:
-        """True when done (written, or failed for good: logged); False while the delta it builds on
-        has not arrived."""
-        try:
-            return self._projection.write_handed(delta)
-        except Exception as exc:  # noqa: BLE001 - the change is made: the request must not fail on its copy
-            level = logging.WARNING if isinstance(exc, DBAPIError) else logging.ERROR
-            log.log(level, "contract %s: its read model could not take version %s (%s: %s); the workflow writes "
-                    "it later", delta.contract_id, delta.version, exc.__class__.__name__, str(exc)[:200])
-            return True
+        return False
 
 
 def _operation(r) -> schemas.OperationOut:

@@ -57,7 +57,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, TypeGuard
 
-from sqlalchemy import Column, Table, and_, event, inspect, select
+from sqlalchemy import Column, Connection, Table, and_, event, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
@@ -444,7 +444,12 @@ def write_entry(sessions: sessionmaker[Session], values: dict[str, Any]) -> None
     Straight on a connection with a statement built once: it is on every write request's path."""
     engine = sessions.kw["bind"]
     with engine.begin() as conn:
-        conn.execute(_entry_insert(conn.dialect.name), values)
+        insert_entry(conn, values)
+
+
+def insert_entry(conn: Connection, values: dict[str, Any]) -> None:
+    """Insert one entry in the caller's transaction (a second insert for the request adds nothing)."""
+    conn.execute(_entry_insert(conn.dialect.name), values)
 
 
 @functools.cache
@@ -523,9 +528,14 @@ class AuditMiddleware:
             await send(message)
 
     def _write(self, sessions, writes: list, values: dict[str, Any] | None) -> None:
-        """In a worker thread: the read-model writes the answer waits for, then the entry."""
+        """In a worker thread: the read-model writes the answer waits for, then the entry.  The
+        entry is offered to each write until one takes it into its own transaction: one commit,
+        not two (on PostgreSQL, one WAL flush fewer on every update).  If none committed, the
+        entry is written on its own."""
         for write in writes:
-            write()  # each logs its own failure: the change stands in the workflow either way
+            # Each logs its own failure: the change stands in the workflow either way.
+            if write(values):
+                values = None
         if values is None:
             return
         for attempt in range(1, self.ATTEMPTS + 1):
