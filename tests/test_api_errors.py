@@ -365,7 +365,12 @@ EXISTING_422 = [
     ("payment-zero-amount", *_pay(amount="0"), ("greater than zero",)),
     ("payment-zero-amount-with-decimals", *_pay(amount="0.00"), ("greater than zero",)),
     ("payment-amount-abc", *_pay(amount="abc"), ("abc", "not a decimal")),
-    ("payment-amount-nan", *_pay(amount="NaN"), ("NaN", "finite")),
+    ("payment-amount-nan", *_pay(amount="NaN"), ("NaN", "not a decimal amount")),
+    # Python's Decimal reads each of these; a money field takes only plain digits and one '.'.
+    *[(f"payment-amount-{name}", *_pay(amount=text), ("not a decimal amount",)) for name, text in [
+        ("exponent", "1e3"), ("small-exponent", "5E-2"), ("leading-space", " 5"), ("plus-sign", "+5"),
+        ("bare-point-end", "5."), ("bare-point-start", ".5"), ("full-width-digits", "\uff11\uff12"),
+        ("leading-zeros", "00005"), ("thousands-comma", "1,000.00")]],
     ("payment-amount-json-number", *_pay(amount=100.5), ("amount",)),
     ("payment-wrong-currency-USD", *_pay(currency="USD"), ("USD", "CNY")),
     ("payment-lowercase-currency", *_pay(currency="cny"), ("cny", "CNY")),

@@ -13,8 +13,23 @@ from babel.numbers import list_currencies
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 from pydantic import Strict as StrictMode
 
-# A decimal string; validated against the currency by the service layer.
-Amount = Annotated[str, Field(max_length=40)]
+# A plain decimal string: ASCII digits and at most one '.', an optional leading '-' (refused as
+# "not greater than zero" with the amount in the message); no exponent ("1e3"), spaces, '+',
+# full-width digits ("１２"), bare points ("5.", ".5") or leading zeros ("00005").  Python's
+# Decimal reads all of those, and a finance feed that sends them is sending something else (a
+# float printed, a typing slip): refused at the edge, before the workflow sees it.  The currency's
+# decimals and the range are checked by the service layer (core.money).
+_PLAIN_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?", re.ASCII)
+
+
+def _plain_decimal(value: str) -> str:
+    if not _PLAIN_DECIMAL.fullmatch(value):
+        raise ValueError(f"{value!r} is not a decimal amount such as '1234.50' (plain digits with one optional "
+                         f"'.': no exponent, sign, spaces or leading zeros)")
+    return value
+
+
+Amount = Annotated[str, Field(max_length=40, examples=["1234.50"]), AfterValidator(_plain_decimal)]
 # Largest integer a query or path parameter may carry: the databases' INTEGER (beyond it: 422, not a
 # driver overflow).
 MAX_INT = 2_147_483_647
