@@ -179,6 +179,22 @@ def test_reference_tokens():
     assert reference_tokens(None) == []
 
 
+async def test_a_line_with_a_malformed_amount_is_rejected_alone(api_service):
+    """'1e3' is read by Decimal as 1000: a feed sending it sends a float printed, not an amount.
+    The line is rejected with the reason; the statement's other lines are applied."""
+    at = "2026-11-27T10:00:00+08:00"
+    async with httpx.AsyncClient(base_url=api_service.base_url, timeout=60) as c:
+        (a,) = await create_contracts(c, 1)
+        tag = uuid.uuid4().hex[:8]
+        lines = [{"line_id": f"{tag}-{k}", "amount": amount, "currency": "CNY", "received_at": at,
+                  "contract_id": a["id"]} for k, amount in enumerate(["1e3", "100.00", "+5", "\uff11\uff12"])]
+        out, _ = await post(c, FINANCE, {"lines": lines})
+        assert [r["outcome"] for r in out["lines"]] == ["rejected", "applied", "rejected", "rejected"], out
+        assert "not a decimal amount" in out["lines"][0]["reason"]
+        live = (await c.get(f"/contracts/{a['id']}")).json()
+        assert live["paid"] == "100.00"
+
+
 async def test_finance_line_on_a_closed_contract_and_statement_order(api_service):
     at = "2026-11-27T10:00:00+08:00"
     async with httpx.AsyncClient(base_url=api_service.base_url, timeout=60) as c:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api.platform.fields import Amount, AnyDateTimeIn, IntIn, Strict
+from api.platform.fields import AnyDateTimeIn, IntIn, LineAmount, Strict
 
 MAX_BATCH_LINES = 5000
 
@@ -36,7 +36,8 @@ class BankLineIn(Strict):
         description="The bank's unique id of this statement line (transaction id). The payment is recorded "
         "under the reference 'bank:<line_id>', so the same line posted again is never applied twice.",
     )
-    amount: Amount = Field(description="Decimal string in the line's currency, e.g. '1234.50'")
+    amount: LineAmount = Field(description="Decimal string in the line's currency, e.g. '1234.50'; a line whose "
+                               "amount is not a plain decimal is rejected on its own")
     currency: str = Field(min_length=3, max_length=3, description="ISO 4217; must be the contract's currency")
     received_at: AnyDateTimeIn = Field(
         description="Value date-time of the credit, with a zone; outside years 1970 to 2200 the line is rejected")

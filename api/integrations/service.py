@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from api.contracts import schemas
 from api.contracts.service import FINAL, ContractService
 from api.integrations import schemas as s
-from api.platform.fields import MAX_YEAR, MIN_YEAR, SUPPORTED_DATES, received_too_late
+from api.platform.fields import MAX_YEAR, MIN_YEAR, SUPPORTED_DATES, not_plain_decimal, received_too_late
 from api.platform.problems import Problem
 from models import Contract, Payment
 from workflows.contract import MAX_PAYMENTS_PER_BATCH
@@ -148,7 +148,10 @@ class IntegrationService:
         claimed: dict[str, str] = {}  # line_id -> the contract an earlier line of this batch went to
         for i, line in enumerate(lines):
             row, how, outcome, why = self._match_bank_line(line, index)
-            if row is not None and not MIN_YEAR <= line.received_at.year <= MAX_YEAR:
+            malformed = not_plain_decimal(line.amount)
+            if row is not None and malformed:
+                row, outcome, why = None, "rejected", f"amount: {malformed}"
+            elif row is not None and not MIN_YEAR <= line.received_at.year <= MAX_YEAR:
                 # A line is judged on its own: one mistyped date does not fail the statement.
                 row, outcome, why = None, "rejected", (f"received_at {line.received_at.isoformat()} is outside the "
                                                        f"supported dates ({SUPPORTED_DATES})")

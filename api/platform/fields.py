@@ -22,14 +22,24 @@ from pydantic import Strict as StrictMode
 _PLAIN_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?", re.ASCII)
 
 
+def not_plain_decimal(value: str) -> str | None:
+    """Why ``value`` is not a plain decimal amount; None if it is one."""
+    if _PLAIN_DECIMAL.fullmatch(value):
+        return None
+    return (f"{value!r} is not a decimal amount such as '1234.50' (plain digits with one optional '.': no exponent, "
+            f"sign, spaces or leading zeros)")
+
+
 def _plain_decimal(value: str) -> str:
-    if not _PLAIN_DECIMAL.fullmatch(value):
-        raise ValueError(f"{value!r} is not a decimal amount such as '1234.50' (plain digits with one optional "
-                         f"'.': no exponent, sign, spaces or leading zeros)")
+    why = not_plain_decimal(value)
+    if why is not None:
+        raise ValueError(why)
     return value
 
 
 Amount = Annotated[str, Field(max_length=40, examples=["1234.50"]), AfterValidator(_plain_decimal)]
+# A bank statement line's amount: judged per line (a malformed one rejects its line, not the statement).
+LineAmount = Annotated[str, Field(max_length=40, examples=["1234.50"])]
 # Largest integer a query or path parameter may carry: the databases' INTEGER (beyond it: 422, not a
 # driver overflow).
 MAX_INT = 2_147_483_647
