@@ -233,11 +233,16 @@ async def test_bad_amendments_get_clear_4xx_and_change_nothing(api_service):
                                                                    "shift": "P1D"}]}, 422),
             ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "move_due", "key": "shipping",
                                                                     "shift": "P1D", "surprise": 1}]}, 422),
+            # Shipping moved ahead of the production scheduling it waits for (moves-keep-order-v1).
+            ({"requested_by": "li.wei", "reason": "x", "changes": [{"kind": "move_due", "key": "shipping",
+                                                                    "shift": "-P60D"}]}, 422),
         ]
         for body, status in cases:
             r = await c.post(url, json=body)
             assert r.status_code == status, (body, r.status_code, r.text)
             assert r.headers["content-type"].startswith(PROBLEM)
+        p = await _problem(await c.post(url, json=cases[-1][0]), 422)
+        assert "'shipping' would fall due" in p["detail"] and "before 'production_scheduling'" in p["detail"], p
         await _problem(await c.post("/contracts/nope/amendments", json=cases[2][0]), 404)
         await _problem(await c.post(f"{url}/nope/approve", json={"by": "zhang.min", "role": "manager"}), 404)
         after = (await c.get(f"/contracts/{cid}")).json()

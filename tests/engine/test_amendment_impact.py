@@ -103,3 +103,41 @@ def test_a_notice_keeps_its_key_when_its_task_runs_again_later(contract):
         dues.append(approval.due_at)
     assert dues[0] != dues[1] and keys[0] == keys[1]
     assert keys[0].startswith(":approval:AMD-1:manager:n")
+
+
+def _move(key: str, shift: str) -> AmendmentChange:
+    return AmendmentChange(kind="move_due", key=key, item_type="milestone", shift=shift)
+
+
+def test_a_move_that_puts_a_milestone_before_one_it_depends_on_is_refused(contract):
+    c = contract()  # goods sale: order review -> production scheduling -> shipping -> ...
+    shipping, production = c.milestone("shipping"), c.milestone("production_scheduling")
+    early = (shipping.due_at - production.due_at).days + 1  # one day before production's date
+    with pytest.raises(ApplicationError, match="'shipping' would fall due .* before 'production_scheduling'"):
+        amendments.check(c.state, [_move("shipping", f"-P{early}D")], NOW)
+    # Its own predecessor moved along in the same amendment: the order holds.
+    amendments.check(c.state, [_move("production_scheduling", "-P3D"), _move("shipping", f"-P{early}D")], NOW)
+    # Moving a predecessor past a milestone with a date of its own breaks the order too.
+    amendments.check(c.state, [_move("shipping", "P1D")], NOW)  # fixed date now, a day later
+    fixed = c.state
+    amendments.apply(fixed, [_move("shipping", "P1D")], NOW)
+    c.date()
+    gap = (c.milestone("shipping").due_at - c.milestone("production_scheduling").due_at).days
+    with pytest.raises(ApplicationError, match="'shipping' would fall due .* before 'production_scheduling'"):
+        amendments.check(c.state, [_move("production_scheduling", f"P{gap + 1}D")], NOW)
+    # ... and so does pushing back the start of the chain ahead of it (production follows order review).
+    with pytest.raises(ApplicationError, match="'shipping' would fall due"):
+        amendments.check(c.state, [_move("order_review", "P30D")], NOW)
+    # On a contract whose dates all follow one another, later is fine: the milestones after it follow.
+    amendments.check(contract().state, [_move("order_review", "P30D")], NOW)
+
+
+def test_an_order_broken_before_the_amendment_does_not_block_other_changes(contract):
+    c = contract()
+    early = (c.milestone("shipping").due_at - c.milestone("production_scheduling").due_at).days + 1
+    amendments.apply(c.state, [_move("shipping", f"-P{early}D")], NOW)  # as an older run applied it
+    c.date()
+    assert amendments.order_broken(c.state, c.state) is None
+    amendments.check(c.state, [_move("invoicing", "P5D")], NOW)
+    # The handler replaying such an older request does not enforce it (its patch is not there).
+    amendments.check(c.state, [_move("customer_acceptance", "-P60D")], NOW, keep_order=lambda: False)

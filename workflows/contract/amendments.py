@@ -9,6 +9,7 @@ copy) and the final application all use the same rules.  No I/O, no clock: ``now
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 
@@ -81,8 +82,11 @@ def required_roles(state: ContractState, changes: list[AmendmentChange]) -> list
     return roles
 
 
-def check(state: ContractState, changes: list[AmendmentChange], now: datetime) -> None:
-    """Refuse changes that contradict the contract; raises the workflow's 404/409/422 errors."""
+def check(state: ContractState, changes: list[AmendmentChange], now: datetime,
+          keep_order: Callable[[], bool] = lambda: True) -> None:
+    """Refuse changes that contradict the contract; raises the workflow's 404/409/422 errors.
+    ``keep_order`` is asked only when the changes would put a milestone before one it depends
+    on: whether to refuse that (the handler asks its patch; before it, such moves were taken)."""
     if not changes:
         raise invalid("an amendment needs at least one change")
     if len(changes) > MAX_CHANGES:
@@ -102,6 +106,40 @@ def check(state: ContractState, changes: list[AmendmentChange], now: datetime) -
         raise invalid(
             f"the installment plan adds up to {plan} but the amount would be {total}; send a plan that matches"
         )
+    schedule.date_open_items(scratch, None)
+    broken = order_broken(state, scratch)
+    if broken is not None and keep_order():
+        raise invalid(broken)
+
+
+def _out_of_order(s: ContractState) -> list[tuple[MilestoneState, MilestoneState]]:
+    """(milestone, a milestone it depends on) pairs, both open and dated, the first due before the
+    second: shipping due before the production it waits for."""
+    by_key = {m.key: m for m in s.milestones}
+    pairs = []
+    for m in s.milestones:
+        if m.status in (DONE, WAIVED) or m.due_at is None:
+            continue
+        for key in dict.fromkeys([*m.depends_on, *([m.due.after] if m.due.after else [])]):
+            dep = by_key.get(key)
+            if dep is not None and dep.status not in (DONE, WAIVED) and dep.due_at is not None and m.due_at < dep.due_at:
+                pairs.append((m, dep))
+    return pairs
+
+
+def order_broken(before: ContractState, after: ContractState) -> str | None:
+    """Why the changes break the order of the milestones (one due before a milestone it depends
+    on, where it was not before the changes); None if they keep it."""
+    already = {(m.key, d.key) for m, d in _out_of_order(before)}
+    for m, dep in _out_of_order(after):
+        if (m.key, dep.key) not in already:
+            return (f"milestone {m.key!r} would fall due {_day(m.due_at)}, before {dep.key!r} (due {_day(dep.due_at)}), "
+                    f"which it depends on: move {dep.key!r} in the same amendment, or move {m.key!r} less")
+    return None
+
+
+def _day(at: datetime | None) -> str:
+    return at.date().isoformat() if at is not None else "?"
 
 
 def _check_one(s: ContractState, c: AmendmentChange, now: datetime) -> None:
@@ -465,7 +503,8 @@ def find(state: ContractState, amendment_id: str) -> AmendmentState | None:
     return None
 
 
-def check_request(state: ContractState, r: RequestAmendmentInput, now: datetime) -> None:
+def check_request(state: ContractState, r: RequestAmendmentInput, now: datetime,
+                  keep_order: Callable[[], bool] = lambda: True) -> None:
     if state.status != ContractStatus.ACTIVE:
         raise conflict(f"contract is {state.status}; it can no longer be amended")
     if not r.amendment_id or len(r.amendment_id) > 40:
@@ -474,7 +513,7 @@ def check_request(state: ContractState, r: RequestAmendmentInput, now: datetime)
         raise invalid("say who requests the amendment ('requested_by')")
     if not r.reason or not r.reason.strip():
         raise invalid("an amendment needs a written reason")
-    check(state, r.changes, now)
+    check(state, r.changes, now, keep_order)
 
 
 def request(state: ContractState, r: RequestAmendmentInput, journal: Journal) -> AmendmentState:
@@ -513,9 +552,11 @@ def missing_roles(a: AmendmentState) -> list[str]:
     return [r for r in a.required_roles if r not in done]
 
 
-def check_decision(state: ContractState, d: DecideAmendmentInput, now: datetime, *, still_current: bool = True) -> None:
+def check_decision(state: ContractState, d: DecideAmendmentInput, now: datetime, *, still_current: bool = True,
+                   keep_order: Callable[[], bool] = lambda: True) -> None:
     """Whether ``d`` may be taken.  ``still_current``: refuse an approval of an amendment assessed
-    on an older contract version (the workflow's handler asks only where its patch is in the history)."""
+    on an older contract version (the workflow's handler asks only where its patch is in the
+    history); ``keep_order`` as in ``check``."""
     a = find(state, d.amendment_id)
     if a is None:
         raise not_found(f"contract has no amendment {d.amendment_id!r}")
@@ -541,7 +582,7 @@ def check_decision(state: ContractState, d: DecideAmendmentInput, now: datetime,
     if d.decision == "approve" and missing_roles(a) == [d.role]:
         # The last approval applies the change: it must still fit the contract as it is now.
         try:
-            check(state, a.changes, now)
+            check(state, a.changes, now, keep_order)
         except Exception as exc:  # noqa: BLE001 - reported as a conflict with the reason
             raise conflict(f"the contract changed since amendment {a.id!r} was requested: {exc}") from None
 

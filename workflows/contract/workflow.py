@@ -86,6 +86,10 @@ AMENDMENT_STILL_CURRENT = "amendment-still-current-v1"
 # model's next_due_at are cleared when it closes.  Before, they kept the date of an item that
 # would never fall due (operators' ``NextDueAt < ...`` queries listed closed contracts).
 CLOSED_NOTHING_DUE = "closed-nothing-due-v1"
+# An amendment that would put a milestone before one it depends on (shipping moved ahead of the
+# production it waits for) is refused.  The validator always checks; the handler asks this patch
+# only when it finds such a move (older histories applied them).
+MOVES_KEEP_ORDER = "moves-keep-order-v1"
 MAX_PAYMENTS_PER_BATCH = payments.MAX_PAYMENTS_PER_BATCH
 # The OutstandingAmount search attribute follows payments at most this often.  Each upsert is a
 # visibility write: measured on the dev server, it doubles the server's CPU per update (4 -> 8 ms)
@@ -657,7 +661,7 @@ class ContractWorkflow:
         existing = amendments.find(self.state, r.amendment_id)
         if existing is not None:
             return AmendmentResult(existing, self.state.contract_version, created=False)
-        amendments.check_request(self.state, r, workflow.now())
+        amendments.check_request(self.state, r, workflow.now(), keep_order=lambda: workflow.patched(MOVES_KEEP_ORDER))
         a = amendments.request(self.state, r, self._journal)
         self._changed()
         return AmendmentResult(a, self.state.contract_version)
@@ -674,7 +678,8 @@ class ContractWorkflow:
         if self._legacy is not None:
             return self._legacy.decide_amendment(d)
         amendments.check_decision(self.state, d, workflow.now(),
-                                  still_current=d.decision == "approve" and workflow.patched(AMENDMENT_STILL_CURRENT))
+                                  still_current=d.decision == "approve" and workflow.patched(AMENDMENT_STILL_CURRENT),
+                                  keep_order=lambda: workflow.patched(MOVES_KEEP_ORDER))
         a = amendments.decide(self.state, d, self._journal)
         self._changed()
         return AmendmentResult(a, self.state.contract_version)
