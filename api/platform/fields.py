@@ -37,7 +37,10 @@ def _plain_decimal(value: str) -> str:
     return value
 
 
-Amount = Annotated[str, Field(max_length=40, examples=["1234.50"]), AfterValidator(_plain_decimal)]
+# The document states the shape (clients and schemathesis see it); the validator says what is wrong.
+Amount = Annotated[str, Field(max_length=40, examples=["1234.50"],
+                              json_schema_extra={"pattern": f"^{_PLAIN_DECIMAL.pattern}$"}),
+                   AfterValidator(_plain_decimal)]
 # A bank statement line's amount: judged per line (a malformed one rejects its line, not the statement).
 LineAmount = Annotated[str, Field(max_length=40, examples=["1234.50"])]
 # Largest integer a query or path parameter may carry: the databases' INTEGER (beyond it: 422, not a
