@@ -468,7 +468,8 @@ def _cell_text(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return repr(value) if not value.is_integer() else str(int(value))
+        # Plain notation (5e-05 -> 0.00005): the API takes plain decimal strings only.
+        return format(Decimal(repr(value)), "f") if not value.is_integer() else str(int(value))
     return str(value).strip()
 
 

@@ -164,3 +164,10 @@ async def test_report_command(api_service, tmp_path):
     assert text.startswith("section,metric,unit,2026-Q3,2026-Q2,change")
     bad = await cli(api_service, "report", "--quarter", "2026-Q9")
     assert bad.exit_code == 1 and "quarter" in bad.output.lower()
+
+
+def test_spreadsheet_numbers_become_plain_decimal_strings():
+    """The API takes plain decimal strings only: a float cell never reaches it as '5e-05'."""
+    from core.cli import _cell_text
+
+    assert [_cell_text(v) for v in (1200000.0, 360000.5, 5e-05, 12)] == ["1200000", "360000.5", "0.00005", "12"]
