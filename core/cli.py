@@ -457,7 +457,7 @@ class ImportRow:
     body: dict[str, Any] | None = None
 
 
-def _cell_text(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """A spreadsheet cell as text: dates as ISO dates, numbers without float noise."""
     if value is None:
         return ""
@@ -482,7 +482,7 @@ def _read_table(path: Path, sheet: str | None) -> tuple[list[str], list[tuple[in
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
         try:
             ws = book[sheet] if sheet else book.worksheets[0]
-            rows = [[_cell_text(v) for v in r] for r in ws.iter_rows(values_only=True)]
+            rows = [[cell_text(v) for v in r] for r in ws.iter_rows(values_only=True)]
         finally:
             book.close()
     else:

@@ -168,6 +168,6 @@ async def test_report_command(api_service, tmp_path):
 
 def test_spreadsheet_numbers_become_plain_decimal_strings():
     """The API takes plain decimal strings only: a float cell never reaches it as '5e-05'."""
-    from core.cli import _cell_text
+    from core.cli import cell_text
 
-    assert [_cell_text(v) for v in (1200000.0, 360000.5, 5e-05, 12)] == ["1200000", "360000.5", "0.00005", "12"]
+    assert [cell_text(v) for v in (1200000.0, 360000.5, 5e-05, 12)] == ["1200000", "360000.5", "0.00005", "12"]
