@@ -6,21 +6,14 @@ parent in the Temporal UI.  It sleeps until each level's time (due + ``after``),
 level's recipients, and ends when the chain is exhausted.  The parent cancels it the moment the
 item is resolved (paid, done, waived, date moved, contract closed); a cancelled escalation never
 notifies again, and the parent-close policy means it never outlives its parent.
-
-Cancelled while a notice is going out, it waits for that notice to finish before it closes
-(``escalation-waits-for-notice-v1``): the notice's outcome is then in its history.  Before, it
-closed at once; the notice still went out, but its completion was refused by a closed workflow
-(the worker logged "Activity not found on completion" for each).
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from core.durations import add_duration
@@ -49,9 +42,6 @@ class EscalationWorkflow:
             if delay > timedelta(0):
                 await workflow.sleep(delay)
             days = max(0, (workflow.now() - e.due_at).days)
-            # The notify activity does not heartbeat, so a cancel cannot stop a notice mid-send:
-            # wait for it (runs that began before this patch close at once, as they did).
-            waits = workflow.patched("escalation-waits-for-notice-v1")
             await workflow.execute_activity(
                 notify,
                 NotifyRequest(
@@ -77,11 +67,6 @@ class EscalationWorkflow:
                 # Transient SMTP/webhook failures retry with backoff; permanent ones are
                 # non-retryable errors recorded by the activity.  Nothing retries forever.
                 retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5), maximum_attempts=20),
-                cancellation_type=(ActivityCancellationType.WAIT_CANCELLATION_COMPLETED if waits
-                                   else ActivityCancellationType.TRY_CANCEL),
             )
             self.level = index
-            if waits and workflow.cancellation_reason() is not None:
-                # Resolved while this notice went out: it is sent and recorded; nothing more.
-                raise asyncio.CancelledError
         return self.level
