@@ -144,6 +144,9 @@ def app_env(database_url: str, temporal_address: str, task_queue: str, smtp_port
         WEBHOOK_RETRY_INITIAL_SECONDS="0.2",
         WEBHOOK_RETRY_MAX_INTERVAL_SECONDS="2",
         WEBHOOK_LEASE_SECONDS="15",
+        # A notice claimed by a worker killed before it recorded a decision waits for its lease
+        # to run out: 15 s, not 60, so the run converges soon after (collect waits for it).
+        OUTBOX_LEASE_SECONDS="15",
         # PostgreSQL is shared: keep each stack's connection count small.
         MAX_CONCURRENT_ACTIVITIES="8",
         WEBHOOK_MAX_PARALLEL="4",

@@ -517,6 +517,9 @@ def _db_rows(conn, cid: str) -> dict:
         "events": q("SELECT seq, type, data FROM contract_events WHERE contract_id = :c ORDER BY id"),
         "notifications": q("SELECT key, status, role, recipient, channel FROM notifications WHERE contract_id = :c"),
         "tasks": q("SELECT key, assignee, status FROM tasks WHERE contract_id = :c"),
+        # Notices due and not yet sent (a killed worker's dispatcher may hold one until its lease ends).
+        "outbox_due": q("SELECT key FROM notification_outbox WHERE contract_id = :c AND status = 'pending' "
+                        "AND send_at <= CURRENT_TIMESTAMP"),
         "documents": q("SELECT kind, version FROM documents WHERE contract_id = :c ORDER BY version"),
     }
 
@@ -544,6 +547,8 @@ def converged(rows: dict, state) -> list[str]:
         problems.append(f"events {len(seqs)} of {state.version}")
     if any(r[1] == "decided" for r in rows["notifications"]):
         problems.append("notifications still 'decided'")
+    if rows["outbox_due"]:
+        problems.append(f"{len(rows['outbox_due'])} outbox notices due and not yet sent")
     if len(rows["documents"]) != sum(1 for a in state.amendments if a.status == "applied"):
         problems.append("documents missing")
     return problems
