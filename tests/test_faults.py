@@ -125,14 +125,15 @@ def _save(name: str, counts: dict) -> None:
 
 
 @pytest.fixture
-def report(capsys, record_property):
+def report(capsys, record_testsuite_property):
     """Counts go to the terminal even when output is captured (CI runs without -s), to the junit
-    xml as a property of the test, and to test-artifacts/faults.json."""
+    xml as a property of the test suite (``faults.<run>``: xunit2 keeps no per-test properties),
+    and to test-artifacts/faults.json."""
 
     def _report(name: str, counts: dict) -> None:
         with capsys.disabled():
             print(f"\nFAULTS {name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
-        record_property(f"faults.{name}", json.dumps(counts, sort_keys=True, default=str))
+        record_testsuite_property(f"faults.{name}", json.dumps(counts, sort_keys=True, default=str))
         _save(name, counts)
 
     return _report
