@@ -25,12 +25,17 @@ from urllib.parse import quote
 import httpx
 import typer
 import yaml
+from rich import box
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 DEFAULT_API = "http://127.0.0.1:8000"
+# `contracts list`: every column from this terminal width; from MEDIUM_LIST all but the amount;
+# below it the id, title, status, outstanding, overdue count and next due date (UTC date only
+# in both narrower layouts).
+WIDE_LIST, MEDIUM_LIST = 130, 100
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 DOCTOR_TIMEOUT = 5.0
 
@@ -110,6 +115,16 @@ def _when(value: str | None, estimated: bool = False) -> str:
     else:
         text = dt.isoformat(timespec="seconds")
     return ("~" + text) if estimated else text
+
+
+def _day(value: str | None) -> str:
+    """An API date-time as its UTC date, for the narrowest tables."""
+    if not value:
+        return "-"
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc).strftime("%Y-%m-%d")
+    except ValueError:
+        return value
 
 
 def _money(amount: str | None, currency: str | None = None) -> str:
@@ -247,31 +262,42 @@ def list_contracts(
         params["overdue"] = "true" if overdue else "false"
     page = _json(st, _request(st, "GET", "/contracts", params=params))
     items = page.get("items", [])
-    table = Table(title=f"Contracts ({len(items)} of {page.get('total', len(items))})", title_justify="left")
-    # The id is what a script takes from this table: never shortened, even in 80 columns (a pipe).
+    # Narrower than a full row, the least needed columns go (Rich would squeeze the title and the
+    # customer to nothing in 80 columns); the id is never shortened: scripts take it from here.
+    width = st.out.width
+    dropped = [] if width >= WIDE_LIST else ["amount"] if width >= MEDIUM_LIST else ["amount", "customer", "owner"]
+    table = Table(title=f"Contracts ({len(items)} of {page.get('total', len(items))})", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))  # one space between columns
     table.add_column("id", no_wrap=True, min_width=max((len(c["id"]) for c in items), default=2))
-    table.add_column("title")
-    table.add_column("customer")
-    table.add_column("owner", no_wrap=True)
+    table.add_column("title", min_width=12, ratio=3)
+    if "customer" not in dropped:
+        table.add_column("customer", min_width=10, ratio=2)
+    if "owner" not in dropped:
+        table.add_column("owner", no_wrap=True)
     table.add_column("status", no_wrap=True)
-    table.add_column("amount", justify="right", no_wrap=True)
+    if "amount" not in dropped:
+        table.add_column("amount", justify="right", no_wrap=True)
     table.add_column("outstanding", justify="right", no_wrap=True)
-    table.add_column("overdue", justify="right")
+    table.add_column("overdue", justify="right", no_wrap=True)
     table.add_column("next due", no_wrap=True)
     for c in items:
         overdue_count = int(c.get("overdue_count") or 0)
-        table.add_row(
-            c["id"],
-            c.get("title", ""),
-            c.get("customer", ""),
-            c.get("owner", ""),
-            _status(c.get("status")),
-            _money(c.get("amount"), c.get("currency")),
-            _money(c.get("outstanding")),
-            Text(str(overdue_count), style="bold red" if overdue_count else ""),
-            _when(c.get("next_due_at")),
-        )
+        cells: dict[str, Any] = {
+            "id": c["id"],
+            "title": c.get("title", ""),
+            "customer": c.get("customer", ""),
+            "owner": c.get("owner", ""),
+            "status": _status(c.get("status")),
+            "amount": _money(c.get("amount"), c.get("currency")),
+            "outstanding": _money(c.get("outstanding"), c.get("currency") if "amount" in dropped else None),
+            "overdue": Text(str(overdue_count), style="bold red" if overdue_count else ""),
+            "next due": _when(c.get("next_due_at")) if not dropped else _day(c.get("next_due_at")),
+        }
+        table.add_row(*(cell for name, cell in cells.items() if name not in dropped))
     st.out.print(table)
+    if dropped and items:
+        st.out.print(Text(f"{', '.join(dropped)} left out in {width} columns, next due as its UTC date: widen the "
+                          f"terminal to {WIDE_LIST} to see them, or `contracts show ID`", style="dim"))
 
 
 @app.command()

@@ -143,9 +143,19 @@ async def test_list_shows_the_new_contract(api_service, tmp_path):
     assert contract_id in by_customer.output
     assert "(1 of 1)" in by_customer.output
 
-    # Piped (80 columns, no terminal), the ids are still whole: scripts take them from here.
+    # Piped (80 columns, no terminal), the ids are still whole: scripts take them from here; the
+    # title keeps its room (before, Rich squeezed title and customer to nothing) and the columns
+    # left out are named.
     narrow = await cli(api_service, "list", "--customer", body["customer"]["external_id"], env={"COLUMNS": "80"})
     assert narrow.exit_code == 0 and contract_id in narrow.output, narrow.output
+    row = next(line for line in narrow.output.splitlines() if contract_id in line)
+    assert body["title"].split()[0] in row and "active" in row and "1200000.00 CNY" in row, narrow.output
+    assert max(len(line) for line in narrow.output.splitlines()) <= 80, narrow.output
+    assert "amount, customer, owner left out in 80 columns" in " ".join(narrow.output.split()), narrow.output
+    wide = await cli(api_service, "list", "--customer", body["customer"]["external_id"], env={"COLUMNS": "200"})
+    row = next(line for line in wide.output.splitlines() if contract_id in line)
+    assert body["customer"]["name"].split()[0] in row and "li.wei" in row, wide.output
+    assert "left out" not in wide.output, wide.output
 
     nothing = await cli(api_service, "list", "--owner", f"nobody-{uuid.uuid4().hex[:6]}")
     assert nothing.exit_code == 0, nothing.output
