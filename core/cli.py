@@ -117,14 +117,15 @@ def _when(value: str | None, estimated: bool = False) -> str:
     return ("~" + text) if estimated else text
 
 
-def _day(value: str | None) -> str:
-    """An API date-time as its UTC date, for the narrowest tables."""
+def _day(value: str | None, estimated: bool = False) -> str:
+    """An API date-time as its UTC date, for narrow tables; '~' marks an estimate."""
     if not value:
         return "-"
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc).strftime("%Y-%m-%d")
+        text = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc).strftime("%Y-%m-%d")
     except ValueError:
         return value
+    return ("~" + text) if estimated else text
 
 
 def _money(amount: str | None, currency: str | None = None) -> str:
@@ -338,27 +339,32 @@ def show(ctx: typer.Context, contract_id: str = typer.Argument(..., metavar="ID"
     header.add_row("version", str(c.get("version", "")))
     st.out.print(Panel(header, title=Text(c.get("title", ""), style="bold"), title_align="left", expand=False))
 
-    milestones = Table(title="Milestones", title_justify="left")
+    # As in `contracts list`: narrower than a full row, dates lose their time and the least
+    # needed columns go (Rich squeezed the milestone names to nothing in 80 columns).
+    width = st.out.width
+    when = _when if width >= WIDE_LIST else _day
+    left_out = [] if width >= MEDIUM_LIST else ["department", "progress"]
+    milestones = Table(title="Milestones", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
     milestones.add_column("key", no_wrap=True)
-    milestones.add_column("name")
+    milestones.add_column("name", min_width=12)
     milestones.add_column("owner", no_wrap=True)
-    milestones.add_column("department", no_wrap=True)
+    if "department" not in left_out:
+        milestones.add_column("department", no_wrap=True)
     milestones.add_column("status", no_wrap=True)
     milestones.add_column("due at", no_wrap=True)
-    milestones.add_column("progress", justify="right", no_wrap=True)
+    if "progress" not in left_out:
+        milestones.add_column("progress", justify="right", no_wrap=True)
     for m in c.get("milestones", []):
-        milestones.add_row(
-            m["key"],
-            m.get("name", ""),
-            m.get("owner", ""),
-            m.get("department", ""),
-            _status(m.get("status")),
-            _when(m.get("due_at"), bool(m.get("due_estimated"))),
-            f"{m.get('progress', 0)}%",
-        )
+        cells: dict[str, Any] = {
+            "key": m["key"], "name": m.get("name", ""), "owner": m.get("owner", ""),
+            "department": m.get("department", ""), "status": _status(m.get("status")),
+            "due at": when(m.get("due_at"), bool(m.get("due_estimated"))), "progress": f"{m.get('progress', 0)}%",
+        }
+        milestones.add_row(*(cell for name, cell in cells.items() if name not in left_out))
     st.out.print(milestones)
 
-    installments = Table(title="Installments", title_justify="left")
+    installments = Table(title="Installments", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                         padding=(0, 0))
     installments.add_column("key", no_wrap=True)
     installments.add_column("due at", no_wrap=True)
     installments.add_column("amount", justify="right", no_wrap=True)
@@ -367,12 +373,15 @@ def show(ctx: typer.Context, contract_id: str = typer.Argument(..., metavar="ID"
     for i in c.get("installments", []):
         installments.add_row(
             i["key"],
-            _when(i.get("due_at"), bool(i.get("due_estimated"))),
+            when(i.get("due_at"), bool(i.get("due_estimated"))),
             _money(i.get("amount"), currency),
             _money(i.get("paid"), currency),
             _status(i.get("status")),
         )
     st.out.print(installments)
+    if width < WIDE_LIST:
+        st.out.print(Text("dates as their UTC day" + (f"; {', '.join(left_out)} left out" if left_out else "")
+                          + f" in {width} columns: widen the terminal to {WIDE_LIST} to see them", style="dim"))
     if any(x.get("due_estimated") for x in [*c.get("milestones", []), *c.get("installments", [])]):
         st.out.print(Text("~ estimated: waits on an open predecessor", style="dim"))
 

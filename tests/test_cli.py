@@ -179,7 +179,7 @@ async def test_show_prints_milestones_installments_and_statuses(api_service, tmp
         assert key in out
     review = next(line for line in out.splitlines() if "order_review" in line)
     assert "overdue" in review
-    shipping = next(line for line in out.splitlines() if line.startswith("│ shipping "))
+    shipping = next(line for line in out.splitlines() if line.startswith(" shipping "))
     assert "pending" in shipping
     assert "li.wei" in review and "sales" in review
     assert "outstanding 1200000.00 CNY" in out
@@ -188,6 +188,15 @@ async def test_show_prints_milestones_installments_and_statuses(api_service, tmp
     assert f"contract-{contract_id}" in out
     term = next(line for line in out.splitlines() if "term" in line)
     assert "(last day " in term, term  # the end is the instant after the term's last day
+
+    # In 80 columns every milestone keeps its name (Rich squeezed the column to nothing before),
+    # no line but the Temporal UI link (kept whole to stay clickable) is wider than the terminal,
+    # and what was left out is said.
+    narrow = (await cli(api_service, "show", contract_id, env={"COLUMNS": "80"})).output
+    shipping = next(line for line in narrow.splitlines() if line.startswith(" shipping "))
+    assert "Shipping" in shipping and "pending" in shipping, narrow
+    assert max(len(line) for line in narrow.splitlines() if not line.startswith("Temporal UI:")) <= 80, narrow
+    assert "department, progress left out in 80 columns" in " ".join(narrow.split()), narrow
 
 
 async def test_pay_twice_is_applied_once(api_service, tmp_path):
