@@ -733,9 +733,11 @@ def report(
     # Plain JSON numbers here (days, rates, counts); amounts come as decimal strings anyway.
     data = _request(st, "GET", "/analytics/reports/quarterly", params=params).json()
     cur, prev = data["quarter"], data["previous_quarter"]
-    table = Table(title=f"Quarterly review {cur} (vs {prev})", title_justify="left")
+    # Compact, with room for the metric's name: in 80 columns Rich cut it to 8 characters a line.
+    table = Table(title=f"Quarterly review {cur} (vs {prev})", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 0))
     table.add_column("section", style="dim", no_wrap=True)
-    table.add_column("metric")
+    table.add_column("metric", min_width=18)
     table.add_column(cur, justify="right", no_wrap=True)
     table.add_column(prev, justify="right", no_wrap=True)
     table.add_column("change", justify="right", no_wrap=True)
