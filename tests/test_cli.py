@@ -358,3 +358,17 @@ def test_report_cells_read_as_a_person_would_write_them():
     assert report_change(-0.5, "days") == "-0.50" and report_value(12.345, "days") == "12.35"
     assert report_value(0.875, "ratio") == "87.5%" and report_change(-0.05, "ratio") == "-5.0 pp"
     assert report_value("shipping", "stage") == "shipping" and report_value(None, "days") == "-"
+
+
+async def test_the_quarterly_report_reads_in_80_columns(api_service, tmp_path):
+    # Eleven-figure amounts this quarter against nothing the last: three wide number columns.
+    big = [{"key": "all", "due_after": "P1M", "amount": "12345678901.00"}]
+    await create_contract(api_service, tmp_path, amount="12345678901.00", installments=big,
+                          effective_date="2026-11-27", end_date="2027-11-27")
+    result = await cli(api_service, "report", "--quarter", "2026-Q4", env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, result.output
+    # The metric's name keeps its words together (80 columns cut it to "contrac…" before).
+    assert any("contracts signed" in line for line in lines), result.output
+    assert any("amount signed" in line and "12,345,678,901.00" in line for line in lines), result.output
