@@ -381,7 +381,8 @@ def show(ctx: typer.Context, contract_id: str = typer.Argument(..., metavar="ID"
     st.out.print(installments)
     if width < WIDE_LIST:
         st.out.print(Text("dates as their UTC day" + (f"; {', '.join(left_out)} left out" if left_out else "")
-                          + f" in {width} columns: widen the terminal to {WIDE_LIST} to see them", style="dim"))
+                          + f" in {width} columns: widen the terminal to {WIDE_LIST} for "
+                          + ("them and " if left_out else "") + "the times", style="dim"))
     if any(x.get("due_estimated") for x in [*c.get("milestones", []), *c.get("installments", [])]):
         st.out.print(Text("~ estimated: waits on an open predecessor", style="dim"))
 
