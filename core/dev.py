@@ -93,11 +93,24 @@ def main() -> None:
 
     procs: list[subprocess.Popen] = []
 
+    # The children run in their own sessions: a Ctrl-C (SIGINT to the terminal's whole process
+    # group) reaches only this launcher, which stops them one by one in reverse order of start:
+    # the API, the worker, the mail catcher, and the Temporal server last, once the worker is done
+    # with it.  When Ctrl-C reached every process at once, uvicorn got a second SIGINT from here
+    # while shutting down (a KeyboardInterrupt traceback) and the server's own workers logged a
+    # dozen warnings as it went away under them.
+    stopping: list[bool] = []
+
     def stop(*_):
+        if stopping:  # a second Ctrl-C while stopping: no more waiting
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            sys.exit(1)
+        stopping.append(True)
         for p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGINT if p is not procs[0] else signal.SIGTERM)
-        for p in reversed(procs):
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -106,12 +119,14 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)  # the terminal closed: children in their own sessions would not hear it
 
     print(f"· Temporal dev server (history in {data / 'temporal.db'}) ...", flush=True)
     temporal = subprocess.Popen(
         temporal_command(data / "temporal.db", args.temporal_port, args.ui_port, settings.temporal_namespace),
         env=env,
         cwd=ROOT,
+        start_new_session=True,
     )
     procs.append(temporal)
     wait_for_port("127.0.0.1", args.temporal_port, 60, temporal)
@@ -124,12 +139,12 @@ def main() -> None:
     mail_log = open(data / "mail.log", "a", encoding="utf-8")  # noqa: SIM115 - the catcher's stdout while dev runs
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Debugging", "-l", f"127.0.0.1:{args.smtp_port}"],
-        stdout=mail_log, stderr=subprocess.STDOUT, cwd=ROOT,
+        stdout=mail_log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
     ))
     env["SMTP_HOST"], env["SMTP_PORT"] = "127.0.0.1", str(args.smtp_port)
 
     print("· worker ...", flush=True)
-    procs.append(subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=env, cwd=ROOT))
+    procs.append(subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=env, cwd=ROOT, start_new_session=True))
     print("· API ...", flush=True)
     procs.append(
         subprocess.Popen(
@@ -137,6 +152,7 @@ def main() -> None:
              "--log-level", "warning"],
             env={**env, "SEED_DEMO_ORG": os.environ.get("SEED_DEMO_ORG", "1")},  # the demo org
             cwd=ROOT,
+            start_new_session=True,
         )
     )
     wait_for_port("127.0.0.1", args.api_port, 60, procs[-1])

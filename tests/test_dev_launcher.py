@@ -1,0 +1,82 @@
+"""The README's one command (`python3 run.py` -> `python -m core.dev`): it starts the whole service,
+and Ctrl-C stops it cleanly.
+
+Ctrl-C is SIGINT to the terminal's foreground process group, so that is what this test sends.
+Before, every child was in that group: the Temporal dev server went away under the worker (a
+dozen "Failed to poll for task" warnings from its own system workers) and uvicorn, signalled
+twice, printed a KeyboardInterrupt traceback.  Now the launcher alone hears it and stops its
+children one by one, the Temporal server last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the parent pid
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(300)
+def test_the_one_command_starts_the_service_and_ctrl_c_stops_it_cleanly(tmp_path):
+    ports = {name: free_port() for name in ("temporal", "ui", "api", "smtp")}
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(tmp_path)),
+           "SEED_DEMO_DATA": "0", "PYTHONUNBUFFERED": "1"}  # nothing else of this environment's settings
+    out_path = tmp_path / "dev.log"
+    with open(out_path, "wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "core.dev", "--data-dir", str(tmp_path / "data"),
+             "--temporal-port", str(ports["temporal"]), "--ui-port", str(ports["ui"]),
+             "--api-port", str(ports["api"]), "--smtp-port", str(ports["smtp"])],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, as a shell gives a foreground job
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while "Contract tracking is running" not in out_path.read_text(errors="replace"):
+            assert launcher.poll() is None, out_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, out_path.read_text(errors="replace")
+            time.sleep(0.5)
+        assert httpx.get(f"http://127.0.0.1:{ports['api']}/readyz", timeout=30).status_code == 200
+        children = _children(launcher.pid)
+        assert len(children) == 4, children  # Temporal, the mail catcher, the worker, the API
+        started = len(out_path.read_text(errors="replace"))
+
+        os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        assert launcher.wait(90) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    log = out_path.read_text(errors="replace")
+    assert not [pid for pid in children if _alive(pid)], "a child outlived the launcher"
+    after = log[started:]
+    assert "Traceback" not in after and "KeyboardInterrupt" not in after, after
+    assert "level=WARN" not in after and "level=ERROR" not in after, after
