@@ -119,7 +119,8 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)  # the terminal closed: children in their own sessions would not hear it
+    if hasattr(signal, "SIGHUP"):  # POSIX: the terminal closed; children in their own sessions would not hear it
+        signal.signal(signal.SIGHUP, stop)
 
     print(f"· Temporal dev server (history in {data / 'temporal.db'}) ...", flush=True)
     temporal = subprocess.Popen(
