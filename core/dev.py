@@ -35,8 +35,8 @@ def temporal_command(db_file: Path, port: int, ui_port: int, namespace: str) -> 
         "--port", str(port),
         "--ui-port", str(ui_port),
         "--namespace", namespace,
-        # Errors only: at Ctrl-C the terminal stops every process at once, and the server's own
-        # system workers then log a dozen "Failed to poll for task" / "network dial error" warnings.
+        # Errors only: even stopped on its own (SIGTERM, nothing connected), the server's system
+        # workers log half a dozen "Failed to poll for task" warnings on the way out.
         "--log-level", "error",
         # Measured here: WAL and relaxed sync make the dev server start and run ~2.5x faster.
         "--sqlite-pragma", "journal_mode=wal",
@@ -122,71 +122,83 @@ def main() -> None:
     if hasattr(signal, "SIGHUP"):  # POSIX: the terminal closed; children in their own sessions would not hear it
         signal.signal(signal.SIGHUP, stop)
 
-    print(f"· Temporal dev server (history in {data / 'temporal.db'}) ...", flush=True)
-    temporal = subprocess.Popen(
-        temporal_command(data / "temporal.db", args.temporal_port, args.ui_port, settings.temporal_namespace),
-        env=env,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    procs.append(temporal)
-    wait_for_port("127.0.0.1", args.temporal_port, 60, temporal)
-
-    print(f"· database schema at {env['DATABASE_URL']} ...", flush=True)
-    upgrade(env["DATABASE_URL"])
-
-    # A local mail catcher so reminders and escalations have somewhere to go in dev mode.
-    print(f"· mail catcher on 127.0.0.1:{args.smtp_port} (messages in {data / 'mail.log'}) ...", flush=True)
-    mail_log = open(data / "mail.log", "a", encoding="utf-8")  # noqa: SIM115 - the catcher's stdout while dev runs
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Debugging", "-l", f"127.0.0.1:{args.smtp_port}"],
-        stdout=mail_log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-    ))
-    env["SMTP_HOST"], env["SMTP_PORT"] = "127.0.0.1", str(args.smtp_port)
-
-    print("· worker ...", flush=True)
-    procs.append(subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=env, cwd=ROOT, start_new_session=True))
-    print("· API ...", flush=True)
-    procs.append(
-        subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", args.host, "--port", str(args.api_port),
-             "--log-level", "warning"],
-            env={**env, "SEED_DEMO_ORG": os.environ.get("SEED_DEMO_ORG", "1")},  # the demo org
+    try:
+        print(f"· Temporal dev server (history in {data / 'temporal.db'}) ...", flush=True)
+        temporal = subprocess.Popen(
+            temporal_command(data / "temporal.db", args.temporal_port, args.ui_port, settings.temporal_namespace),
+            env=env,
             cwd=ROOT,
             start_new_session=True,
         )
-    )
-    wait_for_port("127.0.0.1", args.api_port, 60, procs[-1])
+        procs.append(temporal)
+        wait_for_port("127.0.0.1", args.temporal_port, 60, temporal)
 
-    # Demo data for the dashboard, once (idempotent), beside the running stack: SEED_DEMO_DATA=0 skips it.
-    if Settings.model_validate({"seed_demo_data": os.environ.get("SEED_DEMO_DATA", "1")}).seed_demo_data:
-        threading.Thread(target=_seed_demo_data,
-                         args=(env["DATABASE_URL"], f"http://apikey:{env['ADMIN_API_KEY']}@127.0.0.1:{args.api_port}"),
-                         daemon=True).start()
+        print(f"· database schema at {env['DATABASE_URL']} ...", flush=True)
+        upgrade(env["DATABASE_URL"])
 
-    print(
-        f"""
-Contract tracking is running (Ctrl-C stops it all):
-  Dashboard        http://{args.host if args.host != '0.0.0.0' else 'localhost'}:{args.api_port}/ui/
-  API              http://{args.host}:{args.api_port}        (OpenAPI docs: /docs, health: /readyz)
-  Temporal UI      http://{args.host}:{args.ui_port}        (search: ContractStatus="active", OverdueCount > 0)
-  Temporal gRPC    127.0.0.1:{args.temporal_port}         (temporal workflow list --query "ContractStatus='active'")
-  Database         {env['DATABASE_URL']}
-Log in (dashboard or API): admin / admin, or a demo person (li.wei, zhang.min, sun.li, liu.yang...) / demo
-  TOKEN=$(curl -s -d username=li.wei -d password=demo localhost:{args.api_port}/auth/token \\
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-  curl -s -X POST localhost:{args.api_port}/contracts -H "Authorization: Bearer $TOKEN" \\
-    -H 'content-type: application/json' -d @examples/goods_sale.json
-  Admin API key (dev only, in {data / 'dev-admin-key'}): export CONTRACTS_TOKEN=$(cat {data / 'dev-admin-key'})
-""",
-        flush=True,
-    )
-    while True:
+        # A local mail catcher so reminders and escalations have somewhere to go in dev mode.
+        print(f"· mail catcher on 127.0.0.1:{args.smtp_port} (messages in {data / 'mail.log'}) ...", flush=True)
+        mail_log = open(data / "mail.log", "a", encoding="utf-8")  # noqa: SIM115 - the catcher's stdout while dev runs
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Debugging", "-l", f"127.0.0.1:{args.smtp_port}"],
+            stdout=mail_log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+        ))
+        env["SMTP_HOST"], env["SMTP_PORT"] = "127.0.0.1", str(args.smtp_port)
+
+        print("· worker ...", flush=True)
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=env, cwd=ROOT, start_new_session=True))
+        print("· API ...", flush=True)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "api.main:app", "--host", args.host, "--port", str(args.api_port),
+                 "--log-level", "warning"],
+                env={**env, "SEED_DEMO_ORG": os.environ.get("SEED_DEMO_ORG", "1")},  # the demo org
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        )
+        wait_for_port("127.0.0.1", args.api_port, 60, procs[-1])
+
+        # Demo data for the dashboard, once (idempotent), beside the running stack: SEED_DEMO_DATA=0 skips it.
+        if Settings.model_validate({"seed_demo_data": os.environ.get("SEED_DEMO_DATA", "1")}).seed_demo_data:
+            threading.Thread(target=_seed_demo_data,
+                             args=(env["DATABASE_URL"], f"http://apikey:{env['ADMIN_API_KEY']}@127.0.0.1:{args.api_port}"),
+                             daemon=True).start()
+
+        print(
+            f"""
+    Contract tracking is running (Ctrl-C stops it all):
+      Dashboard        http://{args.host if args.host != '0.0.0.0' else 'localhost'}:{args.api_port}/ui/
+      API              http://{args.host}:{args.api_port}        (OpenAPI docs: /docs, health: /readyz)
+      Temporal UI      http://{args.host}:{args.ui_port}        (search: ContractStatus="active", OverdueCount > 0)
+      Temporal gRPC    127.0.0.1:{args.temporal_port}         (temporal workflow list --query "ContractStatus='active'")
+      Database         {env['DATABASE_URL']}
+    Log in (dashboard or API): admin / admin, or a demo person (li.wei, zhang.min, sun.li, liu.yang...) / demo
+      TOKEN=$(curl -s -d username=li.wei -d password=demo localhost:{args.api_port}/auth/token \\
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+      curl -s -X POST localhost:{args.api_port}/contracts -H "Authorization: Bearer $TOKEN" \\
+        -H 'content-type: application/json' -d @examples/goods_sale.json
+      Admin API key (dev only, in {data / 'dev-admin-key'}): export CONTRACTS_TOKEN=$(cat {data / 'dev-admin-key'})
+    """,
+            flush=True,
+        )
+        while True:
+            for p in procs:
+                if p.poll() is not None:
+                    print(f"{_program(p)} stopped with exit code {p.returncode}; stopping the rest", flush=True)
+                    stop()
+            time.sleep(1)
+    finally:
+        # However the launcher ends (a start-up failure such as an unreachable DATABASE_URL, a crash),
+        # its children must not outlive it: in their own sessions nothing else would stop them.
         for p in procs:
-            if p.poll() is not None:
-                print(f"{_program(p)} stopped with exit code {p.returncode}; stopping the rest", flush=True)
-                stop()
-        time.sleep(1)
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def _dev_secret(path: Path, prefix: str) -> str:

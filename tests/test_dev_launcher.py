@@ -45,27 +45,34 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.timeout(300)
-def test_the_one_command_starts_the_service_and_ctrl_c_stops_it_cleanly(tmp_path):
-    ports = {name: free_port() for name in ("temporal", "ui", "api", "smtp")}
+def _launch(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, Path]:
+    """``python -m core.dev`` on free ports, its output in a file; only PATH and HOME of this
+    environment (no DATABASE_URL or other settings of the test run)."""
+    ports = [str(free_port()) for _ in range(4)]
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(tmp_path)),
-           "SEED_DEMO_DATA": "0", "PYTHONUNBUFFERED": "1"}  # nothing else of this environment's settings
+           "SEED_DEMO_DATA": "0", "PYTHONUNBUFFERED": "1", **extra_env}
     out_path = tmp_path / "dev.log"
     with open(out_path, "wb") as out:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "core.dev", "--data-dir", str(tmp_path / "data"),
-             "--temporal-port", str(ports["temporal"]), "--ui-port", str(ports["ui"]),
-             "--api-port", str(ports["api"]), "--smtp-port", str(ports["smtp"])],
+            [sys.executable, "-m", "core.dev", "--data-dir", str(tmp_path / "data"), "--temporal-port", ports[0],
+             "--ui-port", ports[1], "--api-port", ports[2], "--smtp-port", ports[3]],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group, as a shell gives a foreground job
         )
+    return launcher, out_path
+
+
+@pytest.mark.timeout(300)
+def test_the_one_command_starts_the_service_and_ctrl_c_stops_it_cleanly(tmp_path):
+    launcher, out_path = _launch(tmp_path)
+    api_port = launcher.args[launcher.args.index("--api-port") + 1]
     try:
         deadline = time.monotonic() + 180
         while "Contract tracking is running" not in out_path.read_text(errors="replace"):
             assert launcher.poll() is None, out_path.read_text(errors="replace")
             assert time.monotonic() < deadline, out_path.read_text(errors="replace")
             time.sleep(0.5)
-        assert httpx.get(f"http://127.0.0.1:{ports['api']}/readyz", timeout=30).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=30).status_code == 200
         children = _children(launcher.pid)
         assert len(children) == 4, children  # Temporal, the mail catcher, the worker, the API
         started = len(out_path.read_text(errors="replace"))
@@ -80,3 +87,25 @@ def test_the_one_command_starts_the_service_and_ctrl_c_stops_it_cleanly(tmp_path
     after = log[started:]
     assert "Traceback" not in after and "KeyboardInterrupt" not in after, after
     assert "level=WARN" not in after and "level=ERROR" not in after, after
+
+
+@pytest.mark.timeout(300)
+def test_a_failed_start_leaves_no_process_behind(tmp_path):
+    # The Temporal server is up before the schema step, which cannot reach this database.
+    launcher, out_path = _launch(tmp_path, DATABASE_URL="postgresql+psycopg2://postgres@127.0.0.1:1/nowhere")
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while launcher.poll() is None:
+            children.update(_children(launcher.pid))
+            assert time.monotonic() < deadline, out_path.read_text(errors="replace")
+            time.sleep(0.1)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    log = out_path.read_text(errors="replace")
+    assert launcher.returncode != 0, log
+    assert "database schema at" in log, log  # it got as far as the database
+    assert children, "the Temporal server never started"
+    time.sleep(0.5)
+    assert not [pid for pid in children if _alive(pid)], f"left behind: {children}\n{log}"
