@@ -45,9 +45,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _launch(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, Path]:
-    """``python -m core.dev`` on free ports, its output in a file; only PATH and HOME of this
-    environment (no DATABASE_URL or other settings of the test run)."""
+def _launch(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, Path, str]:
+    """``python -m core.dev`` on free ports, its output in a file, and its API port; only PATH
+    and HOME of this environment (no DATABASE_URL or other settings of the test run)."""
     ports = [str(free_port()) for _ in range(4)]
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(tmp_path)),
            "SEED_DEMO_DATA": "0", "PYTHONUNBUFFERED": "1", **extra_env}
@@ -59,13 +59,12 @@ def _launch(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, Path]:
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group, as a shell gives a foreground job
         )
-    return launcher, out_path
+    return launcher, out_path, ports[2]
 
 
 @pytest.mark.timeout(300)
 def test_the_one_command_starts_the_service_and_ctrl_c_stops_it_cleanly(tmp_path):
-    launcher, out_path = _launch(tmp_path)
-    api_port = launcher.args[launcher.args.index("--api-port") + 1]
+    launcher, out_path, api_port = _launch(tmp_path)
     try:
         deadline = time.monotonic() + 180
         while "Contract tracking is running" not in out_path.read_text(errors="replace"):
@@ -92,7 +91,7 @@ def test_the_one_command_starts_the_service_and_ctrl_c_stops_it_cleanly(tmp_path
 @pytest.mark.timeout(300)
 def test_a_failed_start_leaves_no_process_behind(tmp_path):
     # The Temporal server is up before the schema step, which cannot reach this database.
-    launcher, out_path = _launch(tmp_path, DATABASE_URL="postgresql+psycopg2://postgres@127.0.0.1:1/nowhere")
+    launcher, out_path, _ = _launch(tmp_path, DATABASE_URL="postgresql+psycopg2://postgres@127.0.0.1:1/nowhere")
     children: set[int] = set()
     try:
         deadline = time.monotonic() + 120
