@@ -15,6 +15,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -126,6 +127,21 @@ def _day(value: str | None, estimated: bool = False) -> str:
     except ValueError:
         return value
     return ("~" + text) if estimated else text
+
+
+def _compact_table(title: str, columns: dict[str, dict[str, Any]], left_out: Sequence[str] = ()) -> Table:
+    """The tables of list, show and report: a rule under the header, one space between columns,
+    and only the columns not ``left_out`` (those a narrow terminal has no room for)."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
+    for name, options in columns.items():
+        if name not in left_out:
+            table.add_column(name, **options)
+    return table
+
+
+def _add_row(table: Table, cells: dict[str, Any], left_out: Sequence[str] = ()) -> None:
+    """A row of a ``_compact_table``: its cells by column name, those left out skipped."""
+    table.add_row(*(cell for name, cell in cells.items() if name not in left_out))
 
 
 def _money(amount: str | None, currency: str | None = None) -> str:
@@ -267,23 +283,15 @@ def list_contracts(
     # customer to nothing in 80 columns); the id is never shortened: scripts take it from here.
     width = st.out.width
     dropped = [] if width >= WIDE_LIST else ["amount"] if width >= MEDIUM_LIST else ["amount", "customer", "owner"]
-    table = Table(title=f"Contracts ({len(items)} of {page.get('total', len(items))})", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))  # one space between columns
-    table.add_column("id", no_wrap=True, min_width=max((len(c["id"]) for c in items), default=2))
-    table.add_column("title", min_width=12, ratio=3)
-    if "customer" not in dropped:
-        table.add_column("customer", min_width=10, ratio=2)
-    if "owner" not in dropped:
-        table.add_column("owner", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    if "amount" not in dropped:
-        table.add_column("amount", justify="right", no_wrap=True)
-    table.add_column("outstanding", justify="right", no_wrap=True)
-    table.add_column("overdue", justify="right", no_wrap=True)
-    table.add_column("next due", no_wrap=True)
+    right = {"justify": "right", "no_wrap": True}
+    table = _compact_table(f"Contracts ({len(items)} of {page.get('total', len(items))})", {
+        "id": {"no_wrap": True, "min_width": max((len(c["id"]) for c in items), default=2)},
+        "title": {"min_width": 12, "ratio": 3}, "customer": {"min_width": 10, "ratio": 2}, "owner": {"no_wrap": True},
+        "status": {"no_wrap": True}, "amount": right, "outstanding": right, "overdue": right, "next due": {"no_wrap": True},
+    }, dropped)
     for c in items:
         overdue_count = int(c.get("overdue_count") or 0)
-        cells: dict[str, Any] = {
+        _add_row(table, {
             "id": c["id"],
             "title": c.get("title", ""),
             "customer": c.get("customer", ""),
@@ -293,8 +301,7 @@ def list_contracts(
             "outstanding": _money(c.get("outstanding"), c.get("currency") if "amount" in dropped else None),
             "overdue": Text(str(overdue_count), style="bold red" if overdue_count else ""),
             "next due": _when(c.get("next_due_at")) if not dropped else _day(c.get("next_due_at")),
-        }
-        table.add_row(*(cell for name, cell in cells.items() if name not in dropped))
+        }, dropped)
     st.out.print(table)
     if dropped and items:
         st.out.print(Text(f"{', '.join(dropped)} left out in {width} columns, next due as its UTC date: widen the "
@@ -344,32 +351,21 @@ def show(ctx: typer.Context, contract_id: str = typer.Argument(..., metavar="ID"
     width = st.out.width
     when = _when if width >= WIDE_LIST else _day
     left_out = [] if width >= MEDIUM_LIST else ["department", "progress"]
-    milestones = Table(title="Milestones", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
-    milestones.add_column("key", no_wrap=True)
-    milestones.add_column("name", min_width=12)
-    milestones.add_column("owner", no_wrap=True)
-    if "department" not in left_out:
-        milestones.add_column("department", no_wrap=True)
-    milestones.add_column("status", no_wrap=True)
-    milestones.add_column("due at", no_wrap=True)
-    if "progress" not in left_out:
-        milestones.add_column("progress", justify="right", no_wrap=True)
+    whole, right = {"no_wrap": True}, {"justify": "right", "no_wrap": True}
+    milestones = _compact_table("Milestones", {
+        "key": whole, "name": {"min_width": 12}, "owner": whole, "department": whole, "status": whole,
+        "due at": whole, "progress": right,
+    }, left_out)
     for m in c.get("milestones", []):
-        cells: dict[str, Any] = {
+        _add_row(milestones, {
             "key": m["key"], "name": m.get("name", ""), "owner": m.get("owner", ""),
             "department": m.get("department", ""), "status": _status(m.get("status")),
             "due at": when(m.get("due_at"), bool(m.get("due_estimated"))), "progress": f"{m.get('progress', 0)}%",
-        }
-        milestones.add_row(*(cell for name, cell in cells.items() if name not in left_out))
+        }, left_out)
     st.out.print(milestones)
 
-    installments = Table(title="Installments", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                         padding=(0, 0))
-    installments.add_column("key", no_wrap=True)
-    installments.add_column("due at", no_wrap=True)
-    installments.add_column("amount", justify="right", no_wrap=True)
-    installments.add_column("paid", justify="right", no_wrap=True)
-    installments.add_column("status", no_wrap=True)
+    installments = _compact_table("Installments", {
+        "key": whole, "due at": whole, "amount": right, "paid": right, "status": whole})
     for i in c.get("installments", []):
         installments.add_row(
             i["key"],
@@ -735,13 +731,10 @@ def report(
     data = _request(st, "GET", "/analytics/reports/quarterly", params=params).json()
     cur, prev = data["quarter"], data["previous_quarter"]
     # Compact, with room for the metric's name: in 80 columns Rich cut it to 8 characters a line.
-    table = Table(title=f"Quarterly review {cur} (vs {prev})", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False, padding=(0, 0))
-    table.add_column("section", style="dim", no_wrap=True)
-    table.add_column("metric", min_width=18)
-    table.add_column(cur, justify="right", no_wrap=True)
-    table.add_column(prev, justify="right", no_wrap=True)
-    table.add_column("change", justify="right", no_wrap=True)
+    right = {"justify": "right", "no_wrap": True}
+    table = _compact_table(f"Quarterly review {cur} (vs {prev})", {
+        "section": {"style": "dim", "no_wrap": True}, "metric": {"min_width": 18}, cur: right, prev: right,
+        "change": right})
     last = None
     for r in data["rows"]:
         unit = r.get("unit")
