@@ -909,12 +909,25 @@ def _check_database(url: str) -> Check:
 
 
 @app.command()
-def doctor(ctx: typer.Context) -> None:
-    """Check the API, Temporal (search attributes, a polling worker) and the database."""
+def doctor(
+    ctx: typer.Context,
+    temporal_address: str = typer.Option(None, "--temporal-address", envvar="TEMPORAL_ADDRESS",
+                                         help="Temporal's gRPC address, as the worker has it [default: localhost:7233]."),
+    task_queue: str = typer.Option(None, "--task-queue", envvar="TASK_QUEUE",
+                                   help="The task queue a worker must poll [default: contracts]."),
+    database_url: str = typer.Option(None, "--database-url", envvar="DATABASE_URL",
+                                     help="The contract repository, as the API has it [default: ./data/contracts.db]."),
+) -> None:
+    """Check the API, Temporal (search attributes, a polling worker) and the database.
+
+    The API is reached at --api; Temporal and the database are checked from here, at the
+    addresses above (a stack started with other ports or another data directory: the line
+    `run.py dev` prints)."""
     from core.settings import Settings
 
     st = _state(ctx)
-    settings = Settings()
+    given = {"temporal_address": temporal_address, "task_queue": task_queue, "database_url": database_url}
+    settings = Settings.model_validate({k: v for k, v in given.items() if v is not None})
     checks = [_check_http(st.api, "/healthz"), _check_http(st.api, "/readyz")]
     checks += asyncio.run(_temporal_checks(settings))
     checks.append(_check_database(settings.database_url))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -179,6 +180,7 @@ def main() -> None:
       curl -s -X POST localhost:{args.api_port}/contracts -H "Authorization: Bearer $TOKEN" \\
         -H 'content-type: application/json' -d @examples/goods_sale.json
       Admin API key (dev only, in {data / 'dev-admin-key'}): export CONTRACTS_TOKEN=$(cat {data / 'dev-admin-key'})
+    Check it all: {_doctor_command(args, env)}
     """,
             flush=True,
         )
@@ -199,6 +201,22 @@ def main() -> None:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def _doctor_command(args: argparse.Namespace, env: dict[str, str]) -> str:
+    """``contracts doctor`` aimed at this stack: the CLI's defaults are the default ports and ./data,
+    so anything else is spelled out (else the doctor checked a server that was not this one)."""
+    words = [os.path.relpath(Path(sys.executable).parent / "contracts", Path.cwd())]
+    if args.api_port != 8000:
+        words += ["--api", f"http://127.0.0.1:{args.api_port}"]
+    words.append("doctor")
+    if args.temporal_port != 7233:
+        words += ["--temporal-address", env["TEMPORAL_ADDRESS"]]
+    if env.get("TASK_QUEUE"):
+        words += ["--task-queue", env["TASK_QUEUE"]]
+    if env["DATABASE_URL"] != Settings().database_url:
+        words += ["--database-url", env["DATABASE_URL"]]
+    return shlex.join(words)
 
 
 def _dev_secret(path: Path, prefix: str) -> str:

@@ -11,6 +11,7 @@ children one by one, the Temporal server last.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -72,6 +73,16 @@ def test_the_one_command_starts_the_service_and_ctrl_c_stops_it_cleanly(tmp_path
             assert time.monotonic() < deadline, out_path.read_text(errors="replace")
             time.sleep(0.5)
         assert httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=30).status_code == 200
+        # The banner's doctor line checks this stack (its ports, its data directory), not the
+        # CLI's defaults: before, `contracts doctor` had no options and, on other ports, checked
+        # localhost:7233 and ./data/contracts.db.
+        line = next(x for x in out_path.read_text(errors="replace").splitlines() if "Check it all:" in x)
+        command = shlex.split(line.split("Check it all:", 1)[1])
+        assert f"127.0.0.1:{api_port}" in " ".join(command) and str(tmp_path / "data") in " ".join(command), line
+        doctor = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                                env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(tmp_path)),
+                                     "COLUMNS": "200", "NO_COLOR": "1"})
+        assert doctor.returncode == 0 and "All checks passed" in doctor.stdout, doctor.stdout + doctor.stderr
         children = _children(launcher.pid)
         assert len(children) == 4, children  # Temporal, the mail catcher, the worker, the API
         started = len(out_path.read_text(errors="replace"))
