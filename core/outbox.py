@@ -10,7 +10,9 @@ come, in due order:
    SQLite writes one transaction at a time);
 2. the notice goes to its recipients through the same code as the ``notify`` activity
    (activities/notify.py ``deliver``), which records each (recipient, channel) before sending, so
-   a dispatcher that dies mid-way and a successor that re-sends never send a message twice;
+   a dispatcher that dies mid-way and a successor that re-sends skip what was recorded sent (one
+   that died between the server's acceptance and that record sends it again, under the same
+   Message-ID and key: no SMTP exchange can close that window);
 3. the row is marked ``sent`` (and a reminder logged as a ``notification.reminder`` contract event
    without a workflow seq), only while this dispatcher still holds the lease.
 
