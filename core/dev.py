@@ -206,15 +206,19 @@ def main() -> None:
 def _doctor_command(args: argparse.Namespace, env: dict[str, str]) -> str:
     """``contracts doctor`` aimed at this stack: the CLI's defaults are the default ports and ./data,
     so anything else is spelled out (else the doctor checked a server that was not this one)."""
+    from core.cli import DEFAULT_API
+
     words = [os.path.relpath(Path(sys.executable).parent / "contracts", Path.cwd())]
-    if args.api_port != 8000:
-        words += ["--api", f"http://127.0.0.1:{args.api_port}"]
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    if f"http://{host}:{args.api_port}" != DEFAULT_API:
+        words += ["--api", f"http://{host}:{args.api_port}"]
     words.append("doctor")
     if args.temporal_port != 7233:
         words += ["--temporal-address", env["TEMPORAL_ADDRESS"]]
     if env.get("TASK_QUEUE"):
         words += ["--task-queue", env["TASK_QUEUE"]]
-    if env["DATABASE_URL"] != Settings().database_url:
+    # Against the built-in default, not this shell's DATABASE_URL: the doctor may run in another shell.
+    if env["DATABASE_URL"] != Settings.model_fields["database_url"].default:
         words += ["--database-url", env["DATABASE_URL"]]
     return shlex.join(words)
 
