@@ -569,6 +569,8 @@ class WorkerProcess(ChildProcess):
 class ApiProcess(ChildProcess):
     """``uvicorn api.main:app`` on a free port with the same settings."""
 
+    name = "API"
+
     def __init__(self, settings, log_path: Path) -> None:
         self.port = free_port()
         super().__init__(
@@ -586,12 +588,12 @@ class ApiProcess(ChildProcess):
         async with httpx.AsyncClient(base_url=self.base_url, timeout=5) as c:
             while True:
                 if not self.alive():
-                    raise RuntimeError(f"API exited:\n{self.tail()}")
+                    raise RuntimeError(f"{self.name} exited:\n{self.tail()}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await c.get("/readyz")).status_code == 200:
                         return
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"API not ready:\n{self.tail()}")
+                    raise RuntimeError(f"{self.name} not ready:\n{self.tail()}")
                 await asyncio.sleep(0.2)
 
 
@@ -612,6 +614,24 @@ class FloorWorkerProcess(ChildProcess):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"floor worker did not start:\n{self.tail()}")
             await asyncio.sleep(0.1)
+
+
+class FloorApiProcess(ApiProcess):
+    """``uvicorn --factory bench.floor_api:create_app``: the HTTP floor (a FastAPI route that
+    checks a key and sends the floor's bare update), as its own process like the API."""
+
+    name = "HTTP floor"
+
+    def __init__(self, address: str, log_path: Path) -> None:  # not ApiProcess.__init__: another program
+        self.port = free_port()
+        ChildProcess.__init__(
+            self,
+            [sys.executable, "-m", "uvicorn", "--factory", "bench.floor_api:create_app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "300"],
+            {**os.environ, "PYTHONUNBUFFERED": "1", "FLOOR_TEMPORAL_ADDRESS": address, "FLOOR_API_KEY": BENCH_ADMIN_KEY},
+            log_path,
+        )
+        self.base_url = with_key(f"http://127.0.0.1:{self.port}")
 
 
 @contextlib.asynccontextmanager

@@ -56,6 +56,7 @@ class Payer:
     def __init__(self, c, client, contracts: list[str], ledgers: list) -> None:
         self.c = c
         self.session: Any = None  # aiohttp.ClientSession for the payments (lean_session); None: httpx
+        self.floor_session: Any = None  # the HTTP floor's (bench/floor_api.py), with --split
         self.client = client
         self.contracts = contracts
         self.ledgers = ledgers
@@ -111,6 +112,25 @@ class Payer:
             self.outstanding_seen[cid].append(Decimal(r.outstanding))
         return dt
 
+    async def http_floor(self) -> float:
+        """The bare update behind the least FastAPI front door (bench/floor_api.py), on the same
+        ledgers as ``floor``: its balances are checked with theirs."""
+        k = self.n_floor
+        self.n_floor += 1
+        i = k % len(self.ledgers)
+        body = {"reference": f"FLOOR-{self.tag}-{k}", "amount": "1.00", "currency": "CNY",
+                "received_at": datetime.now(timezone.utc).isoformat()}
+        t0 = time.perf_counter()
+        async with self.floor_session.post(f"/ledgers/{self.ledgers[i].id}/pay", json=body) as resp:
+            status, text = resp.status, await resp.text()
+        dt = time.perf_counter() - t0
+        if status != 200:
+            self.failures.append(f"HTTP floor: {status} {text[:200]}")
+        else:
+            self.floor_paid[i] += 1
+            self.floor_seen[i].append(json.loads(text)["balance"])
+        return dt
+
     async def floor(self) -> float:
         from bench.floor import LedgerWorkflow
 
@@ -159,6 +179,20 @@ async def sequential(payer: Payer, n: int, direct: list[float] | None = None) ->
         if direct is not None and k % 2 == 0:
             direct.append(await payer.direct())
     return proj, flo
+
+
+async def alternating(first, second, n: int) -> tuple[list[float], list[float]]:
+    """Concurrency 1: ``first`` and ``second`` n times each, which goes first alternating."""
+    a: list[float] = []
+    b: list[float] = []
+    for k in range(n):
+        if k % 2 == 0:
+            a.append(await first())
+            b.append(await second())
+        else:
+            b.append(await second())
+            a.append(await first())
+    return a, b
 
 
 async def concurrent(op, n: int, concurrency: int) -> tuple[list[float], float]:
@@ -210,6 +244,12 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                 payer = Payer(c, server.client, contracts, ledgers)
                 if args.client == "aiohttp":
                     payer.session = await stack.enter_async_context(lean_session(project["base_url"]))
+                http_floor = None
+                if args.split and args.client == "aiohttp":  # the HTTP floor: FastAPI + the bare update
+                    http_floor = common.FloorApiProcess(server.address, tmp_path / "floor-api.log")
+                    stack.callback(http_floor.stop)
+                    await http_floor.wait_ready()
+                    payer.floor_session = await stack.enter_async_context(lean_session(http_floor.base_url))
                 await sequential(payer, args.warmup)
                 await asyncio.sleep(1)
 
@@ -223,11 +263,24 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                     "ratio_p50": common.ratio(p["p50"], f["p50"]), "ratio_p99": common.ratio(p["p99"], f["p99"]),
                     "direct_update_latency_ms": d, "load_1m": common.load_average()[0],
                 }
+                if http_floor is not None:
+                    # Its own pass after the measured one (which stays as it was): the HTTP floor
+                    # against bare updates taken alongside it.
+                    http, bare = await alternating(payer.http_floor, payer.floor, args.n)
+                    h, b = summary_ms(http), summary_ms(bare)
+                    level1["http_floor_latency_ms"], level1["http_floor_pass_bare_latency_ms"] = h, b
+                    level1["http_floor_ratio_p50"] = common.ratio(h["p50"], b["p50"])
+                    # (payment / bare) / (HTTP floor / bare), each pair from its own pass
+                    level1["ratio_p50_to_http_floor"] = common.ratio(p["p50"] * b["p50"], f["p50"] * h["p50"])
                 say(f"c= 1: payment p50 {p['p50']} ms, p90 {p['p90']} ms, p99 {p['p99']} ms | bare update "
                     f"p50 {f['p50']} ms, p99 {f['p99']} ms -> p50 ratio {level1['ratio_p50']}, "
                     f"p99 ratio {level1['ratio_p99']}")
                 say(f"      the same update sent straight to the workflow (no API; its local activity writes the "
                     f"read model) p50 {d['p50']} ms, p99 {d['p99']} ms")
+                if http_floor is not None:
+                    say(f"      HTTP floor (FastAPI route: key check, validation, the bare update; its own pass) p50 "
+                        f"{h['p50']} ms against bare {b['p50']} ms there ({level1['http_floor_ratio_p50']}x) -> "
+                        f"payment p50 against it {level1['ratio_p50_to_http_floor']} (not a target)")
                 result["levels"] = [level1]
 
                 # ---- concurrency 16, alternating rounds
@@ -237,8 +290,12 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                     procs = {"api": project["api"], "worker": project["worker"], "floor worker": floor["worker"]}
                     if args.split:  # only the clients run here: the load generator's own share of the two cores
                         procs["bench client"] = common.Self()
+                    if http_floor is not None:
+                        procs["floor api"] = http_floor
                     cpu_project: dict[str, float] = defaultdict(float)
                     cpu_floor: dict[str, float] = defaultdict(float)
+                    cpu_http: dict[str, float] = defaultdict(float)
+                    hl, ht = [], 0.0
                     for _ in range(args.rounds):
                         with common.cpu_used(procs, server, cpu_floor):
                             lat, secs = await concurrent(payer.floor, per_round, 16)
@@ -248,6 +305,11 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                             lat, secs = await concurrent(payer.project, per_round, 16)
                         pl += lat
                         pt += secs
+                        if http_floor is not None:  # after the measured pair, as it was before
+                            with common.cpu_used(procs, server, cpu_http):
+                                lat, secs = await concurrent(payer.http_floor, per_round, 16)
+                            hl += lat
+                            ht += secs
                     p16, f16 = summary_ms(pl), summary_ms(fl)
                     level16 = {
                         "concurrency": 16, "project_latency_ms": p16, "floor_latency_ms": f16,
@@ -256,9 +318,14 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                         "ratio_p50": common.ratio(p16["p50"], f16["p50"]),
                         "load_1m": common.load_average()[0],
                     }
-                    if args.split:  # CPU per operation, by process (bench process excluded)
+                    if args.split:  # CPU per operation, by process
                         level16["cpu_ms_per_payment"] = {k: round(v * 1000 / len(pl), 2) for k, v in cpu_project.items()}
                         level16["cpu_ms_per_bare_update"] = {k: round(v * 1000 / len(fl), 2) for k, v in cpu_floor.items()}
+                    if hl:
+                        level16["http_floor_per_second"] = round(len(hl) / ht, 1)
+                        level16["ratio_rate_to_http_floor"] = common.ratio(len(pl) / pt, len(hl) / ht)
+                        level16["cpu_ms_per_http_floor_payment"] = {k: round(v * 1000 / len(hl), 2)
+                                                                    for k, v in cpu_http.items()}
                     result["levels"].append(level16)
                     say(f"c=16: payments {level16['project_per_second']}/s (p50 {p16['p50']} ms, p99 {p16['p99']} ms)"
                         f" | bare updates {level16['floor_per_second']}/s (p50 {f16['p50']} ms) -> rate ratio "
@@ -266,6 +333,10 @@ async def body(args: argparse.Namespace, result: dict) -> None:
                     if args.split:
                         say(f"      CPU per payment, ms: {level16['cpu_ms_per_payment']} | per bare update: "
                             f"{level16['cpu_ms_per_bare_update']}")
+                    if hl:
+                        say(f"      HTTP floor {level16['http_floor_per_second']}/s -> payments against it "
+                            f"{level16['ratio_rate_to_http_floor']} (not a target); CPU per HTTP-floor payment, ms: "
+                            f"{level16['cpu_ms_per_http_floor_payment']}")
 
                 # ---- checks
                 states = [(await c.get(f"/contracts/{cid}")).json() for cid in contracts]
