@@ -566,20 +566,11 @@ class WorkerProcess(ChildProcess):
             await asyncio.sleep(0.1)
 
 
-class ApiProcess(ChildProcess):
-    """``uvicorn api.main:app`` on a free port with the same settings."""
+class HttpProcess(ChildProcess):
+    """A uvicorn child on a free port; ``wait_ready`` polls its /readyz."""
 
-    name = "API"
-
-    def __init__(self, settings, log_path: Path) -> None:
-        self.port = free_port()
-        super().__init__(
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "300"],
-            _env_for(settings),
-            log_path,
-        )
-        self.base_url = with_key(f"http://127.0.0.1:{self.port}")
+    name = "HTTP server"
+    base_url = ""
 
     async def wait_ready(self, timeout: float = 60) -> None:
         import httpx
@@ -595,6 +586,22 @@ class ApiProcess(ChildProcess):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.name} not ready:\n{self.tail()}")
                 await asyncio.sleep(0.2)
+
+
+class ApiProcess(HttpProcess):
+    """``uvicorn api.main:app`` on a free port with the same settings."""
+
+    name = "API"
+
+    def __init__(self, settings, log_path: Path) -> None:
+        self.port = free_port()
+        super().__init__(
+            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "300"],
+            _env_for(settings),
+            log_path,
+        )
+        self.base_url = with_key(f"http://127.0.0.1:{self.port}")
 
 
 class FloorWorkerProcess(ChildProcess):
@@ -616,16 +623,15 @@ class FloorWorkerProcess(ChildProcess):
             await asyncio.sleep(0.1)
 
 
-class FloorApiProcess(ApiProcess):
+class FloorApiProcess(HttpProcess):
     """``uvicorn --factory bench.floor_api:create_app``: the HTTP floor (a FastAPI route that
     checks a key and sends the floor's bare update), as its own process like the API."""
 
     name = "HTTP floor"
 
-    def __init__(self, address: str, log_path: Path) -> None:  # not ApiProcess.__init__: another program
+    def __init__(self, address: str, log_path: Path) -> None:
         self.port = free_port()
-        ChildProcess.__init__(
-            self,
+        super().__init__(
             [sys.executable, "-m", "uvicorn", "--factory", "bench.floor_api:create_app", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "300"],
             {**os.environ, "PYTHONUNBUFFERED": "1", "FLOOR_TEMPORAL_ADDRESS": address, "FLOOR_API_KEY": BENCH_ADMIN_KEY},

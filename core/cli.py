@@ -103,15 +103,18 @@ def _status(value: str | None) -> Text:
     return Text(value, style=STATUS_STYLES.get(value, ""))
 
 
-def _when(value: str | None, estimated: bool = False) -> str:
-    """An API date-time, shortened for a table (UTC kept explicit); '~' marks an estimate."""
+def _when(value: str | None, estimated: bool = False, *, day: bool = False) -> str:
+    """An API date-time, shortened for a table (UTC kept explicit), or with ``day`` its UTC date
+    (narrow tables); '~' marks an estimate."""
     if not value:
         return "-"
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return value
-    if dt.tzinfo is not None and dt.utcoffset() == timezone.utc.utcoffset(None):
+    if day:
+        text = dt.astimezone(timezone.utc).strftime("%Y-%m-%d")
+    elif dt.tzinfo is not None and dt.utcoffset() == timezone.utc.utcoffset(None):
         text = dt.strftime("%Y-%m-%d %H:%M:%S") + "Z"
     else:
         text = dt.isoformat(timespec="seconds")
@@ -119,14 +122,7 @@ def _when(value: str | None, estimated: bool = False) -> str:
 
 
 def _day(value: str | None, estimated: bool = False) -> str:
-    """An API date-time as its UTC date, for narrow tables; '~' marks an estimate."""
-    if not value:
-        return "-"
-    try:
-        text = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc).strftime("%Y-%m-%d")
-    except ValueError:
-        return value
-    return ("~" + text) if estimated else text
+    return _when(value, estimated, day=True)
 
 
 def _compact_table(title: str, columns: dict[str, dict[str, Any]], left_out: Sequence[str] = ()) -> Table:

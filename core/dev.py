@@ -109,13 +109,7 @@ def main() -> None:
                     p.kill()
             sys.exit(1)
         stopping.append(True)
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT if p is not procs[0] else signal.SIGTERM)
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop_in_order(procs)
         sys.exit(0)
 
     signal.signal(signal.SIGINT, stop)
@@ -193,14 +187,19 @@ def main() -> None:
     finally:
         # However the launcher ends (a start-up failure such as an unreachable DATABASE_URL, a crash),
         # its children must not outlive it: in their own sessions nothing else would stop them.
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop_in_order(procs)
+
+
+def _stop_in_order(procs: list[subprocess.Popen]) -> None:
+    """Stop the children one by one, last started first (the Temporal server, started first, last:
+    SIGTERM; the others SIGINT, as a terminal's Ctrl-C); one that does not stop in 10 s is killed."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT if p is not procs[0] else signal.SIGTERM)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def _doctor_command(args: argparse.Namespace, env: dict[str, str]) -> str:
