@@ -65,6 +65,23 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen |
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
 
 
+def busy_ports(wanted: list[tuple[str, str, int]]) -> list[str]:
+    """The ``--option port`` of each wanted (option, host, port) that something already listens on.
+    Checked before anything starts: with another stack still running on the default ports, the
+    new Temporal server and API failed to bind, but the readiness checks reached the *old* ones,
+    so the launcher printed "running" for a stack that was not its own, then stopped."""
+    busy = []
+    for option, host, port in wanted:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As the servers bind: a port in TIME_WAIT after a restart is free, a listener is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                busy.append(f"{option} {port}")
+    return busy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(ROOT / "data"))
@@ -74,6 +91,12 @@ def main() -> None:
     parser.add_argument("--smtp-port", type=int, default=1025)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
+    busy = busy_ports([("--temporal-port", "127.0.0.1", args.temporal_port), ("--ui-port", "127.0.0.1", args.ui_port),
+                       ("--api-port", args.host, args.api_port), ("--smtp-port", "127.0.0.1", args.smtp_port)])
+    if busy:
+        sys.exit(f"Not started: something already listens on {', '.join(busy)} (another `python3 run.py` still "
+                 f"running?).  Stop it, or give this one other ports, e.g. `python3 run.py dev "
+                 f"{' '.join(b.split()[0] + ' ' + str(int(b.split()[1]) + 10) for b in busy)}`.")
 
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)

@@ -119,3 +119,28 @@ def test_a_failed_start_leaves_no_process_behind(tmp_path):
     assert children, "the Temporal server never started"
     time.sleep(0.5)
     assert not [pid for pid in children if _alive(pid)], f"left behind: {children}\n{log}"
+
+
+@pytest.mark.timeout(120)
+def test_a_port_already_taken_stops_the_start_before_anything_runs(tmp_path):
+    # A second `python3 run.py` while the first still runs: before, the new Temporal server failed
+    # to bind, the readiness check reached the old one, and the banner said "running".
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(tmp_path)), "SEED_DEMO_DATA": "0"}
+        done = subprocess.run(
+            [sys.executable, "-m", "core.dev", "--data-dir", str(tmp_path / "data"), "--temporal-port", str(port),
+             "--ui-port", str(free_port()), "--api-port", str(free_port()), "--smtp-port", str(free_port())],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert done.returncode != 0, done.stdout
+    assert f"--temporal-port {port}" in done.stderr, done.stderr
+    assert "--api-port" not in done.stderr.split("(")[0], done.stderr  # only the taken one is named
+    assert "Temporal dev server" not in done.stdout and "running" not in done.stdout, done.stdout
+    assert not (tmp_path / "data").exists()  # nothing started, nothing written
