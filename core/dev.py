@@ -72,11 +72,15 @@ def busy_ports(wanted: list[tuple[str, str, int]]) -> list[str]:
     so the launcher printed "running" for a stack that was not its own, then stopped."""
     busy = []
     for option, host, port in wanted:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:  # the host's own address family (``--host ::`` is IPv6)
+            family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        except OSError:
+            continue  # a host that does not resolve: the server it is for says so when it starts
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
             # As the servers bind: a port in TIME_WAIT after a restart is free, a listener is not.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((host, port))
+                probe.bind(address)
             except OSError:
                 busy.append(f"{option} {port}")
     return busy
