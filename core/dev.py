@@ -65,12 +65,12 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen |
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
 
 
-def busy_ports(wanted: list[tuple[str, str, int]]) -> list[str]:
-    """The ``--option port`` of each wanted (option, host, port) that something already listens on.
+def busy_ports(wanted: list[tuple[str, str, int]]) -> list[tuple[str, int]]:
+    """The (option, port) of each wanted (option, host, port) that something already listens on.
     Checked before anything starts: with another stack still running on the default ports, the
     new Temporal server and API failed to bind, but the readiness checks reached the *old* ones,
     so the launcher printed "running" for a stack that was not its own, then stopped."""
-    busy = []
+    busy: list[tuple[str, int]] = []
     for option, host, port in wanted:
         try:  # the host's own address family (``--host ::`` is IPv6)
             family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -82,7 +82,7 @@ def busy_ports(wanted: list[tuple[str, str, int]]) -> list[str]:
             try:
                 probe.bind(address)
             except OSError:
-                busy.append(f"{option} {port}")
+                busy.append((option, port))
     return busy
 
 
@@ -98,9 +98,9 @@ def main() -> None:
     busy = busy_ports([("--temporal-port", "127.0.0.1", args.temporal_port), ("--ui-port", "127.0.0.1", args.ui_port),
                        ("--api-port", args.host, args.api_port), ("--smtp-port", "127.0.0.1", args.smtp_port)])
     if busy:
-        sys.exit(f"Not started: something already listens on {', '.join(busy)} (another `python3 run.py` still "
-                 f"running?).  Stop it, or give this one other ports, e.g. `python3 run.py dev "
-                 f"{' '.join(b.split()[0] + ' ' + str(int(b.split()[1]) + 10) for b in busy)}`.")
+        sys.exit(f"Not started: something already listens on {', '.join(f'{o} {p}' for o, p in busy)} (another "
+                 f"`python3 run.py` still running?).  Stop it, or give this one other ports, e.g. `python3 run.py dev "
+                 f"{' '.join(f'{o} {p + 10}' for o, p in busy)}`.")
 
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)

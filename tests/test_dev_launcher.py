@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -125,8 +126,6 @@ def test_a_failed_start_leaves_no_process_behind(tmp_path):
 def test_a_port_already_taken_stops_the_start_before_anything_runs(tmp_path):
     # A second `python3 run.py` while the first still runs: before, the new Temporal server failed
     # to bind, the readiness check reached the old one, and the banner said "running".
-    import socket
-
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
