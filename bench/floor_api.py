@@ -29,7 +29,7 @@ from bench.floor import LedgerWorkflow
 class PayIn(BaseModel):
     """The same fields and rules of shape as the API's payment body."""
 
-    reference: str = Field(min_length=1, max_length=100)
+    reference: str = Field(min_length=1, max_length=120)
     amount: str = Field(max_length=40, pattern=r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")
     currency: str = Field(min_length=3, max_length=3)
     received_at: datetime

@@ -168,21 +168,17 @@ def _consecutive(values: list, step) -> bool:
 async def sequential(payer: Payer, n: int, direct: list[float] | None = None) -> tuple[list[float], list[float]]:
     """Concurrency 1, alternating: floor, project, floor, project... (and, given ``direct``, the
     same payment sent straight to the workflow, every other round)"""
-    proj, flo = [], []
-    for k in range(n):
-        if k % 2 == 0:
-            flo.append(await payer.floor())
-            proj.append(await payer.project())
-        else:  # alternate which goes first too
-            proj.append(await payer.project())
-            flo.append(await payer.floor())
-        if direct is not None and k % 2 == 0:
-            direct.append(await payer.direct())
+    async def straight() -> None:
+        assert direct is not None
+        direct.append(await payer.direct())
+
+    flo, proj = await alternating(payer.floor, payer.project, n, after_even=straight if direct is not None else None)
     return proj, flo
 
 
-async def alternating(first, second, n: int) -> tuple[list[float], list[float]]:
-    """Concurrency 1: ``first`` and ``second`` n times each, which goes first alternating."""
+async def alternating(first, second, n: int, after_even=None) -> tuple[list[float], list[float]]:
+    """Concurrency 1: ``first`` and ``second`` n times each, which goes first alternating;
+    ``after_even`` (if given) after every other round."""
     a: list[float] = []
     b: list[float] = []
     for k in range(n):
@@ -192,6 +188,8 @@ async def alternating(first, second, n: int) -> tuple[list[float], list[float]]:
         else:
             b.append(await second())
             a.append(await first())
+        if after_even is not None and k % 2 == 0:
+            await after_even()
     return a, b
 
 
