@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse
 
 from api.auth.principal import CURRENT, RequestContext
-from api.auth.service import Unauthenticated, authenticate
+from api.auth.service import Unauthenticated, authenticate, authenticate_at_once
 from api.platform.database import DatabaseStalled, in_thread
 from api.platform.problems import problem_response
 
@@ -49,7 +49,9 @@ class AuthMiddleware:
         try:
             principal = None
             try:
-                principal = await in_thread(request.app.state.settings.database_call_seconds, _authenticate, request)
+                found = authenticate_at_once(request)
+                principal = found if found is not ... else await in_thread(
+                    request.app.state.settings.database_call_seconds, _authenticate, request)
             except DatabaseStalled:
                 if not is_public(scope["path"]):  # a public page needs no caller: served anonymously
                     stalled = problem_response(503, "the contract database is not answering; try again shortly",
