@@ -11,6 +11,8 @@ thread itself stays blocked until the database answers; its late result is dropp
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -27,8 +29,13 @@ class DatabaseStalled(SQLAlchemyTimeoutError):
 
 
 async def in_thread(seconds: float, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """``fn(*args, **kwargs)`` in a worker thread; DatabaseStalled after ``seconds``."""
+    """``fn(*args, **kwargs)`` in a worker thread (with this task's context, as ``asyncio.to_thread``
+    runs it); DatabaseStalled after ``seconds``.  Awaited under ``asyncio.timeout`` rather than
+    ``wait_for``, which would wrap the call in one more task: every API write makes up to three
+    of these calls, and the task's scheduling showed in their latency."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
     try:
-        return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), seconds)
+        async with asyncio.timeout(seconds):
+            return await asyncio.get_running_loop().run_in_executor(None, call)
     except TimeoutError:
         raise DatabaseStalled(f"the database did not answer within {seconds:g} s") from None
