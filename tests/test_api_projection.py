@@ -26,6 +26,7 @@ from models import Contract, ContractEvent, Payment
 from models.db import make_engine, make_session_factory
 from tests.helpers import contract_request, save_history, wait_for
 from workflows.contract import ContractWorkflow, workflow_id_for
+from workflows.contract.workflow import REFRESH_ONCE
 from workflows.types import PaymentInput
 
 
@@ -104,6 +105,13 @@ async def _markers_after_last_update(service, cid: str) -> int:
                and e.marker_recorded_event_attributes.marker_name != "core_patch")
 
 
+async def _patches(service, cid: str) -> list[bytes]:
+    history = await service.client.get_workflow_handle(workflow_id_for(cid)).fetch_history()
+    return [p.data for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+            and e.marker_recorded_event_attributes.marker_name == "core_patch"
+            for v in e.marker_recorded_event_attributes.details.values() for p in v.payloads]
+
+
 async def test_a_payment_through_the_api_is_written_by_the_api_and_read_at_once(service, read_model, request):
     async with httpx.AsyncClient(base_url=service.base_url) as c:
         cid = await _contract(c, read_model)
@@ -122,7 +130,10 @@ async def test_a_payment_through_the_api_is_written_by_the_api_and_read_at_once(
         assert await _markers_after_last_update(service, cid) == 0
         seqs = _event_seqs(read_model, cid)
         assert seqs == list(range(1, len(seqs) + 1))
-        await _keep(service, request, cid, "api_projection_paid_and_completed")
+        # The run loop took the handlers' refresh as its own (REFRESH_ONCE): recorded in the history.
+        assert REFRESH_ONCE.encode() in b"".join(await _patches(service, cid))
+        # (api_projection_paid_and_completed.json is this run before REFRESH_ONCE: kept for replay.)
+        await _keep(service, request, cid, "api_projection_refresh_once_paid_and_completed")
 
 
 @pytest.mark.postgres
