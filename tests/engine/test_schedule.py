@@ -78,3 +78,38 @@ def test_calendar_months_are_kept_but_never_shared_across_time_zones():
             assert got == want and got.tzinfo is start.tzinfo and got.isoformat() == want.isoformat()
     assert add_duration(shanghai, "P1M").isoformat() == "2026-02-28T10:00:00+08:00"
     assert add_duration(utc, "P1M").isoformat() == "2026-02-28T02:00:00+00:00"
+
+
+def _walked_one_by_one(state, wanted):
+    """What date_open_items gave before it remembered predecessors: every chain walked per item."""
+    out = []
+    for m in state.milestones:
+        if m.status not in schedule.RESOLVED_MILESTONE:
+            out.append(("m", m.key, *schedule.due(state, m.due, wanted)))
+    for i in state.installments:
+        if i.status != schedule.InstallmentStatus.PAID:
+            out.append(("i", i.key, *schedule.due(state, i.due, wanted)))
+    return out
+
+
+def test_a_pass_walks_each_chain_once_with_the_same_dates_and_calendar_requests(contract):
+    """date_open_items remembers each open predecessor's date within a pass.  The dates, estimates
+    and the working-day requests (their order decides the order of the workflow's activities)
+    must be exactly those of walking every chain again, at every stage of the contract."""
+    for business_days in (False, True):
+        c = contract(notifications={"business_days": business_days}, end_date="2026-12-31")
+        keys = [m.key for m in c.state.milestones]
+        for done in range(len(keys) + 1):
+            c.at(NOW + timedelta(days=3 * done))
+            if done:
+                milestones.complete(c.state, CompleteMilestoneInput(keys[done - 1], "li.wei"), c.journal)
+            expected_wanted: list[str] = []
+            expected = _walked_one_by_one(c.state, expected_wanted)
+            wanted: list[str] = []
+            schedule.date_open_items(c.state, wanted)
+            got = [("m", m.key, m.due_at, m.due_estimated) for m in c.state.milestones
+                   if m.status not in schedule.RESOLVED_MILESTONE]
+            got += [("i", i.key, i.due_at, i.due_estimated) for i in c.state.installments
+                    if i.status != schedule.InstallmentStatus.PAID]
+            assert got == expected and wanted == expected_wanted, (business_days, done)
+            assert not business_days or wanted  # the working-day case did ask the calendar

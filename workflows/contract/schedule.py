@@ -58,9 +58,11 @@ def milestone(state: ContractState, key: str) -> MilestoneState | None:
     return None
 
 
-def due(state: ContractState, rule: DueRule, wanted: list[str] | None, depth: int = 0) -> tuple[datetime | None, bool]:
+def due(state: ContractState, rule: DueRule, wanted: list[str] | None, depth: int = 0,
+        bases: dict[str, datetime | None] | None = None) -> tuple[datetime | None, bool]:
     """A due date, and whether it is only an estimate (it waits on an open predecessor, or on
-    the working-day calendar)."""
+    the working-day calendar).  ``bases``: the open predecessors' dates found so far in this
+    pass (``date_open_items``), so a chain is walked once, not once per item that waits on it."""
     if rule.at is not None:
         return business(state, rule.at, "P0D", wanted)
     if rule.after is None:
@@ -73,7 +75,14 @@ def due(state: ContractState, rule: DueRule, wanted: list[str] | None, depth: in
         return business(state, pred.completed_at, rule.offset or "PT0S", wanted)
     if depth > len(state.milestones):
         return None, True
-    base, _ = due(state, pred.due, wanted, depth + 1)
+    if bases is not None and pred.key in bases:
+        # Walked before in this pass, with the same state: the same date, and the calendar days it
+        # asks for are already in ``wanted`` (in the order they were first asked for).
+        base = bases[pred.key]
+    else:
+        base, _ = due(state, pred.due, wanted, depth + 1, bases)
+        if bases is not None:
+            bases[pred.key] = base
     if base is None:
         return None, True
     when, _ = business(state, base, rule.offset or "PT0S", wanted)
@@ -82,12 +91,14 @@ def due(state: ContractState, rule: DueRule, wanted: list[str] | None, depth: in
 
 def date_open_items(state: ContractState, wanted: list[str] | None) -> None:
     """Give every open milestone and installment its current due date."""
+    bases: dict[str, datetime | None] = {}
     for m in state.milestones:
         if m.status not in RESOLVED_MILESTONE:
-            m.due_at, m.due_estimated = due(state, m.due, wanted)
+            m.due_at, m.due_estimated = due(state, m.due, wanted, bases=bases)
+            bases[m.key] = m.due_at  # what a step waiting on it starts from
     for i in state.installments:
         if i.status != InstallmentStatus.PAID:
-            i.due_at, i.due_estimated = due(state, i.due, wanted)
+            i.due_at, i.due_estimated = due(state, i.due, wanted, bases=bases)
 
 
 def next_due_at(state: ContractState, now: datetime) -> datetime | None:
