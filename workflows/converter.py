@@ -47,13 +47,23 @@ _MISSING = dataclasses.MISSING
 _REQUIRED, _VALUE, _FACTORY = 0, 1, 2
 
 
-@functools.cache
+_FIELD_DEFAULTS: dict[type, tuple[tuple[str, int, Any], ...] | None] = {}
+
+
 def _field_defaults(cls: type) -> tuple[tuple[str, int, Any], ...] | None:
     """A dataclass's fields as (name, kind of default, default), found once per class; None for
     any other class.  A factory's default is made once: the factories of these types build
     constants (``list``, ``lambda: ["P7D", "P1D"]``), and calling them for every value encoded,
     with ``dataclasses.fields`` and ``is_dataclass``, was ~15 % of a payment's workflow task
     (measured: the sandbox wraps every ``isinstance``)."""
+    try:
+        return _FIELD_DEFAULTS[cls]
+    except KeyError:
+        found = _FIELD_DEFAULTS[cls] = _find_field_defaults(cls)
+        return found
+
+
+def _find_field_defaults(cls: type) -> tuple[tuple[str, int, Any], ...] | None:
     if not dataclasses.is_dataclass(cls):
         return None
     out = []
