@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from core.migrate import upgrade
@@ -111,11 +112,8 @@ def main() -> None:
         "TEMPORAL_UI_URL": f"http://{args.host if args.host != '0.0.0.0' else 'localhost'}:{args.ui_port}",
         "PYTHONUNBUFFERED": "1",
     }
-    # Dev credentials, kept in the data directory so they survive a restart: a bootstrap admin API key
-    # and the token-signing secret.  People log in as "admin" / "admin" or as a demo person / "demo".
-    env.setdefault("ADMIN_API_KEY", _dev_secret(data / "dev-admin-key", "dev-admin-"))
-    env.setdefault("JWT_SECRET", _dev_secret(data / "dev-jwt-secret", ""))
-    env.setdefault("ADMIN_PASSWORD", "admin")
+    credentials, (login_line, key_line) = dev_credentials(os.environ, data)
+    env.update(credentials)
     env.setdefault("DOCUMENT_DIR", str(data / "documents"))
     settings = Settings(database_url=env["DATABASE_URL"], temporal_address=env["TEMPORAL_ADDRESS"])
 
@@ -195,12 +193,12 @@ def main() -> None:
       Temporal UI      http://{args.host}:{args.ui_port}        (search: ContractStatus="active", OverdueCount > 0)
       Temporal gRPC    127.0.0.1:{args.temporal_port}         (temporal workflow list --query "ContractStatus='active'")
       Database         {env['DATABASE_URL']}
-    Log in (dashboard or API): admin / admin, or a demo person (li.wei, zhang.min, sun.li, liu.yang...) / demo
+    {login_line}
       TOKEN=$(curl -s -d username=li.wei -d password=demo localhost:{args.api_port}/auth/token \\
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
       curl -s -X POST localhost:{args.api_port}/contracts -H "Authorization: Bearer $TOKEN" \\
         -H 'content-type: application/json' -d @examples/goods_sale.json
-      Admin API key (dev only, in {data / 'dev-admin-key'}): export CONTRACTS_TOKEN=$(cat {data / 'dev-admin-key'})
+      {key_line}
     Check it all: {_doctor_command(args, env)}
     """,
             flush=True,
@@ -247,6 +245,31 @@ def _doctor_command(args: argparse.Namespace, env: dict[str, str]) -> str:
     if env["DATABASE_URL"] != Settings.model_fields["database_url"].default:
         words += ["--database-url", env["DATABASE_URL"]]
     return shlex.join(words)
+
+
+def dev_credentials(environ: Mapping[str, str], data: Path) -> tuple[dict[str, str], tuple[str, str]]:
+    """The dev credentials the stack runs with, and the banner's two lines that tell them.  What
+    the environment sets wins, and the banner says so (it pointed at the data directory's key file
+    while the key in force was the one set: a new user following it got a 401).  Otherwise they
+    are made once and kept in the data directory, so they survive a restart: a bootstrap admin API
+    key and the token-signing secret; "admin" logs in with "admin"."""
+    env: dict[str, str] = {}
+    password = environ.get("ADMIN_PASSWORD")
+    env["ADMIN_PASSWORD"] = "admin" if password is None else password
+    admin = "admin / admin" if password is None else "admin / the ADMIN_PASSWORD you set"
+    login_line = f"Log in (dashboard or API): {admin}, or a demo person (li.wei, zhang.min, sun.li, liu.yang...) / demo"
+    key = environ.get("ADMIN_API_KEY")
+    if key is None:
+        path = data / "dev-admin-key"
+        env["ADMIN_API_KEY"] = _dev_secret(path, "dev-admin-")
+        key_line = f"Admin API key (dev only, in {path}): export CONTRACTS_TOKEN=$(cat {path})"
+    elif key:
+        key_line = 'Admin API key: the ADMIN_API_KEY you set: export CONTRACTS_TOKEN="$ADMIN_API_KEY"'
+    else:
+        key_line = "Admin API key: none (ADMIN_API_KEY is empty): log in as admin instead"
+    if environ.get("JWT_SECRET") is None:
+        env["JWT_SECRET"] = _dev_secret(data / "dev-jwt-secret", "")
+    return env, (login_line, key_line)
 
 
 def _dev_secret(path: Path, prefix: str) -> str:

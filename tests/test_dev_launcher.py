@@ -84,6 +84,11 @@ def test_the_one_command_starts_the_service_and_ctrl_c_stops_it_cleanly(tmp_path
                                 env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(tmp_path)),
                                      "COLUMNS": "200", "NO_COLOR": "1"})
         assert doctor.returncode == 0 and "All checks passed" in doctor.stdout, doctor.stdout + doctor.stderr
+        # The banner's admin API key works as it says.
+        line = next(x for x in out_path.read_text(errors="replace").splitlines() if "Admin API key" in x)
+        key_file = line.split("$(cat ", 1)[1].rstrip(")")
+        key = Path(key_file).read_text().strip()
+        assert httpx.get(f"http://127.0.0.1:{api_port}/contracts", headers={"X-API-Key": key}, timeout=30).status_code == 200
         children = _children(launcher.pid)
         assert len(children) == 4, children  # Temporal, the mail catcher, the worker, the API
         started = len(out_path.read_text(errors="replace"))
@@ -143,3 +148,24 @@ def test_a_port_already_taken_stops_the_start_before_anything_runs(tmp_path):
     assert "--api-port" not in done.stderr.split("(")[0], done.stderr  # only the taken one is named
     assert "Temporal dev server" not in done.stdout and "running" not in done.stdout, done.stdout
     assert not (tmp_path / "data").exists()  # nothing started, nothing written
+
+
+def test_the_banner_tells_the_credentials_in_force(tmp_path):
+    """Set in the environment, a credential is the one in force, and the banner says so: it
+    pointed at the data directory's key file (written anyway) while the API took the key set."""
+    from core.dev import dev_credentials
+
+    made, (login, key_line) = dev_credentials({}, tmp_path)
+    assert made["ADMIN_API_KEY"] == (tmp_path / "dev-admin-key").read_text().strip()
+    assert f"$(cat {tmp_path / 'dev-admin-key'})" in key_line and "admin / admin" in login
+    assert dev_credentials({}, tmp_path)[0] == made  # kept: the same after a restart
+
+    other = tmp_path / "other"
+    other.mkdir()
+    given, (login, key_line) = dev_credentials({"ADMIN_API_KEY": "mine", "ADMIN_PASSWORD": "pw", "JWT_SECRET": "s"},
+                                               other)
+    assert "ADMIN_API_KEY" not in given and "JWT_SECRET" not in given and given["ADMIN_PASSWORD"] == "pw"
+    assert "the ADMIN_API_KEY you set" in key_line and "dev-admin-key" not in key_line
+    assert "the ADMIN_PASSWORD you set" in login and "admin / admin" not in login
+    assert not list(other.iterdir())  # no key file that nothing uses
+    assert "none" in dev_credentials({"ADMIN_API_KEY": ""}, other)[1][1]
