@@ -666,6 +666,29 @@ async def test_money_received_in_the_future_is_refused(c):
     assert r.status_code == 200 and r.json()["applied"] is True, r.text
 
 
+async def test_money_dated_years_before_the_contract_is_refused(c):
+    """A year mistyped (2016 for 2026) is not an advance payment: more than a year before the
+    contract took effect is refused (422, the bank line alone rejected), nothing applied; a deposit
+    months before it is money like any other."""
+    from datetime import timedelta
+
+    cid = await _new_contract(c)
+    before = await settled(c, cid)
+    typo = (datetime.now(timezone.utc) - timedelta(days=3653)).isoformat()
+    pay = {"reference": "TYPO-1", "amount": "1.00", "currency": "CNY", "received_at": typo}
+    assert_problem(await c.post(f"/contracts/{cid}/payments", json=pay), 422, "received_at",
+                   "more than a year before the contract took effect")
+    await assert_unchanged(c, cid, before)
+    r = await c.post("/integrations/finance/payments", json={"lines": [
+        {"line_id": f"typo-{cid}", "amount": "1.00", "currency": "CNY", "contract_id": cid, "received_at": typo}]})
+    assert r.status_code == 200 and r.json()["lines"][0]["outcome"] == "rejected", r.text
+    assert "more than a year before" in r.json()["lines"][0]["reason"]
+    await assert_unchanged(c, cid, before)
+    deposit = (datetime.now(timezone.utc) - timedelta(days=300)).isoformat()
+    r = await c.post(f"/contracts/{cid}/payments", json={**pay, "reference": "DEPOSIT-1", "received_at": deposit})
+    assert r.status_code == 200 and r.json()["applied"] is True, r.text
+
+
 async def test_malformed_json_says_where_it_breaks_not_a_field_named_1(c):
     r = await c.post("/contracts", content=b'{"title": "x",', headers={"content-type": "application/json"})
     problem = assert_problem(r, 422, "not valid JSON at character")

@@ -55,3 +55,20 @@ def test_bad_payments_are_refused_before_they_change_anything(contract, amount, 
     with pytest.raises(ApplicationError, match=message):
         payments.check(c.state, PaymentInput("BANK-9", amount, currency, NOW))
     assert c.state.payments == [] and c.journal.events == []
+
+
+def test_a_date_years_before_the_contract_took_effect_is_refused_where_the_patch_says(contract):
+    """Over a year before the contract's effective date is a mistyped year; a deposit months
+    before is money.  Handlers of older runs (no patch) applied such payments and still do on
+    replay; a reference already recorded is answered as recorded, whatever its date."""
+    from datetime import timedelta
+
+    c = contract(amount="150.00", installments=INSTALMENTS)
+    effective = c.state.spec.effective_at
+    typo = PaymentInput("TYPO-1", "1.00", "CNY", effective - timedelta(days=367))
+    with pytest.raises(ApplicationError, match="more than a year before the contract took effect"):
+        payments.check(c.state, typo)
+    payments.check(c.state, typo, lambda: False)  # an older run's handler
+    payments.check(c.state, PaymentInput("DEPOSIT-1", "1.00", "CNY", effective - timedelta(days=300)))
+    payments.apply(c.state, typo, c.journal)  # as an older run recorded it
+    payments.check(c.state, typo)  # the same payment again: answered as recorded, not refused

@@ -3,7 +3,8 @@ installments oldest due date first; money beyond the amount is held as the custo
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from core.money import MoneyError, parse_amount
@@ -20,6 +21,9 @@ from workflows.types import (
 )
 
 MAX_PAYMENTS_PER_BATCH = 200
+# Money may come before a contract takes effect (a deposit, an advance), but not this long before:
+# a date years earlier is a typing error (2016 for 2026) that would otherwise stand in the ledger.
+EARLIEST_BEFORE_EFFECT = timedelta(days=366)
 
 
 def fmt(amount: Decimal, places: int) -> str:
@@ -43,7 +47,19 @@ def find(state: ContractState, reference: str) -> PaymentRecord | None:
     return None
 
 
-def check(state: ContractState, p: PaymentInput) -> None:
+def received_too_early(state: ContractState, received_at: datetime) -> str | None:
+    """Why ``received_at`` cannot be this contract's money (over a year before it took effect), or None."""
+    effective = state.spec.effective_at
+    if received_at < effective - EARLIEST_BEFORE_EFFECT:
+        return (f"received_at {received_at.date().isoformat()} is more than a year before the contract took effect "
+                f"({effective.date().isoformat()}): check the date")
+    return None
+
+
+def check(state: ContractState, p: PaymentInput, dates_bounded: Callable[[], bool] = lambda: True) -> None:
+    """Refuse what cannot be recorded (422/409).  ``dates_bounded``: whether a date too early is
+    refused; validators always, handlers only where the workflow's patch says so (older runs
+    accepted such payments, and their replay must too)."""
     if state.status != ContractStatus.ACTIVE:
         raise conflict(f"contract is {state.status}; payments can no longer be recorded")
     if not p.reference or not p.reference.strip():
@@ -59,6 +75,10 @@ def check(state: ContractState, p: PaymentInput) -> None:
             f"reference {p.reference!r} was already recorded for {previous.amount} {previous.currency}; "
             f"a different amount under the same reference is refused"
         )
+    if previous is None:  # (one already recorded is answered as recorded, whatever its date)
+        why = received_too_early(state, p.received_at)
+        if why and dates_bounded():
+            raise invalid(why)
 
 
 def apply(state: ContractState, p: PaymentInput, journal: Journal) -> PaymentResult:

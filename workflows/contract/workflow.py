@@ -108,6 +108,10 @@ AMOUNT_EVERY = timedelta(seconds=10)
 # It decides which commands a task issues (the refresh may start or stop escalations, and a
 # contract closes in it): older histories replay with the second refresh.
 REFRESH_ONCE = "refresh-once-per-task-v1"
+# A payment received more than a year before the contract took effect is refused (a mistyped year).
+# The validators always check; the handlers ask this patch only when they find such a date (older
+# runs applied them).
+PAYMENT_DATES = "payment-dates-bounded-v1"
 # The delta is written by a local activity, inside the workflow task that made the change (one
 # marker in the history, and the read model is current when an update answers).  Its attempts are
 # short: while the database is away the task must not be held (updates answer, timers fire), so
@@ -574,7 +578,7 @@ class ContractWorkflow:
     def record_payment(self, p: PaymentInput) -> PaymentResult:
         if self._legacy is not None:
             return self._legacy.record_payment(p)
-        payments.check(self.state, p)
+        payments.check(self.state, p, self._dates_bounded)
         return self._answer(self._pay(p), p.read_model_version)
 
     @record_payment.validator
@@ -582,6 +586,10 @@ class ContractWorkflow:
         if self._legacy is not None:
             return self._legacy._validate_payment(p)
         payments.check(self.state, p)
+
+    @staticmethod
+    def _dates_bounded() -> bool:
+        return workflow.patched(PAYMENT_DATES)
 
     def _pay(self, p: PaymentInput) -> PaymentResult:
         result = payments.apply(self.state, p, self._journal)
@@ -599,7 +607,7 @@ class ContractWorkflow:
         outcomes = []
         for p in batch.payments:
             try:
-                payments.check(self.state, p)
+                payments.check(self.state, p, self._dates_bounded)
             except ApplicationError as exc:
                 outcomes.append(PaymentOutcome(p.reference, error_type=exc.type, error=exc.message))
                 continue
@@ -726,7 +734,8 @@ class ContractWorkflow:
     def record_payment_signal(self, p: PaymentInput) -> None:
         if self._legacy is not None:
             return self._legacy.record_payment_signal(p)
-        self._signal("record_payment", p, lambda: payments.check(self.state, p), lambda: self._pay(p))
+        self._signal("record_payment", p, lambda: payments.check(self.state, p, self._dates_bounded),
+                     lambda: self._pay(p))
 
     @workflow.signal
     def complete_milestone_signal(self, c: CompleteMilestoneInput) -> None:
