@@ -89,8 +89,15 @@ def _check_link(link: Any) -> str:
     return str(link)
 
 
+@lru_cache(maxsize=4)
+def _template_names(env: Environment) -> frozenset[str]:
+    """The templates there are, listed once per environment: listing walks the directory, and it
+    was done for every message rendered (a new locale's files are found at the next start)."""
+    return frozenset(env.list_templates())
+
+
 def _template_locale(env: Environment, kind: str, locale: str) -> str:
-    names = set(env.list_templates())
+    names = _template_names(env)
     if all(f"{kind}.{locale}.{part}" in names for part in ("subject.txt", "txt", "html")):
         return locale
     return DEFAULT_LOCALE
