@@ -82,11 +82,6 @@ def _looks_like_key(value: str, request: Request) -> bool:
     return bool(bootstrap) and security.same_secret(value, bootstrap)
 
 
-def bootstrap_principal() -> Principal:
-    return Principal(id=f"key:{BOOTSTRAP_KEY_ID}", name="bootstrap admin key", kind="service",
-                     roles=frozenset({"admin"}))
-
-
 def authenticate_at_once(request: Request) -> Principal | None | EllipsisType:
     """The caller when telling it needs no database: None if the request carries no credentials,
     the bootstrap admin key's principal; ``...`` when the credentials must be looked up
@@ -97,15 +92,18 @@ def authenticate_at_once(request: Request) -> Principal | None | EllipsisType:
     kind, value = found
     settings: Settings = request.app.state.settings
     if kind == "key" and settings.admin_api_key and security.same_secret(value, settings.admin_api_key):
-        return bootstrap_principal()
+        return Principal(id=f"key:{BOOTSTRAP_KEY_ID}", name="bootstrap admin key", kind="service",
+                         roles=frozenset({"admin"}))
     return ...
 
 
 def authenticate(request: Request, session: Session) -> Principal | None:
     """The caller, None if the request carries no credentials; 401 if they are wrong."""
+    at_once = authenticate_at_once(request)
+    if at_once is not ...:
+        return at_once
     found = credentials(request)
-    if found is None:
-        return None
+    assert found is not None  # no credentials: authenticate_at_once answered None
     kind, value = found
     settings: Settings = request.app.state.settings
     if kind == "key":
@@ -125,8 +123,6 @@ def authenticate(request: Request, session: Session) -> Principal | None:
 
 
 def _principal_for_key(session: Session, settings: Settings, token: str) -> Principal:
-    if settings.admin_api_key and security.same_secret(token, settings.admin_api_key):
-        return bootstrap_principal()
     parts = security.split_api_key(token)
     row = session.get(ApiKey, parts[0]) if parts else None
     if parts is None or row is None or row.revoked_at is not None or not security.same_secret(
