@@ -500,9 +500,10 @@ def _live_body(p: dict[str, Any], now: datetime) -> tuple[dict[str, Any], list[s
     return body, keys[: p["stuck_at"]]
 
 
-def seed_live(api: str, *, count: int = 24, now: datetime | None = None, seed: int = 11, concurrency: int = 4) -> int:
+def seed_live(api: str, *, count: int = 24, now: datetime | None = None, seed: int = 11, concurrency: int = 4,
+              headers: dict[str, str] | None = None) -> int:
     """Create (or find) the live demo contracts through the API and play their story; returns how
-    many were created now."""
+    many were created now.  ``headers``: the credentials, when not in the URL's user info."""
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
@@ -512,7 +513,7 @@ def seed_live(api: str, *, count: int = 24, now: datetime | None = None, seed: i
 
     def one(p: dict[str, Any]) -> bool:
         body, complete = _live_body(p, now)
-        with httpx.Client(base_url=api, timeout=60) as c:
+        with httpx.Client(base_url=api, timeout=60, headers=headers) as c:
             r = c.post("/contracts", json=body)
             if r.status_code not in (200, 201):
                 log.warning("demo contract %s refused: %s %s", body["external_id"], r.status_code, r.text[:300])
@@ -549,9 +550,10 @@ def seed_live(api: str, *, count: int = 24, now: datetime | None = None, seed: i
         return sum(pool.map(one, plans))
 
 
-def seed_demo_data(sessions: sessionmaker[Session], api: str | None, *, history: int = 400, live: int = 24) -> tuple[int, int]:
+def seed_demo_data(sessions: sessionmaker[Session], api: str | None, *, history: int = 400, live: int = 24,
+                   headers: dict[str, str] | None = None) -> tuple[int, int]:
     written = seed_history(sessions, n=history)
-    created = seed_live(api, count=live) if api and live else 0
+    created = seed_live(api, count=live, headers=headers) if api and live else 0
     return written, created
 
 

@@ -182,7 +182,8 @@ def main() -> None:
         # Demo data for the dashboard, once (idempotent), beside the running stack: SEED_DEMO_DATA=0 skips it.
         if Settings.model_validate({"seed_demo_data": os.environ.get("SEED_DEMO_DATA", "1")}).seed_demo_data:
             threading.Thread(target=_seed_demo_data,
-                             args=(env["DATABASE_URL"], f"http://apikey:{env['ADMIN_API_KEY']}@127.0.0.1:{args.api_port}"),
+                             args=(env["DATABASE_URL"], f"http://127.0.0.1:{args.api_port}", env["ADMIN_API_KEY"],
+                                   env["ADMIN_PASSWORD"] or "admin"),
                              daemon=True).start()
 
         print(
@@ -283,13 +284,27 @@ def _dev_secret(path: Path, prefix: str) -> str:
     return value
 
 
-def _seed_demo_data(database_url: str, api: str) -> None:
+def seed_credentials(api: str, admin_key: str, admin_password: str) -> dict[str, str]:
+    """The Authorization header the demo-data seeder calls the API with: the bootstrap admin key when
+    there is one, else a token from logging in as admin (with ``ADMIN_API_KEY=""`` the seeder sent the
+    empty key and every live demo contract was refused with a 401)."""
+    import httpx
+
+    if admin_key:
+        return {"Authorization": f"Bearer {admin_key}"}
+    r = httpx.post(f"{api}/auth/token", data={"username": "admin", "password": admin_password}, timeout=30)
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def _seed_demo_data(database_url: str, api: str, admin_key: str, admin_password: str) -> None:
     from core.demo_data import seed_demo_data
     from models.db import make_engine, make_session_factory
 
     engine = make_engine(database_url)
     try:
-        history, live = seed_demo_data(make_session_factory(engine), api)
+        history, live = seed_demo_data(make_session_factory(engine), api,
+                                       headers=seed_credentials(api, admin_key, admin_password))
         if history or live:
             print(f"· demo data: {history} past contracts, {live} live contracts (SEED_DEMO_DATA=0 to skip)", flush=True)
     except Exception as exc:  # noqa: BLE001 - demo data is a convenience: say why and carry on

@@ -169,3 +169,23 @@ def test_the_banner_tells_the_credentials_in_force(tmp_path):
     assert "the ADMIN_PASSWORD you set" in login and "admin / admin" not in login
     assert not list(other.iterdir())  # no key file that nothing uses
     assert "none" in dev_credentials({"ADMIN_API_KEY": ""}, other)[1][1]
+
+
+async def test_demo_data_seeding_logs_in_as_admin_when_there_is_no_admin_key(api_service):
+    """With ``ADMIN_API_KEY=""`` the launcher's demo-data seeder called the API with the empty key:
+    every live demo contract was refused (401) and the dashboard came up without them."""
+    import asyncio
+
+    from core.dev import seed_credentials
+
+    with_key = await asyncio.to_thread(seed_credentials, api_service.url, api_service.settings.admin_api_key, "unused")
+    by_login = await asyncio.to_thread(seed_credentials, api_service.url, "", "admin")
+    assert by_login["Authorization"] != with_key["Authorization"]
+    async with httpx.AsyncClient(base_url=api_service.url, timeout=30) as c:
+        for headers in (with_key, by_login):
+            assert (await c.get("/contracts", params={"limit": 1}, headers=headers)).status_code == 200
+    empty_key = api_service.url.replace("http://", "http://apikey:@", 1)  # what the seeder called before
+    async with httpx.AsyncClient(base_url=empty_key, timeout=30) as c:
+        assert (await c.get("/contracts", params={"limit": 1})).status_code == 401
+    with pytest.raises(httpx.HTTPStatusError):  # a wrong password says so, rather than seeding nothing silently
+        await asyncio.to_thread(seed_credentials, api_service.url, "", "not-the-password")
