@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,7 +37,7 @@ from temporalio.exceptions import ApplicationError
 from core.org import TASK_DONE
 from core.serde import to_jsonable
 from models import AmendmentRecord, Contract, ContractEvent, Installment, Milestone, OutboxNotice, Payment, Task
-from models.db import rows_changed
+from models.dml import execute_dml
 from models.outbox import CANCELLED, PENDING
 from models.repository import new_contract_row
 from workflows.contract.projection import READ_MODEL_BEHIND
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 class ProjectionActivities:
     def __init__(self, session_factory: sessionmaker[Session], on_notices: Callable[[], None] | None = None) -> None:
         self._sessions = session_factory
+        self._engine: Engine = session_factory.kw["bind"]
         # Called after a commit that queued notices due now: wakes the outbox dispatcher in this process.
         self._on_notices = on_notices or (lambda: None)
 
@@ -73,8 +74,10 @@ class ProjectionActivities:
             raise read_model_failure(d.contract_id, exc) from None
 
     def _project_delta(self, d: ProjectionDelta, also: Callable[[Connection], None] | None = None) -> int:
-        with self._sessions.begin() as session:
-            conn = session.connection()
+        # On a bare connection, not a Session: this is on every update's path (the API writes the
+        # delta before it answers), and a Session's set-up and events cost more than the
+        # statements.  The rare ORM work (a missing row, an amendment) gets a Session on it.
+        with self._engine.begin() as conn:
             sql = _statements(conn.dialect.name)
             written = _insert_events(conn, sql, d.contract_id, d.events)
             row = conn.execute(sql.version, {"cid": d.contract_id}).first()
@@ -83,8 +86,10 @@ class ProjectionActivities:
                     raise RuntimeError(f"contract {d.contract_id} has no row and the delta carries no spec")
                 # The API writes the row first; a workflow without one (started by an operator from
                 # the CLI) gets one here rather than staying invisible.
-                new_contract_row(session, d.spec, workflow_id=d.workflow_id, status="active", version=-1, now=_now())
-                session.flush()
+                with Session(bind=conn) as session:
+                    new_contract_row(session, d.spec, workflow_id=d.workflow_id, status="active", version=-1,
+                                     now=_now())
+                    session.flush()
                 stored_version = -1
             else:
                 stored_version = row.version
@@ -96,7 +101,7 @@ class ProjectionActivities:
                                        non_retryable=True)
             newer = d.version >= stored_version
             if newer:
-                _apply_delta(session, conn, sql, d, first=stored_version <= 0)
+                _apply_delta(conn, sql, d, first=stored_version <= 0)
             # An older delta written late (handed to the API) leaves the newer reminder plans alone.
             due_now = _write_notices(conn, sql, d, first=stored_version <= 0, plans=newer)
             if also is not None:
@@ -220,7 +225,7 @@ def _insert_events(conn: Connection, sql: _Statements, contract_id: str, events:
         return 0
     rows = [{"contract_id": contract_id, "seq": e.seq, "type": e.type, "at": e.at, "actor": e.actor,
              "data": to_jsonable(e.data), "key": None} for e in events]
-    written = rows_changed(conn.execute(sql.events, rows))
+    written = execute_dml(conn, sql.events, rows)
     if 0 <= written < len(rows):
         _check_same_events(conn, contract_id, rows)
     return max(written, 0)
@@ -238,9 +243,9 @@ def _check_same_events(conn: Connection, contract_id: str, rows: list[dict[str, 
         log.error("event log of contract %s diverged: (seq, stored, now) %s", contract_id, clashes)
 
 
-def _apply_delta(session: Session, conn: Connection, sql: _Statements, d: ProjectionDelta, *, first: bool) -> None:
+def _apply_delta(conn: Connection, sql: _Statements, d: ProjectionDelta, *, first: bool) -> None:
     cid, f, now = d.contract_id, d.facts, _now()
-    conn.execute(sql.contract, {
+    execute_dml(conn, sql.contract, {
         "cid": cid, "status": f.status.value, "amount": Decimal(f.amount), "end_at": f.end_at,
         "paid_total": Decimal(f.paid_total), "outstanding": Decimal(f.outstanding), "credit": Decimal(f.credit),
         "overdue_count": f.overdue_count, "next_due_at": f.next_due_at, "version": d.version, "closed_at": f.closed_at,
@@ -249,35 +254,36 @@ def _apply_delta(session: Session, conn: Connection, sql: _Statements, d: Projec
     currency = f.currency or conn.execute(select(Contract.__table__.c.currency).where(
         Contract.__table__.c.id == cid)).scalar_one()
     if d.milestones:
-        conn.execute(sql.milestones_insert if first else sql.milestones_upsert,
-                     [_milestone_row(cid, r.position, r.milestone, r.started_at, currency) for r in d.milestones])
+        execute_dml(conn, sql.milestones_insert if first else sql.milestones_upsert,
+                    [_milestone_row(cid, r.position, r.milestone, r.started_at, currency) for r in d.milestones])
     if d.removed_milestones:
         conn.execute(delete(Milestone).where(Milestone.contract_id == cid, Milestone.key.in_(d.removed_milestones)))
     if d.installments:
-        conn.execute(sql.installments_insert if first else sql.installments_upsert,
-                     [_installment_row(cid, r.position, r.installment, currency) for r in d.installments])
+        execute_dml(conn, sql.installments_insert if first else sql.installments_upsert,
+                    [_installment_row(cid, r.position, r.installment, currency) for r in d.installments])
     if d.removed_installments:
         conn.execute(delete(Installment).where(Installment.contract_id == cid,
                                                Installment.key.in_(d.removed_installments)))
     if d.payments:
-        conn.execute(sql.payments, [
+        execute_dml(conn, sql.payments, [
             {"contract_id": cid, "reference": p.reference, "amount": Decimal(p.amount), "currency": p.currency,
              "received_at": p.received_at, "recorded_at": p.recorded_at, "recorded_by": p.by,
              "allocations": dict(p.allocations), "excess": Decimal(p.excess)}
             for p in d.payments
         ])
-    for a in d.amendments:  # rare: the ORM is fine here
-        record = to_jsonable(a)
-        existing = session.get(AmendmentRecord, (cid, a.id))
-        if existing is None:
-            session.add(AmendmentRecord(contract_id=cid, amendment_id=a.id, number=a.number, status=a.status.value,
-                                        record=record, updated_at=now))
-        else:
-            if record.get("impact") is None:  # let go by the workflow: the stored one stays
-                record["impact"] = existing.record.get("impact")
-            existing.status, existing.record, existing.updated_at = a.status.value, record, now
-    if d.amendments:
-        session.flush()
+    if d.amendments:  # rare: the ORM is fine here
+        with Session(bind=conn) as session:
+            for a in d.amendments:
+                record = to_jsonable(a)
+                existing = session.get(AmendmentRecord, (cid, a.id))
+                if existing is None:
+                    session.add(AmendmentRecord(contract_id=cid, amendment_id=a.id, number=a.number,
+                                                status=a.status.value, record=record, updated_at=now))
+                else:
+                    if record.get("impact") is None:  # let go by the workflow: the stored one stays
+                        record["impact"] = existing.record.get("impact")
+                    existing.status, existing.record, existing.updated_at = a.status.value, record, now
+            session.flush()
     _close_tasks(conn, d)
 
 
@@ -336,11 +342,11 @@ def _write_notices(conn: Connection, sql: _Statements, d: ProjectionDelta, *, fi
             _cancel_unwanted(conn, d.contract_id, plan)
     due_now = False
     if d.notices:
-        conn.execute(sql.notices, [_outbox_row(d.contract_id, n, now) for n in d.notices])
+        execute_dml(conn, sql.notices, [_outbox_row(d.contract_id, n, now) for n in d.notices])
         due_now = True
     planned = [_outbox_row(d.contract_id, n, now) for plan in d.reminders for n in plan.notices]
     if planned:
-        conn.execute(sql.reminders, planned)
+        execute_dml(conn, sql.reminders, planned)
         due_now = due_now or any(n["send_at"] <= now for n in planned)
     return due_now
 

@@ -65,6 +65,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 from api.auth.principal import CURRENT, RequestContext
 from api.platform.database import DatabaseStalled, in_thread
 from models.audit import AuditEntry
+from models.dml import execute_dml
 
 log = logging.getLogger("api.audit")
 
@@ -449,7 +450,7 @@ def write_entry(sessions: sessionmaker[Session], values: dict[str, Any]) -> None
 
 def insert_entry(conn: Connection, values: dict[str, Any]) -> None:
     """Insert one entry in the caller's transaction (a second insert for the request adds nothing)."""
-    conn.execute(_entry_insert(conn.dialect.name), values)
+    execute_dml(conn, _entry_insert(conn.dialect.name), values)
 
 
 @functools.cache
