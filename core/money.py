@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from babel.numbers import get_currency_precision, list_currencies
@@ -24,12 +25,20 @@ def check_currency(code: str) -> str:
 
 
 def minor_units(currency: str) -> int:
+    if type(currency) is str:
+        return _minor_units(currency)
+    return int(get_currency_precision(check_currency(currency)))  # refused there, with the reason
+
+
+@functools.lru_cache(maxsize=512)
+def _minor_units(currency: str) -> int:
+    """Cached: the workflow parses every amount it meets with it (and babel looks it up each time)."""
     return int(get_currency_precision(check_currency(currency)))
 
 
 def parse_amount(value: str | int | Decimal, currency: str, *, allow_zero: bool = False) -> Decimal:
     """A positive amount with no more decimals than the currency has (CNY 0.01, JPY 1)."""
-    if isinstance(value, float):
+    if type(value) is not str and isinstance(value, float):
         raise MoneyError("amounts are decimal strings such as '1234.50', never floats")
     text = str(value).strip()
     try:

@@ -87,9 +87,12 @@ def _is_default(kind: int, default: Any, value: Any) -> bool:
 
 class CompactJSONEncoder(AdvancedJSONEncoder):
     def default(self, o: Any) -> Any:
-        fields = _field_defaults(type(o))  # (a dataclass itself, a class, is not one: type(o) is type)
+        kind_of_o = type(o)
+        fields = _field_defaults(kind_of_o)  # (a dataclass itself, a class, is not one: type(o) is type)
         if fields is not None:
             return {name: v for name, kind, default in fields if not _is_default(kind, default, v := getattr(o, name))}
+        if kind_of_o is datetime:  # as Temporal's encoder does, without its isinstance chain
+            return o.isoformat()
         return super().default(o)
 
 
@@ -123,13 +126,17 @@ Decoder = Callable[[Any], Any]
 
 def _primitive(kind: type) -> Decoder:
     def decode(value: Any) -> Any:
+        # ``type(...) is`` first: JSON gives exact types, and in the workflow sandbox every
+        # ``isinstance`` is a wrapped call (a contract's state decodes thousands of values).
         if kind is bool:
-            if not isinstance(value, bool):
+            if type(value) is not bool and not isinstance(value, bool):
                 raise TypeError(f"Expected value to be bool, was {type(value)}")
             return value
         if kind is str:
-            if not isinstance(value, str):
+            if type(value) is not str and not isinstance(value, str):
                 raise TypeError(f"Expected value to be str, was {type(value)}")
+            return value
+        if type(value) is kind:
             return value
         if not isinstance(value, (int, float)):
             raise TypeError(f"Expected value to be int|float, was {type(value)}")
@@ -139,10 +146,11 @@ def _primitive(kind: type) -> Decoder:
 
 
 def _datetime(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
-        raise TypeError(f"Expected datetime or ISO8601 string, got {type(value)}")
+    if type(value) is not str:
+        if isinstance(value, datetime):
+            return value
+        if not isinstance(value, str):
+            raise TypeError(f"Expected datetime or ISO8601 string, got {type(value)}")
     try:
         return datetime.fromisoformat(value)
     except ValueError as err:
@@ -154,7 +162,7 @@ def _dataclass(cls: type) -> Decoder:
     fields = [(f.name, f.init, decoder(hints[f.name])) for f in dataclasses.fields(cls)]
 
     def decode(value: Any) -> Any:
-        if not isinstance(value, dict):
+        if type(value) is not dict and not isinstance(value, dict):
             raise TypeError(f"Cannot convert to dataclass {cls}, value is {type(value)} not dict")
         kwargs: dict[str, Any] = {}
         late: dict[str, Any] = {}
@@ -194,7 +202,7 @@ def decoder(hint: Any) -> Decoder:
         item = decoder(args[0])
 
         def decode_list(value: Any) -> list[Any]:
-            if not isinstance(value, list):
+            if type(value) is not list and not isinstance(value, list):
                 raise TypeError(f"Expected list, got {type(value)}")
             return [item(v) for v in value]
 
@@ -203,7 +211,7 @@ def decoder(hint: Any) -> Decoder:
         val = decoder(args[1])
 
         def decode_dict(value: Any) -> dict[str, Any]:
-            if not isinstance(value, dict):
+            if type(value) is not dict and not isinstance(value, dict):
                 raise TypeError(f"Expected dict, got {type(value)}")
             return {k: val(v) for k, v in value.items()}
 
