@@ -37,7 +37,7 @@ from temporalio.exceptions import ApplicationError
 from core.org import TASK_DONE
 from core.serde import to_jsonable
 from models import AmendmentRecord, Contract, ContractEvent, Installment, Milestone, OutboxNotice, Payment, Task
-from models.dml import execute_dml
+from models.dml import execute_dml, first_row
 from models.outbox import CANCELLED, PENDING
 from models.repository import new_contract_row
 from workflows.contract.projection import READ_MODEL_BEHIND
@@ -80,7 +80,7 @@ class ProjectionActivities:
         with self._engine.begin() as conn:
             sql = _statements(conn.dialect.name)
             written = _insert_events(conn, sql, d.contract_id, d.events)
-            row = conn.execute(sql.version, {"cid": d.contract_id}).first()
+            row = first_row(conn, sql.version, {"cid": d.contract_id})
             if row is None:
                 if d.spec is None:
                     raise RuntimeError(f"contract {d.contract_id} has no row and the delta carries no spec")
@@ -92,7 +92,7 @@ class ProjectionActivities:
                     session.flush()
                 stored_version = -1
             else:
-                stored_version = row.version
+                stored_version = row[0]
             if d.requires_version is not None and stored_version < d.requires_version:
                 # A delta handed to the API is not there yet: write nothing (the transaction rolls
                 # back); the API tries again, the workflow writes every item again.

@@ -16,6 +16,8 @@ connection's own DBAPI cursor, inside the caller's transaction.  A driver error 
 SQLAlchemy's ``DBAPIError`` (a lost connection invalidates it, as ``execute`` does), so callers
 handle failures as before.
 
+``first_row`` does the same for a lookup by key (a SELECT of plain columns).
+
 Only where the driver's ``executemany`` is as good as SQLAlchemy's: any statement on SQLite (in
 process, no round trips), and single-row statements elsewhere.  Several rows on PostgreSQL go
 through ``Connection.execute``, which batches them into one round trip (insertmanyvalues).
@@ -23,16 +25,19 @@ through ``Connection.execute``, which batches them into one round trip (insertma
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
-from sqlalchemy import Connection
+from sqlalchemy import BigInteger, Connection, Integer, Select, SmallInteger, String, Text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import UpdateBase
 
 Params = Mapping[str, Any]
 _Built = tuple[str, Callable[[Params], Any]]
-_compiled: dict[tuple[int, str, tuple[str, ...]], tuple[UpdateBase, _Built | None]] = {}
+_compiled: dict[tuple[int, str, tuple[str, ...]], tuple[UpdateBase | Select, _Built | None]] = {}
+# Column types whose values come back from SQLite's and psycopg2's cursors as SQLAlchemy returns them.
+_AS_THE_DRIVER_READS = frozenset({String, Text, Integer, BigInteger, SmallInteger})
 # For statements built once (module level, or cached per dialect).  One built per call would fill
 # the cache: past this many entries it starts again.
 MAX_COMPILED = 256
@@ -50,15 +55,38 @@ def execute_dml(conn: Connection, stmt: UpdateBase, params: Params | Sequence[Pa
     if built is None:
         return conn.execute(stmt, list(rows)).rowcount
     sql, build = built
-    dbapi_conn = conn.connection.dbapi_connection
-    assert dbapi_conn is not None
-    cursor = dbapi_conn.cursor()
-    try:
+    with _driver_cursor(conn, sql) as cursor:
         if len(rows) == 1:
             cursor.execute(sql, build(rows[0]))
         else:
             cursor.executemany(sql, [build(r) for r in rows])
         return cursor.rowcount
+
+
+def first_row(conn: Connection, stmt: Select, params: Params) -> tuple[Any, ...] | None:
+    """The first row of a SELECT of plain columns (a lookup by key on every update's path), as a
+    tuple; None when there is none.  Through ``Connection.execute`` when a column's type converts
+    what the driver returns (the bare cursor would not)."""
+    built = _built(conn, stmt, tuple(params))
+    if built is None:
+        row = conn.execute(stmt, params).first()
+        return None if row is None else tuple(row)
+    sql, build = built
+    with _driver_cursor(conn, sql) as cursor:
+        cursor.execute(sql, build(params))
+        found = cursor.fetchone()
+        return None if found is None else tuple(found)
+
+
+@contextmanager
+def _driver_cursor(conn: Connection, sql: str) -> Iterator[Any]:
+    """A cursor of the connection's DBAPI connection (in its transaction); a driver error comes
+    out as SQLAlchemy's, and a lost connection is invalidated, as ``Connection.execute`` does."""
+    dbapi_conn = conn.connection.dbapi_connection
+    assert dbapi_conn is not None
+    cursor = dbapi_conn.cursor()
+    try:
+        yield cursor
     except conn.dialect.loaded_dbapi.Error as exc:
         invalidated = conn.dialect.is_disconnect(exc, dbapi_conn, cursor)
         if invalidated:
@@ -69,16 +97,21 @@ def execute_dml(conn: Connection, stmt: UpdateBase, params: Params | Sequence[Pa
         cursor.close()
 
 
-def _built(conn: Connection, stmt: UpdateBase, names: tuple[str, ...]) -> _Built | None:
+def _built(conn: Connection, stmt: UpdateBase | Select, names: tuple[str, ...]) -> _Built | None:
     """The SQL and parameter builder; None for a statement that needs more of SQLAlchemy than
-    that: column defaults computed in Python (a column the rows leave out), or parameters
-    expanded at execution (IN lists)."""
+    that: column defaults computed in Python (a column the rows leave out), parameters expanded
+    at execution (IN lists), or result columns whose type converts the driver's values."""
     key = (id(stmt), conn.dialect.name, names)
     found = _compiled.get(key)
     if found is not None and found[0] is stmt:  # the statement itself is kept, so its id is not reused
         return found[1]
-    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(names))
-    if compiled.insert_prefetch or compiled.update_prefetch or compiled.post_compile_params \
+    if isinstance(stmt, Select):
+        compiled = stmt.compile(dialect=conn.dialect)
+        converts = any(type(c.type) not in _AS_THE_DRIVER_READS for c in stmt.selected_columns)
+    else:
+        compiled = stmt.compile(dialect=conn.dialect, column_keys=list(names))
+        converts = False
+    if converts or compiled.insert_prefetch or compiled.update_prefetch or compiled.post_compile_params \
             or compiled.literal_execute_params:
         _remember(key, stmt, None)
         return None
@@ -100,7 +133,7 @@ def _built(conn: Connection, stmt: UpdateBase, names: tuple[str, ...]) -> _Built
     return built
 
 
-def _remember(key: tuple[int, str, tuple[str, ...]], stmt: UpdateBase, built: _Built | None) -> None:
+def _remember(key: tuple[int, str, tuple[str, ...]], stmt: UpdateBase | Select, built: _Built | None) -> None:
     if len(_compiled) >= MAX_COMPILED:
         _compiled.clear()
     _compiled[key] = (stmt, built)

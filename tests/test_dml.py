@@ -13,8 +13,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from activities.projection import _statements
-from models import OutboxNotice, Payment
-from models.dml import execute_dml
+from models import Contract, OutboxNotice, Payment
+from models.dml import execute_dml, first_row
 from models.outbox import CANCELLED, PENDING, SENT
 from models.repository import new_contract_row
 from tests.helpers import make_spec
@@ -114,3 +114,20 @@ def test_a_statement_needing_python_defaults_goes_through_sqlalchemy(sessions):
         assert execute_dml(conn, sql.notices, row) == 1
         stored = conn.execute(select(OutboxNotice.__table__.c.attempts, OutboxNotice.__table__.c.status)).one()
     assert tuple(stored) == (0, PENDING)
+
+
+def test_a_lookup_by_key_reads_what_sqlalchemy_reads(sessions):
+    from api.contracts.service import _TARGET
+
+    engine = sessions.kw["bind"]
+    sql = _statements(engine.dialect.name)
+    with engine.begin() as conn:
+        cid = _contract(conn)
+        assert first_row(conn, _TARGET, {"id": cid}) == tuple(conn.execute(_TARGET, {"id": cid}).one())
+        assert first_row(conn, _TARGET, {"id": cid}) == (workflow_id_for(cid), "active", 0)
+        assert first_row(conn, sql.version, {"cid": cid}) == (0,)
+        assert first_row(conn, _TARGET, {"id": "no-such-contract"}) is None
+        # A column whose type converts the driver's value (money) is read through SQLAlchemy.
+        amount = select(Contract.amount).where(Contract.id == cid)
+        found = first_row(conn, amount, {})
+        assert found is not None and type(found[0]) is Decimal

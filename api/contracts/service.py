@@ -41,6 +41,7 @@ from core.temporal import UpdateLost, execute_update_retrying
 from core.webhooks.events import event_id
 from models import Contract, ContractEvent, Customer, Payment
 from models.db import make_session_factory
+from models.dml import first_row
 from models.repository import new_contract_row
 from workflows import errors as wf_errors
 from workflows.contract import ContractWorkflow, ContractWorkflowInput, workflow_id_for
@@ -248,14 +249,15 @@ class ContractService:
         outage, its workflow alone (no version: the workflow writes the read model itself)."""
         try:
             with self.sessions.kw["bind"].connect() as conn:
-                found = conn.execute(_TARGET, {"id": contract_id}).first()
+                found = first_row(conn, _TARGET, {"id": contract_id})
         except (OperationalError, InterfaceError, SQLAlchemyTimeoutError) as exc:
             log.warning("database unavailable, reaching contract %s through its workflow: %s",
                         contract_id, exc.__class__.__name__)
             return workflow_id_for(contract_id), "active", None
         if found is None:
             raise Problem(404, f"no contract with id {contract_id!r}", slug="contract-not-found")
-        return found.workflow_id, found.status, found.version
+        workflow_id, status, version = found
+        return workflow_id, status, version
 
     async def get(self, contract_id: str) -> schemas.ContractOut:
         try:
