@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Interceptor, PollerBehaviorAutoscaling, Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.worker.workflow_sandbox import SandboxRestrictions
 
 from activities.calendar import business_due_activity
 from activities.documents import DocumentActivities
@@ -29,6 +29,7 @@ from core.outbox import Clock, running_outbox, wall_clock
 from core.settings import Settings, get_settings
 from core.temporal import connect, hard_exit
 from core.webhooks.dispatcher import running_dispatcher
+from core.workflow_runner import CompiledOnceSandboxRunner
 from models.db import make_engine, make_session_factory
 from workflows.contract import ContractWorkflow
 from workflows.escalation import EscalationWorkflow
@@ -39,7 +40,9 @@ WORKFLOWS = [ContractWorkflow, EscalationWorkflow]
 # workflow instance: they keep no mutable module state.  Re-importing them for every new instance
 # (and compiling them, without .pyc files) was half the worker's CPU while contracts were created,
 # and a copy of the modules per cached workflow (docs/benchmarks.md, findings 1 and 5).
-WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+# The sandbox's own glue code is compiled once, not for every activation and payload
+# (core/workflow_runner.py).
+WORKFLOW_RUNNER = CompiledOnceSandboxRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows", "core")
 )
 

@@ -1,0 +1,35 @@
+"""core/workflow_runner.py: the worker's sandbox compiles its glue code once, and still is the
+sandbox (restricted, with the same passthrough modules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from temporalio.worker import Replayer
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+from temporalio.worker.workflow_sandbox import _runner as sandbox_runner
+
+from core.workflow_runner import CompiledOnceSandboxRunner, _CompiledOnceInstance, compiled
+from tests.test_replay import load
+from worker import WORKFLOW_RUNNER, WORKFLOWS
+from workflows.converter import data_converter
+
+HISTORY = Path(__file__).parent / "histories" / "api_projection_refresh_once_paid_and_completed.json"
+
+
+def test_the_sdk_still_runs_its_glue_code_where_the_override_hooks_in():
+    """An SDK release that renames ``_Instance._run_code`` would leave the override unused (the
+    stock sandbox, compiling each time): this says so, rather than a benchmark months later."""
+    assert "_run_code" in vars(sandbox_runner._Instance)
+    assert "_run_code" in vars(_CompiledOnceInstance)
+    assert isinstance(WORKFLOW_RUNNER, CompiledOnceSandboxRunner) and isinstance(WORKFLOW_RUNNER, SandboxedWorkflowRunner)
+    assert {"workflows", "core"} <= set(WORKFLOW_RUNNER.restrictions.passthrough_modules)  # the same sandbox
+
+
+async def test_a_replayed_run_compiles_each_piece_of_glue_once():
+    compiled.cache_clear()
+    await Replayer(workflows=WORKFLOWS, workflow_runner=WORKFLOW_RUNNER,
+                   data_converter=data_converter).replay_workflow(load(HISTORY))
+    info = compiled.cache_info()
+    assert info.misses == info.currsize <= 6, info  # each of the few strings compiled once
+    assert info.hits > 3 * info.misses, info  # and run again for every activation and payload after
