@@ -54,6 +54,7 @@ async def test_the_serialisation_context_is_the_sandboxed_one():
         worker_level_failure_exception_types=[], patch_activation_callback=None,
         last_completion_result=Payloads(), last_failure=Failure()))
     assert isinstance(instance, _CompiledOnceInstance)
+    assert instance.globals_and_locals.get("__temporal_in_sandbox") is not None  # the direct path is live
     direct = instance.get_serialization_context(None)
     sandboxed = sandbox_runner._Instance.get_serialization_context(instance, None)
     assert direct == sandboxed == WorkflowSerializationContext(namespace=_fake_info.namespace,
