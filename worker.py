@@ -29,7 +29,7 @@ from core.outbox import Clock, running_outbox, wall_clock
 from core.settings import Settings, get_settings
 from core.temporal import connect, hard_exit
 from core.webhooks.dispatcher import running_dispatcher
-from core.workflow_runner import CompiledOnceSandboxRunner
+from core.workflow_runner import LeanSandboxRunner
 from models.db import make_engine, make_session_factory
 from workflows.contract import ContractWorkflow
 from workflows.escalation import EscalationWorkflow
@@ -40,9 +40,9 @@ WORKFLOWS = [ContractWorkflow, EscalationWorkflow]
 # workflow instance: they keep no mutable module state.  Re-importing them for every new instance
 # (and compiling them, without .pyc files) was half the worker's CPU while contracts were created,
 # and a copy of the modules per cached workflow (docs/benchmarks.md, findings 1 and 5).
-# The sandbox's own glue code is compiled once, not for every activation and payload
-# (core/workflow_runner.py).
-WORKFLOW_RUNNER = CompiledOnceSandboxRunner(
+# The sandbox, with less of its own overhead per task: its glue code compiled once, and no entry
+# into it just to ask which command a payload belongs to (core/workflow_runner.py).
+WORKFLOW_RUNNER = LeanSandboxRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows", "core")
 )
 

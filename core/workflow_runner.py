@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import functools
 from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from temporalio.converter import SerializationContext
 from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails
-from temporalio.worker._command_aware_visitor import CommandInfo
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from temporalio.worker.workflow_sandbox import _runner as sandbox_runner
+
+if TYPE_CHECKING:  # types only: a private module of the SDK
+    from temporalio.converter import SerializationContext
+    from temporalio.worker._command_aware_visitor import CommandInfo
 
 
 @functools.lru_cache(maxsize=64)
@@ -41,7 +43,7 @@ def compiled(source: str) -> CodeType:
     return compile(source, "workflow_sandbox.py", "exec")
 
 
-class _CompiledOnceInstance(sandbox_runner._Instance):
+class _LeanInstance(sandbox_runner._Instance):
     def get_serialization_context(self, command_info: CommandInfo | None) -> SerializationContext | None:
         # The SDK's lookup of which command a payload belongs to (a dict lookup in its own
         # instance): asked ~6 times a task, each time entering the sandbox for it (swapping
@@ -56,8 +58,9 @@ class _CompiledOnceInstance(sandbox_runner._Instance):
         super()._run_code(compiled(code) if isinstance(code, str) else code, **extra_globals)  # type: ignore[arg-type]
 
 
-class CompiledOnceSandboxRunner(SandboxedWorkflowRunner):
-    """``SandboxedWorkflowRunner`` whose instances run their glue code compiled once."""
+class LeanSandboxRunner(SandboxedWorkflowRunner):
+    """``SandboxedWorkflowRunner`` whose instances compile their glue code once and answer the
+    serialisation-context question without entering the sandbox."""
 
     def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
-        return _CompiledOnceInstance(det, self.runner_class, self.restrictions)
+        return _LeanInstance(det, self.runner_class, self.restrictions)

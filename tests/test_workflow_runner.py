@@ -9,7 +9,7 @@ from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from temporalio.worker.workflow_sandbox import _runner as sandbox_runner
 
-from core.workflow_runner import CompiledOnceSandboxRunner, _CompiledOnceInstance, compiled
+from core.workflow_runner import LeanSandboxRunner, _LeanInstance, compiled
 from tests.test_replay import load
 from worker import WORKFLOW_RUNNER, WORKFLOWS
 from workflows.converter import data_converter
@@ -21,8 +21,8 @@ def test_the_sdk_still_runs_its_glue_code_where_the_override_hooks_in():
     """An SDK release that renames ``_Instance._run_code`` would leave the override unused (the
     stock sandbox, compiling each time): this says so, rather than a benchmark months later."""
     assert "_run_code" in vars(sandbox_runner._Instance)
-    assert "_run_code" in vars(_CompiledOnceInstance)
-    assert isinstance(WORKFLOW_RUNNER, CompiledOnceSandboxRunner) and isinstance(WORKFLOW_RUNNER, SandboxedWorkflowRunner)
+    assert "_run_code" in vars(_LeanInstance)
+    assert isinstance(WORKFLOW_RUNNER, LeanSandboxRunner) and isinstance(WORKFLOW_RUNNER, SandboxedWorkflowRunner)
     assert {"workflows", "core"} <= set(WORKFLOW_RUNNER.restrictions.passthrough_modules)  # the same sandbox
 
 
@@ -53,7 +53,7 @@ async def test_the_serialisation_context_is_the_sandboxed_one():
         info=_fake_info, randomness_seed=-1, extern_functions={}, disable_eager_activity_execution=False,
         worker_level_failure_exception_types=[], patch_activation_callback=None,
         last_completion_result=Payloads(), last_failure=Failure()))
-    assert isinstance(instance, _CompiledOnceInstance)
+    assert isinstance(instance, _LeanInstance)
     assert instance.globals_and_locals.get("__temporal_in_sandbox") is not None  # the direct path is live
     direct = instance.get_serialization_context(None)
     sandboxed = sandbox_runner._Instance.get_serialization_context(instance, None)
