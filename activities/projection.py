@@ -78,7 +78,7 @@ class ProjectionActivities:
         # delta before it answers), and a Session's set-up and events cost more than the
         # statements.  The rare ORM work (a missing row, an amendment) gets a Session on it.
         with self._engine.begin() as conn:
-            sql = _statements(conn.dialect.name)
+            sql = projection_statements(conn.dialect.name)
             written = _insert_events(conn, sql, d.contract_id, d.events)
             row = first_row(conn, sql.version, {"cid": d.contract_id})
             if row is None:
@@ -138,7 +138,7 @@ class ProjectionActivities:
         cid = state.spec.contract_id
         with self._sessions.begin() as session:
             conn = session.connection()
-            written = _insert_events(conn, _statements(conn.dialect.name), cid, input.events)
+            written = _insert_events(conn, projection_statements(conn.dialect.name), cid, input.events)
             contract = session.execute(
                 select(Contract).where(Contract.id == cid).with_for_update()
             ).scalar_one_or_none()
@@ -194,7 +194,8 @@ def _table(model: Any) -> Table:
 
 
 @functools.cache
-def _statements(dialect: str) -> _Statements:
+def projection_statements(dialect: str) -> _Statements:
+    """The projection's statements for one dialect, built once (tests/test_dml.py runs them too)."""
     ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
     C, E, M = _table(Contract), _table(ContractEvent), _table(Milestone)
     Inst, P, O = _table(Installment), _table(Payment), _table(OutboxNotice)  # noqa: E741

@@ -43,7 +43,9 @@ def compiled(source: str) -> CodeType:
     return compile(source, "workflow_sandbox.py", "exec")
 
 
-class _LeanInstance(sandbox_runner._Instance):
+class LeanSandboxInstance(sandbox_runner._Instance):
+    """The SDK's sandboxed workflow instance, with the two changes above."""
+
     def get_serialization_context(self, command_info: CommandInfo | None) -> SerializationContext | None:
         # The SDK's lookup of which command a payload belongs to (a dict lookup in its own
         # instance): asked ~6 times a task, each time entering the sandbox for it (swapping
@@ -63,4 +65,4 @@ class LeanSandboxRunner(SandboxedWorkflowRunner):
     serialisation-context question without entering the sandbox."""
 
     def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
-        return _LeanInstance(det, self.runner_class, self.restrictions)
+        return LeanSandboxInstance(det, self.runner_class, self.restrictions)

@@ -16,8 +16,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {".venv", ".git", "node_modules", "test-artifacts", "data", "build", "dist"}
-# The workflow engine is being rewritten elsewhere; this test helper goes with the module it reads.
-PRIVATE_IMPORTS_ALLOWED: set[tuple[str, str, str]] = set()
+# Reasoned exceptions, each with its reason:
+# * core/workflow_runner.py subclasses the SDK's sandboxed workflow instance, which the SDK keeps in a
+#   private module (there is no public hook for what it changes); tests/test_workflow_runner.py
+#   fails if the SDK renames what it overrides.
+PRIVATE_IMPORTS_ALLOWED: set[tuple[str, str, str]] = {
+    ("core/workflow_runner.py", "temporalio.worker.workflow_sandbox", "_runner"),
+}
 
 
 def python_files(under: Path = ROOT) -> Iterator[Path]:

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from activities.projection import _statements
+from activities.projection import projection_statements
 from models import Contract, OutboxNotice, Payment
 from models.dml import execute_dml, first_row
 from models.outbox import CANCELLED, PENDING, SENT
@@ -52,7 +52,7 @@ def _stored_payments(conn, cid: str) -> list[tuple]:
 
 def test_the_same_rows_as_connection_execute(sessions):
     engine = sessions.kw["bind"]
-    sql = _statements(engine.dialect.name)
+    sql = projection_statements(engine.dialect.name)
     with engine.begin() as conn:
         fast_id, orm_id = _contract(conn), _contract(conn)
         one = [_payment(fast_id, "R-1", "12.34")]
@@ -69,7 +69,7 @@ def test_conflicts_count_nothing_and_literal_binds_apply(sessions):
     """ON CONFLICT DO NOTHING changes no row (the count says so); the reminder upsert's own bound
     values (its ``status = 'pending'``, its WHERE) apply as through SQLAlchemy."""
     engine = sessions.kw["bind"]
-    sql = _statements(engine.dialect.name)
+    sql = projection_statements(engine.dialect.name)
     O = OutboxNotice.__table__  # noqa: E741
     with engine.begin() as conn:
         c1 = _contract(conn)
@@ -88,7 +88,7 @@ def test_conflicts_count_nothing_and_literal_binds_apply(sessions):
 
 def test_the_callers_transaction_and_sqlalchemy_errors(sessions):
     engine = sessions.kw["bind"]
-    sql = _statements(engine.dialect.name)
+    sql = projection_statements(engine.dialect.name)
     with engine.begin() as conn:
         c1 = _contract(conn)
     with pytest.raises(RuntimeError), engine.begin() as conn:
@@ -108,7 +108,7 @@ def test_a_statement_needing_python_defaults_goes_through_sqlalchemy(sessions):
     """A row that leaves out a column with a Python-side default (``attempts``) is not run on the
     bare cursor, which would store NULL or fail: SQLAlchemy fills the default."""
     engine = sessions.kw["bind"]
-    sql = _statements(engine.dialect.name)
+    sql = projection_statements(engine.dialect.name)
     row = {k: v for k, v in _outbox("c1", "k1", AT).items() if k not in ("attempts", "status")}
     with engine.begin() as conn:
         assert execute_dml(conn, sql.notices, row) == 1
@@ -117,16 +117,16 @@ def test_a_statement_needing_python_defaults_goes_through_sqlalchemy(sessions):
 
 
 def test_a_lookup_by_key_reads_what_sqlalchemy_reads(sessions):
-    from api.contracts.service import _TARGET
-
+    # The API's lookup of an update's target (api/contracts/service.py), built here as it is there.
+    target = select(Contract.workflow_id, Contract.status, Contract.version).where(Contract.id == bindparam("id"))
     engine = sessions.kw["bind"]
-    sql = _statements(engine.dialect.name)
+    sql = projection_statements(engine.dialect.name)
     with engine.begin() as conn:
         cid = _contract(conn)
-        assert first_row(conn, _TARGET, {"id": cid}) == tuple(conn.execute(_TARGET, {"id": cid}).one())
-        assert first_row(conn, _TARGET, {"id": cid}) == (workflow_id_for(cid), "active", 0)
+        assert first_row(conn, target, {"id": cid}) == tuple(conn.execute(target, {"id": cid}).one())
+        assert first_row(conn, target, {"id": cid}) == (workflow_id_for(cid), "active", 0)
         assert first_row(conn, sql.version, {"cid": cid}) == (0,)
-        assert first_row(conn, _TARGET, {"id": "no-such-contract"}) is None
+        assert first_row(conn, target, {"id": "no-such-contract"}) is None
         # A column whose type converts the driver's value (money) is read through SQLAlchemy.
         amount = select(Contract.amount).where(Contract.id == cid)
         found = first_row(conn, amount, {})
