@@ -74,6 +74,7 @@ def test_conflicts_count_nothing_and_literal_binds_apply(sessions):
     with engine.begin() as conn:
         c1 = _contract(conn)
         assert execute_dml(conn, sql.payments, _payment(c1, "R-1", "1.00")) == 1
+        assert execute_dml(conn, sql.payments, _payment(c1, "R-1", "1.00")) == 0  # one row, on the cursor
         assert execute_dml(conn, sql.payments, [_payment(c1, "R-1", "1.00"), _payment(c1, "R-2", "2.00")]) == 1
         execute_dml(conn, sql.reminders, [_outbox("c1", "k-sent", AT), _outbox("c1", "k-cancelled", AT)])
         conn.execute(update(OutboxNotice).where(O.c.key == "k-sent").values(status=SENT))
